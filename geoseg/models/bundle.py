@@ -1,0 +1,228 @@
+"""Model bundles: one safetensors file holding the weights and, in its header, the metadata.
+
+The metadata (JSON under the header key ``geoseg.bundle``) says everything needed to run the
+model on a scene: architecture and encoder, input bands in order with their normalization and
+the dtype they expect, classes with names and colours, and the tile size and halo. Loading never
+unpickles anything: safetensors stores raw tensors, the metadata is validated by pydantic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from geoseg.errors import BundleError
+from geoseg.models.registry import ARCHITECTURES, build_model
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BandSpec",
+    "Bundle",
+    "BundleMeta",
+    "ClassSpec",
+    "load_bundle",
+    "read_bundle_meta",
+    "save_bundle",
+]
+
+BUNDLE_FORMAT = "geoseg-bundle/1"
+_META_KEY = "geoseg.bundle"
+InputDtype = Literal["uint8", "uint16", "int16", "float32"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandSpec(_Strict):
+    """One model input band and its normalization: ``x_norm = (x - mean) / std`` (float32)."""
+
+    name: str = Field(min_length=1, description="band name matched against the scene's bands")
+    mean: float = Field(description="mean of the band in the scene's units (e.g. DN)")
+    std: float = Field(gt=0, description="standard deviation in the scene's units")
+
+
+class ClassSpec(_Strict):
+    """One output class; ``id`` is the value written in the mask."""
+
+    id: int = Field(ge=0, le=254, description="class id in the mask (255 is nodata)")
+    name: str = Field(min_length=1, description="human-readable class name")
+    color: tuple[int, int, int] = Field(description="RGB colour, 0-255 each")
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError(f"colour components must be 0-255, got {value}")
+        return value
+
+
+class BundleMeta(_Strict):
+    """Everything about a model except its weights."""
+
+    format: Literal["geoseg-bundle/1"] = Field(BUNDLE_FORMAT, description="bundle format")
+    arch: str = Field(description="smp architecture name, e.g. unet or deeplabv3plus")
+    encoder: str = Field(description="smp encoder name, e.g. resnet34")
+    arch_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra smp constructor arguments"
+    )
+    bands: tuple[BandSpec, ...] = Field(min_length=1, description="input bands, in model order")
+    input_dtype: InputDtype = Field(description="pixel dtype the normalization was made for")
+    classes: tuple[ClassSpec, ...] = Field(min_length=1, description="output classes")
+    tile_size: int = Field(gt=0, description="model input tile side, pixels")
+    halo: int = Field(ge=0, description="context pixels on each side of a tile's core")
+    description: str = Field("", description="what this model is and is not")
+    training: dict[str, Any] = Field(default_factory=dict, description="how it was made")
+
+    @field_validator("arch")
+    @classmethod
+    def _arch(cls, value: str) -> str:
+        if value.lower() not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}; one of {', '.join(ARCHITECTURES)}")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BundleMeta:
+        ids = [c.id for c in self.classes]
+        if ids != list(range(len(ids))):
+            raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+        names = [b.name for b in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"band names must be unique, got {names}")
+        return self
+
+    @property
+    def band_names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    @property
+    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
+        """GDAL colour table: class id → RGBA."""
+        return {c.id: (*c.color, 255) for c in self.classes}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: validated metadata, weights, and where they came from.
+
+    Attributes:
+        meta: the metadata.
+        state_dict: the weights, name → CPU tensor.
+        path: the file it was read from.
+        sha256: hex digest of the file's bytes (identifies the model in caches and reports).
+    """
+
+    meta: BundleMeta
+    state_dict: dict[str, torch.Tensor]
+    path: Path
+    sha256: str
+
+    def build(self) -> torch.nn.Module:
+        """An eval-mode torch model with these weights (CPU)."""
+        return _model_with_weights(self.meta, self.state_dict, self.path)
+
+
+def _model_with_weights(
+    meta: BundleMeta, state_dict: dict[str, torch.Tensor], path: Path
+) -> torch.nn.Module:
+    model = build_model(
+        meta.arch, meta.encoder, len(meta.bands), len(meta.classes), meta.arch_kwargs
+    )
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0:3]
+        raise BundleError(
+            f"{path}: the weights do not fit a {meta.arch}/{meta.encoder} with "
+            f"{len(meta.bands)} bands and {len(meta.classes)} classes ({' '.join(first)}); "
+            "the bundle is corrupt or its metadata was edited"
+        ) from exc
+    return model.eval()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Read and validate only the metadata of a bundle (no weights are loaded).
+
+    Raises:
+        BundleError: missing file, not a safetensors file, no or invalid geoseg metadata.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BundleError(f"{path}: no such model bundle; make one with `geoseg model init`")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise BundleError(
+            f"{path}: not a readable safetensors model bundle ({exc}); "
+            "geoseg bundles are written by `geoseg model init` or `geoseg train`"
+        ) from exc
+    raw = header.get(_META_KEY)
+    if raw is None:
+        raise BundleError(
+            f"{path}: a safetensors file without geoseg metadata (key {_META_KEY!r}); "
+            "wrap plain weights with `geoseg model init --weights FILE`"
+        )
+    try:
+        return BundleMeta.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise BundleError(f"{path}: invalid bundle metadata: {exc}") from exc
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Load a bundle: metadata, weights, checksum; checks that the weights fit the architecture.
+
+    Raises:
+        BundleError: anything wrong with the file, its metadata or its weights.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_bundle_meta(path)
+    try:
+        state_dict = load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise BundleError(f"{path}: cannot read the weights ({exc}); the file is corrupt") from exc
+    _model_with_weights(meta, state_dict, path)  # validates shapes and names now, not on a worker
+    return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=_file_sha256(path))
+
+
+def save_bundle(
+    model: torch.nn.Module, meta: BundleMeta, path: str | os.PathLike[str]
+) -> Path:
+    """Write ``model``'s weights and ``meta`` to ``path`` atomically (temporary name, rename).
+
+    Returns:
+        The path written.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        save_file(state, str(tmp), metadata={_META_KEY: meta.model_dump_json()})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

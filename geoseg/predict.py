@@ -1,0 +1,291 @@
+"""Batched tile inference for one block: read, normalize, run tiles through the model, stitch.
+
+This is the body of every prediction task. It runs in whatever process executes the task (a
+Dask worker, or the client with the synchronous scheduler) and finds its model in that
+process's cache, which :mod:`geoseg.workers` fills once per worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from geoseg.models.bundle import BandSpec
+from geoseg.scene import BandRef, read_window
+from geoseg.tiling import Block, Tile, cosine_ramp
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "NODATA",
+    "BlockJob",
+    "ModelRef",
+    "OutputSpec",
+    "cache_model",
+    "get_model",
+    "predict_block",
+    "resolve_device",
+]
+
+log = logging.getLogger(__name__)
+
+#: Value of nodata pixels in every uint8 output (class ids are 0..254; percentages 0..100).
+NODATA = 255
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How a task finds its model, and how to run it. Hashable: the cache key.
+
+    Attributes:
+        path: bundle file (used when the worker has no copy registered yet).
+        sha256: the bundle's checksum; two refs with the same checksum share weights.
+        device: ``"auto"`` (CUDA when the process sees a GPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
+        precision: ``"fp32"``, or ``"bf16"``/``"fp16"`` autocast (CUDA only).
+        channels_last: run convolutions in NHWC memory format.
+        threads: torch intra-op threads for this process (``None``: torch's default).
+    """
+
+    path: str
+    sha256: str
+    device: str = "auto"
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Which rasters a block produces, stacked along the first axis of its result.
+
+    Band 0 is always the class id; then the confidence (max probability, percent) if asked;
+    then one probability band per class (percent) if asked.
+    """
+
+    n_classes: int
+    confidence: bool = False
+    probabilities: bool = False
+
+    @property
+    def count(self) -> int:
+        return 1 + int(self.confidence) + (self.n_classes if self.probabilities else 0)
+
+    @property
+    def needs_softmax(self) -> bool:
+        return self.confidence or self.probabilities
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """What every block task of one scene shares (small, picklable).
+
+    Attributes:
+        bands: the scene bands to read, in the model's order.
+        height, width: the scene size, pixels.
+        stats: per-band normalization, same order as ``bands``.
+        model: the model to run.
+        outputs: what to produce.
+        batch_size: tiles per forward pass.
+        blend: weighted blending of probabilities instead of halo trimming.
+        halo: the lattice halo, pixels (for the blending weights).
+    """
+
+    bands: tuple[BandRef, ...]
+    height: int
+    width: int
+    stats: tuple[BandSpec, ...]
+    model: ModelRef
+    outputs: OutputSpec
+    batch_size: int = 4
+    blend: bool = False
+    halo: int = 0
+
+
+@dataclass
+class _Loaded:
+    module: torch.nn.Module
+    device: torch.device
+
+
+_CACHE: dict[ModelRef, _Loaded] = {}
+_LOCK = threading.Lock()
+
+
+def resolve_device(device: str) -> str:
+    """``"auto"`` → ``"cuda"`` when torch sees a GPU, else ``"cpu"``; other values unchanged."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cache_model(ref: ModelRef, module: torch.nn.Module) -> _Loaded:
+    """Put an eval-mode model into this process's cache under ``ref`` (on its device)."""
+    import torch
+
+    if ref.threads:
+        torch.set_num_threads(ref.threads)
+    device = torch.device(resolve_device(ref.device))
+    module = module.eval().to(device)
+    if ref.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    loaded = _Loaded(module, device)
+    with _LOCK:
+        _CACHE[ref] = loaded
+    log.info("model %s… ready on %s", ref.sha256[:12], device)
+    return loaded
+
+
+def get_model(ref: ModelRef) -> _Loaded:
+    """The model for ``ref`` in this process, loading the bundle from ``ref.path`` if needed."""
+    with _LOCK:
+        loaded = _CACHE.get(ref)
+    if loaded is not None:
+        return loaded
+    from geoseg.models.bundle import load_bundle
+
+    bundle = load_bundle(ref.path)
+    return cache_model(ref, bundle.build())
+
+
+@functools.lru_cache(maxsize=16)
+def _ramp(length: int, halo: int) -> np.ndarray:
+    return np.asarray(cosine_ramp(length, halo), dtype=np.float32)
+
+
+def _blend_weights(tile: Tile, halo: int) -> np.ndarray:
+    """``(h, w)`` float32 weights of a tile's (trimmed) window, defined on its nominal window."""
+    nom, win = tile.nominal, tile.window
+    rows = _ramp(nom.height, halo)[win.row - nom.row : win.row_stop - nom.row]
+    cols = _ramp(nom.width, halo)[win.col - nom.col : win.col_stop - nom.col]
+    return rows[:, None] * cols[None, :]
+
+
+def _forward(loaded: _Loaded, ref: ModelRef, batch: np.ndarray) -> torch.Tensor:
+    """Logits ``(N, K, H, W)`` float32 on the model's device for a ``(N, C, H, W)`` batch."""
+    import torch
+
+    x = torch.from_numpy(batch).to(loaded.device, non_blocking=True)
+    if ref.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        if ref.precision != "fp32" and loaded.device.type == "cuda":
+            dtype = torch.bfloat16 if ref.precision == "bf16" else torch.float16
+            with torch.autocast("cuda", dtype=dtype):
+                logits = loaded.module(x)
+        else:
+            logits = loaded.module(x)
+    return logits.float()
+
+
+def _encode(scores: torch.Tensor, spec: OutputSpec, are_probs: bool) -> np.ndarray:
+    """``(count, h, w)`` uint8 outputs from ``(K, h, w)`` logits or probabilities."""
+    import torch
+
+    if not spec.needs_softmax:
+        return scores.max(dim=0).indices.to(torch.uint8).cpu().numpy()[None]  # cheap argmax
+    p = scores if are_probs else scores.softmax(dim=0)
+    conf, cls = p.max(dim=0)
+    parts = [cls.to(torch.uint8)[None]]
+    if spec.confidence:
+        parts.append((conf * 100.0).round_().to(torch.uint8)[None])
+    if spec.probabilities:
+        parts.append((p * 100.0).round_().to(torch.uint8))
+    return torch.cat(parts).cpu().numpy()
+
+
+def _batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
+    """Tiles grouped by window shape (only equal shapes stack), then cut into batches."""
+    groups: dict[tuple[int, int], list[Tile]] = defaultdict(list)
+    for tile in tiles:
+        groups[tile.window.shape].append(tile)
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def predict_block(block: Block, job: BlockJob) -> np.ndarray:
+    """Predict one block.
+
+    Returns:
+        ``(job.outputs.count, h, w)`` uint8 for the block's core: class ids, then the optional
+        confidence and per-class probabilities in percent; :data:`NODATA` where the input is
+        nodata or outside the scene. Tiles whose core holds no valid pixel are not run; a block
+        with no valid pixel never touches the model.
+    """
+    spec = job.outputs
+    out = np.full((spec.count, *block.core.shape), NODATA, dtype=np.uint8)
+    raw, valid = read_window(job.bands, block.read, job.height, job.width)
+    core_in_read = block.core.relative_to(block.read).slices()
+    if not valid[core_in_read].any():
+        return out
+    from geoseg.normalize import normalize
+
+    x = normalize(raw, valid, job.stats)
+    del raw
+    if job.blend:
+        import torch
+
+        probs = _predict_blended(block, job, x, valid)[(slice(None), *core_in_read)]
+        out[:] = _encode(torch.from_numpy(np.ascontiguousarray(probs)), spec, True)
+    else:
+        _predict_trimmed(block, job, x, valid, out)
+    out[:, ~valid[core_in_read]] = NODATA
+    return out
+
+
+def _live_tiles(block: Block, valid: np.ndarray, region: str) -> list[Tile]:
+    keep = []
+    for tile in block.tiles:
+        win = (tile.core if region == "core" else tile.window).intersection(block.core)
+        if win is not None and valid[win.relative_to(block.read).slices()].any():
+            keep.append(tile)
+    return keep
+
+
+def _stack(x: np.ndarray, block: Block, batch: list[Tile]) -> np.ndarray:
+    return np.stack([x[(slice(None), *t.window.relative_to(block.read).slices())] for t in batch])
+
+
+def _predict_trimmed(
+    block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarray, out: np.ndarray
+) -> None:
+    """Halo trimming: each output pixel comes from the one tile whose core holds it."""
+    loaded = get_model(job.model)
+    spec = job.outputs
+    for batch in _batches(_live_tiles(block, valid, "core"), job.batch_size):
+        logits = _forward(loaded, job.model, _stack(x, block, batch))
+        for n, tile in enumerate(batch):
+            src = tile.core.relative_to(tile.window).slices()
+            dst = tile.core.relative_to(block.core).slices()
+            out[(slice(None), *dst)] = _encode(logits[(n, slice(None), *src)], spec, False)
+
+
+def _predict_blended(block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Weighted blending: softmax probabilities of every overlapping tile, cosine-weighted.
+
+    Returns ``(K, H, W)`` float32 blended probabilities over the block's read window.
+    """
+    import torch
+
+    loaded = get_model(job.model)
+    k = job.outputs.n_classes
+    acc = np.zeros((k, *block.read.shape), dtype=np.float32)
+    wsum = np.zeros(block.read.shape, dtype=np.float32)
+    for batch in _batches(_live_tiles(block, valid, "window"), job.batch_size):
+        probs = _forward(loaded, job.model, _stack(x, block, batch)).softmax(dim=1)
+        for n, tile in enumerate(batch):
+            w = _blend_weights(tile, job.halo)
+            dst = tile.window.relative_to(block.read).slices()
+            acc[(slice(None), *dst)] += (probs[n] * torch.from_numpy(w).to(probs.device)).cpu().numpy()
+            wsum[dst] += w
+    np.maximum(wsum, np.float32(1e-12), out=wsum)
+    acc /= wsum[None]
+    return acc

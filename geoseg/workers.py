@@ -1,0 +1,44 @@
+"""Dask worker side: one model per worker process, loaded once by a WorkerPlugin.
+
+The plugin carries the bundle's bytes, so workers need no shared filesystem with the client;
+each worker writes them to its local directory, validates and loads the bundle, and puts the
+model in its process cache (:func:`geoseg.predict.cache_model`) where block tasks find it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from geoseg.predict import ModelRef, cache_model
+
+__all__ = ["ModelPlugin", "register_model"]
+
+log = logging.getLogger(__name__)
+
+
+class ModelPlugin(WorkerPlugin):
+    """Loads one bundle into every worker (present and future) of a cluster."""
+
+    def __init__(self, ref: ModelRef, payload: bytes) -> None:
+        self.ref = ref
+        self.payload = payload
+        self.name = f"geoseg-model-{ref.sha256[:16]}-{ref.device}-{ref.precision}"
+
+    def setup(self, worker: Any) -> None:
+        from geoseg.models.bundle import load_bundle
+
+        path = Path(worker.local_directory) / f"geoseg-{self.ref.sha256[:16]}.safetensors"
+        if not path.exists():
+            path.write_bytes(self.payload)
+        cache_model(self.ref, load_bundle(path).build())
+
+
+def register_model(client: Any, ref: ModelRef) -> None:
+    """Send the bundle at ``ref.path`` to every worker of ``client`` and load it there."""
+    payload = Path(ref.path).read_bytes()
+    client.register_plugin(ModelPlugin(ref, payload))
+    log.info("model %s… registered on %d workers", ref.sha256[:12], len(client.scheduler_info()["workers"]))
