@@ -10,9 +10,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from geoseg.errors import SceneError
 from geoseg.models.bundle import BandSpec
+from geoseg.scene import BandRef
 
-__all__ = ["normalize"]
+__all__ = ["band_statistics", "normalize"]
 
 
 def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> np.ndarray:
@@ -35,3 +37,30 @@ def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> 
     out *= scale
     np.copyto(out, np.float32(0), where=~valid[None, :, :])  # also clears NaN/inf
     return out
+
+
+def band_statistics(
+    bands: Sequence[BandRef], height: int, width: int, max_side: int = 1024
+) -> list[tuple[float, float]]:
+    """Per-band ``(mean, std)`` of valid pixels, from a decimated read (≤ ``max_side`` px a side).
+
+    Reads through GDAL's overviews when the file has them; never the full-resolution scene.
+
+    Raises:
+        SceneError: the bands hold no valid pixel.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+
+    scale = max(1.0, max(height, width) / max_side)
+    shape = (max(1, round(height / scale)), max(1, round(width / scale)))
+    stats = []
+    for band in bands:
+        with rasterio.open(band.path) as src:
+            pixels = src.read(band.index, out_shape=shape, resampling=Resampling.nearest)
+            mask = src.read_masks(band.index, out_shape=shape, resampling=Resampling.nearest)
+        values = pixels[(mask != 0) & np.isfinite(pixels)].astype(np.float64)
+        if values.size == 0:
+            raise SceneError(f"{band.path}: band {band.index} ({band.name}) has no valid pixel")
+        stats.append((float(values.mean()), float(max(values.std(), 1e-6))))
+    return stats

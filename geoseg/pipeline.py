@@ -18,13 +18,22 @@ from geoseg.config import PredictConfig
 from geoseg.errors import ConfigError, SceneError
 from geoseg.models.bundle import Bundle, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, model_align
-from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model
+from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import Scene, open_scene, select_bands
 from geoseg.stitch import iter_blocks, lazy_prediction
 from geoseg.tiling import SceneGrid, TileLattice
 from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 
-__all__ = ["CLASSES_TAG", "PredictResult", "output_paths", "plan_scene", "predict_scene"]
+__all__ = [
+    "CLASSES_TAG",
+    "PredictResult",
+    "PredictionPlan",
+    "output_paths",
+    "plan_prediction",
+    "plan_scene",
+    "predict_scene",
+    "run_prediction",
+]
 
 #: GeoTIFF metadata tag holding the classes (JSON list of ``{id, name, color}``) in every mask.
 CLASSES_TAG = "GEOSEG_CLASSES"
@@ -94,6 +103,134 @@ def _check_scene(scene: Scene, bundle: Bundle, source: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class PredictionPlan:
+    """A checked prediction, ready to run: every input validated, nothing computed yet.
+
+    Attributes:
+        scene: the input scene.
+        bundle: the loaded bundle.
+        grid: the block grid.
+        job: what every block task shares (its ``model`` ref still has ``threads`` unset).
+        outputs: role → path to write.
+        overwrite: replace existing outputs.
+    """
+
+    scene: Scene
+    bundle: Bundle
+    grid: SceneGrid
+    job: BlockJob
+    outputs: dict[str, Path]
+    overwrite: bool
+
+
+def plan_prediction(
+    scene_path: str | os.PathLike[str],
+    bundle_path: str | os.PathLike[str],
+    mask_path: str | os.PathLike[str],
+    cfg: PredictConfig,
+    overwrite: bool = False,
+    threads: int | None = None,
+) -> PredictionPlan:
+    """Validate a prediction's inputs and settings and plan its blocks, without running it.
+
+    Raises:
+        SceneError, BundleError, ConfigError, OutputExistsError: bad input; nothing is written.
+    """
+    scene_path, mask_path = Path(scene_path), Path(mask_path)
+    scene = open_scene(scene_path)
+    bundle = load_bundle(bundle_path)
+    meta = bundle.meta
+    bands = select_bands(scene, meta.band_names, str(scene_path))
+    _check_scene(scene, bundle, str(scene_path))
+    if cfg.precision != "fp32" and cfg.device == "cpu":
+        raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
+    paths = output_paths(mask_path, cfg)
+    for path in paths.values():
+        if path.resolve() == scene_path.resolve():
+            raise ConfigError(f"{path}: the output would overwrite the input scene")
+        check_writable(path, overwrite)
+    grid = plan_scene(scene, bundle, cfg, model_align(bundle.build()))
+    ref = ModelRef(
+        path=str(bundle.path),
+        sha256=bundle.sha256,
+        device=cfg.device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        threads=threads,
+    )
+    job = BlockJob(
+        bands=bands,
+        height=scene.height,
+        width=scene.width,
+        stats=meta.bands,
+        model=ref,
+        outputs=OutputSpec(len(meta.classes), cfg.confidence, cfg.probabilities),
+        batch_size=cfg.batch_size,
+        blend=cfg.stitch == "blend",
+        halo=grid.lattice.halo,
+    )
+    return PredictionPlan(scene, bundle, grid, job, paths, overwrite)
+
+
+def run_prediction(
+    plan: PredictionPlan, client: Any = None, progress: ProgressCallback | None = None
+) -> PredictResult:
+    """Run a planned prediction and write its COGs (atomically; nothing partial on failure).
+
+    Args:
+        plan: from :func:`plan_prediction`.
+        client: a ``distributed.Client``, or None to compute in this process.
+        progress: called after every block with ``(done, total)``.
+    """
+    start = time.perf_counter()
+    scene, bundle, grid, job = plan.scene, plan.bundle, plan.grid, plan.job
+    meta = bundle.meta
+    if client is None:
+        if not has_model(job.model):
+            cache_model(job.model, bundle.build())
+    else:
+        from geoseg.workers import register_model
+
+        register_model(client, job.model)
+    array = lazy_prediction(grid, job)
+    log.info(
+        "%s: %dx%d px, %d blocks of %d px, tile %d, halo %d, %s stitching",
+        scene.name, scene.width, scene.height, len(grid), grid.block_size,
+        grid.lattice.tile_size, grid.lattice.halo, "blend" if job.blend else "trim",
+    )
+    counts = np.zeros(256, dtype=np.int64)
+    tags = {
+        "GEOSEG_MODEL_SHA256": bundle.sha256,
+        "GEOSEG_SCENE": Path(scene.bands[0].path).name,
+        CLASSES_TAG: json.dumps([c.model_dump() for c in meta.classes]),
+    }
+    with ExitStack() as stack:
+        writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite, tags)
+        done = 0
+        for (i, j), block in iter_blocks(array, client):
+            window = grid.block(i, j).core
+            band = 0
+            for writer in writers.values():
+                n = writer.spec.count
+                writer.write(window, block[band : band + n])
+                band += n
+            counts += np.bincount(block[0].ravel(), minlength=256)
+            done += 1
+            if progress is not None:
+                progress(done, len(grid))
+        for writer in writers.values():
+            writer.commit()
+    return PredictResult(
+        outputs=plan.outputs,
+        grid=grid,
+        class_pixels={c.id: int(counts[c.id]) for c in meta.classes},
+        nodata_pixels=int(counts[NODATA]),
+        seconds=time.perf_counter() - start,
+        tiles=sum(len(b.tiles) for b in grid.blocks()),
+    )
+
+
 def predict_scene(
     scene_path: str | os.PathLike[str],
     bundle_path: str | os.PathLike[str],
@@ -106,98 +243,13 @@ def predict_scene(
 ) -> PredictResult:
     """Predict a scene's class mask (and optional confidence and probabilities) as COGs.
 
-    Args:
-        scene_path: a multi-band raster.
-        bundle_path: a geoseg model bundle.
-        mask_path: the mask COG to write; siblings for the optional outputs.
-        cfg: tiling, stitching and inference settings.
-        client: a ``distributed.Client``, or None to compute in this process.
-        overwrite: replace existing outputs.
-        threads: torch threads per worker process (None: torch's default).
-        progress: called after every block.
+    :func:`plan_prediction` then :func:`run_prediction`; see them for the arguments.
 
     Raises:
         SceneError, BundleError, ConfigError, OutputExistsError: bad input; nothing is written.
     """
-    start = time.perf_counter()
-    scene_path, mask_path = Path(scene_path), Path(mask_path)
-    scene = open_scene(scene_path)
-    bundle = load_bundle(bundle_path)
-    meta = bundle.meta
-    bands = select_bands(scene, meta.band_names, str(scene_path))
-    _check_scene(scene, bundle, str(scene_path))
-    if cfg.precision != "fp32" and cfg.device == "cpu":
-        raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
-    paths = output_paths(mask_path, cfg)
-    for path in paths.values():
-        check_writable(path, overwrite)
-
-    model = bundle.build()
-    grid = plan_scene(scene, bundle, cfg, model_align(model))
-    ref = ModelRef(
-        path=str(bundle.path),
-        sha256=bundle.sha256,
-        device=cfg.device,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        threads=threads,
-    )
-    if client is None:
-        cache_model(ref, model)
-    else:
-        from geoseg.workers import register_model
-
-        register_model(client, ref)
-    del model
-    outputs = OutputSpec(len(meta.classes), cfg.confidence, cfg.probabilities)
-    job = BlockJob(
-        bands=bands,
-        height=scene.height,
-        width=scene.width,
-        stats=meta.bands,
-        model=ref,
-        outputs=outputs,
-        batch_size=cfg.batch_size,
-        blend=cfg.stitch == "blend",
-        halo=grid.lattice.halo,
-    )
-    array = lazy_prediction(grid, job)
-    log.info(
-        "%s: %dx%d px, %d blocks of %d px, tile %d, halo %d, %s stitching",
-        scene.name, scene.width, scene.height, len(grid), grid.block_size,
-        grid.lattice.tile_size, grid.lattice.halo, cfg.stitch,
-    )
-    counts = np.zeros(256, dtype=np.int64)
-    tags = {
-        "GEOSEG_MODEL_SHA256": bundle.sha256,
-        "GEOSEG_SCENE": scene_path.name,
-        CLASSES_TAG: json.dumps([c.model_dump() for c in meta.classes]),
-    }
-    with ExitStack() as stack:
-        writers = _open_writers(stack, paths, scene, bundle, outputs, overwrite, tags)
-        done = 0
-        for (i, j), block in iter_blocks(array, client):
-            window = grid.block(i, j).core
-            band = 0
-            for role, writer in writers.items():
-                n = writer.spec.count
-                writer.write(window, block[band : band + n])
-                band += n
-            counts += np.bincount(block[0].ravel(), minlength=256)
-            done += 1
-            if progress is not None:
-                progress(done, len(grid))
-        for writer in writers.values():
-            writer.commit()
-    n_tiles = sum(len(b.tiles) for b in grid.blocks())
-    return PredictResult(
-        outputs=paths,
-        grid=grid,
-        class_pixels={c.id: int(counts[c.id]) for c in meta.classes},
-        nodata_pixels=int(counts[NODATA]),
-        seconds=time.perf_counter() - start,
-        tiles=n_tiles,
-    )
+    plan = plan_prediction(scene_path, bundle_path, mask_path, cfg, overwrite, threads)
+    return run_prediction(plan, client, progress)
 
 
 def _open_writers(

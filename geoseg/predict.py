@@ -30,6 +30,7 @@ __all__ = [
     "OutputSpec",
     "cache_model",
     "get_model",
+    "has_model",
     "predict_block",
     "resolve_device",
 ]
@@ -143,6 +144,12 @@ def cache_model(ref: ModelRef, module: torch.nn.Module) -> _Loaded:
         _CACHE[ref] = loaded
     log.info("model %s… ready on %s", ref.sha256[:12], device)
     return loaded
+
+
+def has_model(ref: ModelRef) -> bool:
+    """Whether this process has the model for ``ref`` loaded."""
+    with _LOCK:
+        return ref in _CACHE
 
 
 def get_model(ref: ModelRef) -> _Loaded:

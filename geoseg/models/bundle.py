@@ -29,6 +29,7 @@ __all__ = [
     "Bundle",
     "BundleMeta",
     "ClassSpec",
+    "init_bundle",
     "load_bundle",
     "read_bundle_meta",
     "save_bundle",
@@ -226,3 +227,45 @@ def save_bundle(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def init_bundle(
+    path: str | os.PathLike[str],
+    *,
+    arch: str,
+    encoder: str,
+    bands: tuple[BandSpec, ...],
+    input_dtype: InputDtype,
+    classes: tuple[ClassSpec, ...],
+    tile_size: int,
+    halo: int,
+    arch_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    description: str = "",
+) -> BundleMeta:
+    """Write a bundle with randomly initialised weights (seeded) and return its metadata.
+
+    Raises:
+        BundleError: the metadata is invalid or smp cannot build the model.
+    """
+    import torch
+
+    try:
+        meta = BundleMeta(
+            arch=arch,
+            encoder=encoder,
+            arch_kwargs=arch_kwargs or {},
+            bands=bands,
+            input_dtype=input_dtype,
+            classes=classes,
+            tile_size=tile_size,
+            halo=halo,
+            description=description or "randomly initialised (untrained) model",
+            training={"init": "random", "seed": seed},
+        )
+    except ValidationError as exc:
+        raise BundleError(f"invalid bundle settings: {exc}") from exc
+    torch.manual_seed(seed)
+    model = build_model(meta.arch, encoder, len(bands), len(classes), meta.arch_kwargs)
+    save_bundle(model, meta, path)
+    return meta

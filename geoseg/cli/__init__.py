@@ -1,0 +1,79 @@
+"""The ``geoseg`` command line: thin click commands over the library, rendered with rich."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+__all__ = ["main"]
+
+#: command name → "module:attribute" (loaded lazily so `geoseg --help` is fast).
+_COMMANDS = {
+    "predict": "geoseg.cli.predict:predict",
+    "model": "geoseg.cli.model:model",
+    "vectorize": "geoseg.cli.vectorize:vectorize",
+}
+
+
+class _Group(click.Group):
+    """Loads commands lazily and turns geoseg errors into one line and exit status 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in _COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return self._load(name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = _COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        try:
+            return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                return None
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from geoseg.errors import GeoSegError
+
+        try:
+            return super().invoke(ctx)
+        except GeoSegError as exc:
+            if ctx.obj and ctx.obj.get("verbose"):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details; full tracebacks.")
+@click.version_option(package_name="geoseg")
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
+    """geoseg: huge satellite scenes to seamless land-cover masks and polygons.
+
+    \b
+    Typical use:
+      geoseg model init --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \\
+          --classes water,trees,crops,built --dtype uint16 --out model.safetensors
+      geoseg predict scene.tif --model model.safetensors --out mask.tif
+      geoseg vectorize mask.tif --out landcover.gpkg
+    """
+    if not verbose:  # distributed configures its loggers from this when first imported
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("distributed").setLevel(logging.INFO if verbose else logging.ERROR)

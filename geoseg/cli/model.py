@@ -1,0 +1,162 @@
+"""``geoseg model``: create and inspect model bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from geoseg.cli.render import console
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_classes(text: str) -> tuple:
+    from geoseg.errors import ConfigError
+    from geoseg.models.bundle import ClassSpec
+    from geoseg.models.palette import default_color
+
+    classes = []
+    for i, item in enumerate(_split(text)):
+        name, _, colour = item.partition(":")
+        if colour:
+            hexa = colour.lstrip("#")
+            if len(hexa) != 6:
+                raise ConfigError(f"class {name!r}: colour {colour!r} is not #rrggbb")
+            rgb = tuple(int(hexa[k : k + 2], 16) for k in (0, 2, 4))
+        else:
+            rgb = default_color(name, i)
+        classes.append(ClassSpec(id=i, name=name.strip(), color=rgb))
+    return tuple(classes)
+
+
+def _depth_kwargs(arch: str, depth: int | None) -> dict | None:
+    """smp arguments for a shallower encoder (U-Net-style decoders need one channel per stage)."""
+    if not depth:
+        return None
+    kwargs: dict = {"encoder_depth": depth}
+    if arch.lower() in ("unet", "unetplusplus", "manet"):
+        kwargs["decoder_channels"] = [256, 128, 64, 32, 16][-depth:]
+    return kwargs
+
+
+@click.group()
+def model() -> None:
+    """Create and inspect model bundles (safetensors weights + metadata in one file)."""
+
+
+@model.command("init")
+@click.option("--arch", default="unet", show_default=True, help="smp architecture: unet, deeplabv3plus, fpn, …")
+@click.option("--encoder", default="resnet34", show_default=True, help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
+@click.option("--bands", required=True, help="Input band names in model order, e.g. B02,B03,B04,B08.")
+@click.option("--classes", required=True, help="Class names, optionally name:#rrggbb, e.g. water:#1f78b4,trees,crops.")
+@click.option("--dtype", "input_dtype", default="uint16", show_default=True,
+              type=click.Choice(["uint8", "uint16", "int16", "float32"]), help="Pixel dtype the model expects.")
+@click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
+              help="Compute per-band mean/std from this scene (decimated read).")
+@click.option("--mean", help="Per-band means (comma list), if not --stats-from.")
+@click.option("--std", help="Per-band standard deviations (comma list), if not --stats-from.")
+@click.option("--tile-size", default=512, show_default=True, help="Model input tile side, px.")
+@click.option("--halo", type=int, help="Context px per tile side [recommended for the arch].")
+@click.option("--encoder-depth", type=int, help="Encoder stages (3-5); fewer = smaller receptive field.")
+@click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
+@click.option("--description", default="", help="What this model is (stored in the bundle).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
+         stats_from: Path | None, mean: str | None, std: str | None, tile_size: int,
+         halo: int | None, encoder_depth: int | None, seed: int, description: str, out: Path,
+         overwrite: bool) -> None:
+    """Write a randomly initialised (untrained) bundle, e.g. to try the pipeline.
+
+    Normalization statistics come from --stats-from SCENE (recommended) or --mean/--std.
+
+    \b
+    Example:
+      geoseg model init --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \\
+          --classes water,trees,crops,built --stats-from scene.tif -o model.safetensors
+    """
+    from geoseg.errors import ConfigError, OutputExistsError
+    from geoseg.models.bundle import BandSpec, init_bundle
+    from geoseg.models.registry import recommended_halo
+
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
+    names = _split(bands)
+    if stats_from is not None:
+        from geoseg.normalize import band_statistics
+        from geoseg.scene import open_scene, select_bands
+
+        scene = open_scene(stats_from)
+        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height, scene.width)
+    elif mean and std:
+        stats = list(zip(map(float, _split(mean)), map(float, _split(std)), strict=False))
+        if len(stats) != len(names) or len(_split(mean)) != len(_split(std)):
+            raise ConfigError(f"--mean and --std need {len(names)} values each (one per band)")
+    elif input_dtype == "float32":
+        stats = [(0.0, 1.0)] * len(names)
+    else:
+        raise ConfigError("give --stats-from SCENE, or --mean and --std (one value per band)")
+    meta = init_bundle(
+        out,
+        arch=arch,
+        encoder=encoder,
+        bands=tuple(BandSpec(name=n, mean=m, std=s) for n, (m, s) in zip(names, stats, strict=True)),
+        input_dtype=input_dtype,  # type: ignore[arg-type]
+        classes=_parse_classes(classes),
+        tile_size=tile_size,
+        halo=recommended_halo(arch) if halo is None else halo,
+        arch_kwargs=_depth_kwargs(arch, encoder_depth),
+        seed=seed,
+        description=description,
+    )
+    console.print(f"[green]wrote[/] {out}: {meta.arch}/{meta.encoder}, {len(meta.bands)} bands, "
+                  f"{len(meta.classes)} classes (untrained)")
+
+
+@model.command("info")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--receptive-field", is_flag=True,
+              help="Measure the receptive field and the halo that makes masks tiling-independent.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
+def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
+    """Show what a bundle holds: architecture, bands and normalization, classes, tiling."""
+    from rich.table import Table
+
+    from geoseg.models.bundle import load_bundle
+    from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, model_align
+
+    loaded = load_bundle(bundle)
+    meta = loaded.meta
+    if as_json:
+        click.echo(json.dumps(meta.model_dump(mode="json") | {"sha256": loaded.sha256}, indent=2))
+        return
+    console.print(f"[bold]{bundle}[/]  sha256 {loaded.sha256[:16]}…")
+    console.print(f"{meta.arch} / {meta.encoder} {meta.arch_kwargs or ''}  input {meta.input_dtype}, "
+                  f"tile {meta.tile_size} px, halo {meta.halo} px")
+    if meta.description:
+        console.print(meta.description)
+    bands = Table("band", "mean", "std", title="bands (model order)")
+    for b in meta.bands:
+        bands.add_row(b.name, f"{b.mean:.4g}", f"{b.std:.4g}")
+    classes = Table("id", "name", "colour", title="classes")
+    for c in meta.classes:
+        hexa = "#%02x%02x%02x" % c.color
+        classes.add_row(str(c.id), c.name, f"[{hexa}]██[/] {hexa}")
+    console.print(bands, classes)
+    if receptive_field:
+        from geoseg.models.receptive import receptive_field_radius
+        from geoseg.tiling import ceil_to
+
+        model = loaded.build()
+        align = model_align(model)
+        probe = ceil_to(max(512, 4 * meta.halo), align)
+        radius = receptive_field_radius(model, len(meta.bands), probe)
+        at_least = "≥ " if radius >= probe // 2 else ""
+        console.print(f"receptive field radius {at_least}{radius} px → halo for exact tiling "
+                      f"independence: {at_least}{ceil_to(radius, align)} px (stride {align})")
+        if meta.arch in NON_LOCAL_ARCHITECTURES:
+            console.print(f"note: {meta.arch} pools over the whole tile; keep the tile size fixed")

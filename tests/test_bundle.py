@@ -1,0 +1,107 @@
+"""Model bundles: round trip, validation, corrupt and mismatched files."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from geoseg.errors import BundleError
+from geoseg.models import build_model, load_bundle, read_bundle_meta
+from geoseg.models.bundle import BandSpec, BundleMeta, ClassSpec, save_bundle
+
+from .conftest import TINY_DEEPLAB, TINY_UNET
+
+
+@pytest.mark.parametrize("spec", [TINY_UNET, TINY_DEEPLAB], ids=["unet", "deeplabv3plus"])
+def test_round_trip(make_bundle, spec) -> None:
+    path = make_bundle(spec)
+    bundle = load_bundle(path)
+    assert bundle.meta.arch == spec["arch"] and bundle.meta.band_names == ("B02", "B03", "B04", "B08")
+    assert bundle.meta.colormap[1] == (50, 170, 90, 255)
+    assert len(bundle.sha256) == 64
+    model = bundle.build()
+    out = model(torch.zeros(1, 4, 64, 64))
+    assert out.shape == (1, 5, 64, 64)
+    # the same seed gives the same weights
+    again = load_bundle(make_bundle(spec, name="again.safetensors"))
+    assert again.sha256 == bundle.sha256
+
+
+def test_not_a_bundle(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x80\x04this is a pickle, not safetensors")
+    with pytest.raises(BundleError, match="not a readable safetensors"):
+        load_bundle(junk)
+    with pytest.raises(BundleError, match="no such model bundle"):
+        load_bundle(tmp_path / "missing.safetensors")
+
+
+def test_truncated_bundle(make_bundle, tmp_path: Path) -> None:
+    data = make_bundle().read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BundleError):
+        load_bundle(cut)
+
+
+def _rewrite_meta(path: Path, out: Path, **changes) -> None:
+    """Edit the JSON metadata inside a safetensors header (as a careless user might)."""
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    meta = json.loads(header["__metadata__"]["geoseg.bundle"])
+    meta.update(changes)
+    header["__metadata__"]["geoseg.bundle"] = json.dumps(meta)
+    blob = json.dumps(header).encode()
+    blob += b" " * (-len(blob) % 8)
+    out.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n :])
+
+
+def test_mismatched_weights_are_named(make_bundle, tmp_path: Path) -> None:
+    edited = tmp_path / "edited.safetensors"
+    _rewrite_meta(make_bundle(), edited, encoder="resnet34")
+    assert read_bundle_meta(edited).encoder == "resnet34"
+    with pytest.raises(BundleError, match="do not fit a unet/resnet34"):
+        load_bundle(edited)
+
+
+def test_invalid_metadata(make_bundle, tmp_path: Path) -> None:
+    edited = tmp_path / "edited.safetensors"
+    _rewrite_meta(make_bundle(), edited, tile_size=-5, colour="x")
+    with pytest.raises(BundleError, match="invalid bundle metadata"):
+        load_bundle(edited)
+
+
+def test_plain_safetensors_without_metadata(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(BundleError, match="without geoseg metadata"):
+        load_bundle(path)
+
+
+def test_meta_validation() -> None:
+    bands = (BandSpec(name="a", mean=0, std=1),)
+    with pytest.raises(ValueError, match="class ids"):
+        BundleMeta(arch="unet", encoder="resnet18", bands=bands, input_dtype="uint8",
+                   classes=(ClassSpec(id=1, name="x", color=(0, 0, 0)),), tile_size=256, halo=0)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        BundleMeta(arch="nope", encoder="resnet18", bands=bands, input_dtype="uint8",
+                   classes=(ClassSpec(id=0, name="x", color=(0, 0, 0)),), tile_size=256, halo=0)
+    with pytest.raises(ValueError):
+        ClassSpec(id=0, name="x", color=(0, 0, 300))
+    with pytest.raises(BundleError, match="unknown encoder"):
+        build_model("unet", "no-such-encoder", 3, 2)
+
+
+def test_save_is_atomic(make_bundle, tmp_path: Path) -> None:
+    meta = load_bundle(make_bundle()).meta
+    model = build_model("unet", "resnet18", 4, 5, dict(meta.arch_kwargs))
+    out = save_bundle(model, meta, tmp_path / "sub" / "m.safetensors")
+    assert load_bundle(out).meta == meta
+    assert [p.name for p in out.parent.iterdir()] == ["m.safetensors"]
