@@ -29,7 +29,9 @@ demo: install
 	    --tile-size 1024 --halo 128 -o $(DEMO)/untrained-unet.safetensors --overwrite
 	$(GEOSEG) predict $(DEMO)/s2_sample.tif -m $(DEMO)/untrained-unet.safetensors \
 	    -o $(DEMO)/s2_mask.tif --confidence --overwrite
-	@echo "open $(DEMO)/s2_mask.tif in QGIS (paletted, with class colours)"
+	$(GEOSEG) vectorize $(DEMO)/s2_mask.tif --out $(DEMO)/s2_landcover.gpkg --min-area 2000 \
+	    --overwrite
+	@echo "open $(DEMO)/s2_mask.tif and $(DEMO)/s2_landcover.gpkg in QGIS (styled by class)"
 
 bench-memory: install
 	$(PY) -m benchmarks.memory
