@@ -1,0 +1,279 @@
+"""VECTORIZE stage: real GeoTIFF masks → GeoPackage layers, checked against whole-mask truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from geoseg.errors import ConfigError, OutputExistsError, SceneError
+from geoseg.pipeline import CLASSES_TAG
+from geoseg.vectorize import vectorize_mask
+
+H, W = 777, 1001
+CLASSES = [
+    {"id": 0, "name": "water", "color": [31, 120, 180]},
+    {"id": 1, "name": "forest", "color": [51, 160, 44]},
+    {"id": 2, "name": "crop", "color": [255, 215, 0]},
+    {"id": 3, "name": "urban", "color": [227, 26, 28]},
+    {"id": 4, "name": "bare", "color": [166, 118, 29]},
+]
+STRUCT = {4: ndimage.generate_binary_structure(2, 1), 8: np.ones((3, 3), bool)}
+
+
+def coherent_mask(seed: int = 0, noise: float = 0.002) -> np.ndarray:
+    """Smoothed random field cut into 5 classes, a little salt noise, a nodata corner + hole."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.standard_normal((H, W)), 9)
+    data = np.digitize(field, np.quantile(field, [0.2, 0.4, 0.6, 0.8])).astype(np.uint8)
+    salt = rng.random((H, W)) < noise
+    data[salt] = rng.integers(0, 5, salt.sum())
+    data[:120, :90] = 255
+    rr, cc = np.ogrid[:H, :W]
+    data[(rr - 400) ** 2 + (cc - 600) ** 2 < 40**2] = 255
+    return data
+
+
+def write_mask(path: Path, data: np.ndarray, crs: str = "EPSG:32633",
+               transform=None, tag: bool = True, confidence: np.ndarray | None = None) -> Path:
+    transform = transform or from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
+    profile = dict(driver="GTiff", width=W, height=H, count=1, dtype="uint8", crs=crs,
+                   transform=transform, nodata=255, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+        dst.write_colormap(1, {c["id"]: (*c["color"], 255) for c in CLASSES})
+        if tag:
+            dst.update_tags(**{CLASSES_TAG: json.dumps(CLASSES)})
+    if confidence is not None:
+        conf_path = path.with_name(path.stem + ".confidence.tif")
+        with rasterio.open(conf_path, "w", **profile) as dst:
+            dst.write(confidence, 1)
+    return path
+
+
+def read_layer(path: Path):
+    _, _, geoms, fields = pyogrio.raw.read(path, layer="landcover")
+    meta = pyogrio.read_info(path, layer="landcover")
+    cols = dict(zip(meta["fields"], fields, strict=True))
+    return shapely.from_wkb(geoms), cols
+
+
+def rasterize(geoms, cls, transform) -> np.ndarray:
+    return rasterio.features.rasterize(
+        zip(geoms, cls.tolist(), strict=True), out_shape=(H, W), transform=transform,
+        fill=255, dtype="uint8")
+
+
+def n_components(data: np.ndarray, connectivity: int) -> dict[int, int]:
+    return {c: ndimage.label(data == c, STRUCT[connectivity])[1] for c in range(5)}
+
+
+@pytest.fixture(scope="module")
+def mask_path(tmp_path_factory) -> Path:
+    return write_mask(tmp_path_factory.mktemp("v") / "mask.tif", coherent_mask())
+
+
+@pytest.fixture(scope="module")
+def layers(mask_path, tmp_path_factory):
+    """``(connectivity, block_size) → (geoms, columns, result)``, each vectorized once."""
+    out = tmp_path_factory.mktemp("layers")
+    cache = {}
+    for conn in (4, 8):
+        for bs in (128, 300, 1024):
+            r = vectorize_mask(mask_path, out / f"{conn}_{bs}.gpkg", connectivity=conn,
+                               block_size=bs)
+            cache[conn, bs] = (*read_layer(r.path), r)
+    return cache
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+@pytest.mark.parametrize("bs", [128, 300, 1024])
+def test_rasterizing_the_layer_gives_back_the_mask(layers, conn, bs):
+    geoms, cols, _ = layers[conn, bs]
+    data = coherent_mask()
+    back = rasterize(geoms, cols["class_id"], from_origin(500_000.0, 4_600_000.0, 10.0, 10.0))
+    assert np.array_equal(back, data)
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+@pytest.mark.parametrize("bs", [128, 300, 1024])
+def test_one_polygon_per_connected_region(layers, conn, bs):
+    geoms, cols, result = layers[conn, bs]
+    expected = n_components(coherent_mask(), conn)
+    got = {c: int((cols["class_id"] == c).sum()) for c in range(5)}
+    assert got == expected
+    assert result.class_features == {c: n for c, n in expected.items() if n}
+    assert result.n_features == len(geoms) == sum(expected.values())
+    assert result.blocks == (1 if bs == 1024 else -(-H // bs) * -(-W // bs))
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+def test_layers_identical_across_block_sizes(layers, conn):
+    def keyed(geoms, cols):
+        bounds = shapely.bounds(geoms)
+        return {(int(c), *map(float, b)): g for c, b, g in zip(cols["class_id"], bounds, geoms,
+                                                               strict=True)}
+
+    ref = keyed(*layers[conn, 1024][:2])
+    assert len(ref) == len(layers[conn, 1024][0])  # keys are unique
+    for bs in (128, 300):
+        other = keyed(*layers[conn, bs][:2])
+        assert other.keys() == ref.keys()
+        assert all(shapely.equals(other[k], ref[k]) for k in ref)
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+def test_valid_geometries_no_gaps_no_overlaps_and_areas(layers, conn):
+    geoms, cols, result = layers[conn, 128]
+    data = coherent_mask()
+    assert shapely.is_valid(geoms).all()
+    assert set(shapely.get_type_id(geoms)) <= {6}  # MultiPolygon layer
+    valid_area = (data != 255).sum() * 100.0
+    assert shapely.area(geoms).sum() == pytest.approx(valid_area, abs=1e-3)
+    assert shapely.union_all(geoms).area == pytest.approx(valid_area, abs=1e-3)  # no overlap
+    np.testing.assert_allclose(cols["area_m2"], shapely.area(geoms), atol=1e-6)
+    for c in range(5):
+        assert result.class_area_m2[c] == pytest.approx((data == c).sum() * 100.0)
+    assert np.all(cols["class_name"] == np.array([CLASSES[c]["name"] for c in cols["class_id"]]))
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+def test_sieve_is_block_size_independent_and_matches_gdal(mask_path, tmp_path, conn):
+    px = 20
+    out = {bs: vectorize_mask(mask_path, tmp_path / f"s{bs}.gpkg", min_area_m2=px * 100.0,
+                              connectivity=conn, block_size=bs) for bs in (128, 1024)}
+    grids = {}
+    for bs, r in out.items():
+        geoms, cols = read_layer(r.path)
+        assert shapely.is_valid(geoms).all()
+        grids[bs] = rasterize(geoms, cols["class_id"], from_origin(500_000.0, 4_600_000.0, 10, 10))
+    assert np.array_equal(grids[128], grids[1024])
+    data, sieved = coherent_mask(), grids[128]
+    assert np.array_equal(sieved == 255, data == 255)  # nodata never changes or absorbs
+    assert out[128].n_features < 0.8 * sum(n_components(data, conn).values())
+    for c in range(5):  # no region below the threshold is left unless it touches only nodata
+        lab, n = ndimage.label(sieved == c, STRUCT[conn])
+        sizes = np.bincount(lab.ravel())[1:]
+        for k in np.flatnonzero(sizes < px) + 1:
+            ring = ndimage.binary_dilation(lab == k, STRUCT[conn]) & (lab != k)
+            assert np.all(sieved[ring] == 255)
+    gdal = rasterio.features.sieve(data, px, mask=data != 255, connectivity=conn)
+    gdal = np.where(data == 255, 255, gdal)
+    assert (gdal == sieved).mean() > 0.9999  # equal up to ties between equally large neighbours
+    assert (sieved != data).sum() > 300  # the sieve did something
+
+
+def test_simplify_keeps_a_valid_coverage(mask_path, tmp_path):
+    r = vectorize_mask(mask_path, tmp_path / "simple.gpkg", simplify_m=15.0, block_size=300)
+    geoms, cols = read_layer(r.path)
+    assert len(geoms) == n_components_total(4)
+    assert shapely.is_valid(geoms).all() and not shapely.is_empty(geoms).any()
+    assert shapely.coverage_is_valid(geoms)
+    assert shapely.area(geoms).sum() == pytest.approx(shapely.union_all(geoms).area, rel=1e-9)
+    assert shapely.get_num_coordinates(geoms).sum() < 0.8 * sum(
+        shapely.get_num_coordinates(read_layer_sizes(mask_path, tmp_path)))
+
+
+def n_components_total(conn: int) -> int:
+    return sum(n_components(coherent_mask(), conn).values())
+
+
+def read_layer_sizes(mask_path, tmp_path):
+    r = vectorize_mask(mask_path, tmp_path / "plain.gpkg", block_size=300)
+    return read_layer(r.path)[0]
+
+
+def test_geographic_crs_gives_geodesic_areas(tmp_path):
+    from pyproj import Geod
+
+    data = coherent_mask(seed=3)
+    transform = from_origin(10.0, 60.0, 1e-4, 1e-4)
+    path = write_mask(tmp_path / "geo.tif", data, crs="EPSG:4326", transform=transform)
+    r = vectorize_mask(path, tmp_path / "geo.gpkg", block_size=256)
+    geoms, cols = read_layer(r.path)
+    geod = Geod(ellps="WGS84")
+    big = np.argsort(cols["area_m2"])[-20:]
+    for i in big:
+        ref = abs(geod.geometry_area_perimeter(geoms[i])[0])
+        assert cols["area_m2"][i] == pytest.approx(ref, rel=2e-4)
+    # a 1e-4° pixel at 60°N is about 11.1 m × 5.6 m
+    assert cols["area_m2"].sum() / (data != 255).sum() == pytest.approx(62.0, rel=0.02)
+    assert pyogrio.read_info(r.path, layer="landcover")["crs"] == "EPSG:4326"
+
+
+def test_mean_confidence_and_colour_table_fallback(tmp_path):
+    data = coherent_mask(seed=5)
+    conf = np.where(data == 255, 255, 50 + 10 * data.astype(np.int64)).astype(np.uint8)
+    conf[::7, ::5] = 255  # confidence nodata inside classes does not count
+    path = write_mask(tmp_path / "m.tif", data, tag=False, confidence=conf)
+    r = vectorize_mask(path, tmp_path / "m.gpkg", block_size=200)
+    _, cols = read_layer(r.path)
+    expected = 50.0 + 10.0 * cols["class_id"]
+    ok = ~np.isnan(cols["mean_confidence"])
+    assert ok.mean() > 0.9
+    np.testing.assert_allclose(cols["mean_confidence"][ok], expected[ok])
+    assert set(cols["class_name"]) == {f"class_{c}" for c in range(5)}
+
+
+def test_errors_and_atomic_output(mask_path, tmp_path):
+    out = tmp_path / "x.gpkg"
+    with pytest.raises(ConfigError, match="connectivity"):
+        vectorize_mask(mask_path, out, connectivity=6)
+    vectorize_mask(mask_path, out, block_size=1024)
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        vectorize_mask(mask_path, out)
+    vectorize_mask(mask_path, out, block_size=1024, overwrite=True)
+    nocrs = tmp_path / "nocrs.tif"
+    with rasterio.open(nocrs, "w", driver="GTiff", width=8, height=8, count=1,
+                       dtype="uint8") as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    with pytest.raises(SceneError, match="no CRS"):
+        vectorize_mask(nocrs, tmp_path / "y.gpkg")
+    with pytest.raises(SceneError, match="cannot open"):
+        vectorize_mask(tmp_path / "missing.tif", tmp_path / "y.gpkg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nocrs.tif", "x.gpkg"]
+
+
+def test_gpkg_is_version_1_2_with_spatial_index_and_qgis_style(layers):
+    import sqlite3
+
+    path = layers[4, 300][2].path
+    con = sqlite3.connect(path)
+    try:
+        assert con.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 10200
+        assert con.execute("SELECT count(*) FROM sqlite_master WHERE name = "
+                           "'rtree_landcover_geom'").fetchone()[0] == 1
+        name, col, default, qml = con.execute(
+            "SELECT f_table_name, f_geometry_column, useAsDefault, styleQML FROM layer_styles"
+        ).fetchone()
+    finally:
+        con.close()
+    assert (name, col, default) == ("landcover", "geom", 1)
+    assert 'type="categorizedSymbol"' in qml and all(c["name"] in qml for c in CLASSES)
+
+
+@pytest.mark.slow
+def test_distributed_local_cluster_gives_the_same_layer(tmp_path):
+    from distributed import Client, LocalCluster
+
+    data = coherent_mask(seed=7)
+    path = write_mask(tmp_path / "d.tif", data)
+    local = vectorize_mask(path, tmp_path / "local.gpkg", block_size=256, min_area_m2=1000)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        dist = vectorize_mask(path, tmp_path / "dist.gpkg", block_size=256, min_area_m2=1000,
+                              client=client)
+    assert dist.n_features == local.n_features and dist.blocks == 16
+    (g1, c1), (g2, c2) = read_layer(local.path), read_layer(dist.path)
+    t = from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
+    assert np.array_equal(rasterize(g1, c1["class_id"], t), rasterize(g2, c2["class_id"], t))
+    assert dist.class_area_m2 == pytest.approx(local.class_area_m2)
