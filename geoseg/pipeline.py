@@ -17,7 +17,7 @@ import numpy as np
 from geoseg.config import PredictConfig
 from geoseg.errors import ConfigError, SceneError
 from geoseg.models.bundle import Bundle, load_bundle
-from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, model_align
+from geoseg.models.registry import NON_LOCAL_ARCHITECTURES
 from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import Scene, open_scene, select_bands
 from geoseg.stitch import iter_blocks, lazy_prediction
@@ -150,7 +150,7 @@ def plan_prediction(
         if path.resolve() == scene_path.resolve():
             raise ConfigError(f"{path}: the output would overwrite the input scene")
         check_writable(path, overwrite)
-    grid = plan_scene(scene, bundle, cfg, model_align(bundle.build()))
+    grid = plan_scene(scene, bundle, cfg, bundle.align)
     ref = ModelRef(
         path=str(bundle.path),
         sha256=bundle.sha256,

@@ -127,7 +127,7 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
     from rich.table import Table
 
     from geoseg.models.bundle import load_bundle
-    from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, model_align
+    from geoseg.models.registry import NON_LOCAL_ARCHITECTURES
 
     loaded = load_bundle(bundle)
     meta = loaded.meta
@@ -152,7 +152,7 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
         from geoseg.tiling import ceil_to
 
         model = loaded.build()
-        align = model_align(model)
+        align = loaded.align
         probe = ceil_to(max(512, 4 * meta.halo), align)
         radius = receptive_field_radius(model, len(meta.bands), probe)
         at_least = "≥ " if radius >= probe // 2 else ""

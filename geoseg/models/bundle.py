@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geoseg.errors import BundleError
-from geoseg.models.registry import ARCHITECTURES, build_model
+from geoseg.models.registry import ARCHITECTURES, build_model, model_align
 
 if TYPE_CHECKING:
     import torch
@@ -120,12 +120,14 @@ class Bundle:
         state_dict: the weights, name → CPU tensor.
         path: the file it was read from.
         sha256: hex digest of the file's bytes (identifies the model in caches and reports).
+        align: the model's size divisor in pixels (its total down-sampling, e.g. 32).
     """
 
     meta: BundleMeta
     state_dict: dict[str, torch.Tensor]
     path: Path
     sha256: str
+    align: int = 32
 
     def build(self) -> torch.nn.Module:
         """An eval-mode torch model with these weights (CPU)."""
@@ -203,8 +205,9 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         state_dict = load_file(str(path), device="cpu")
     except Exception as exc:
         raise BundleError(f"{path}: cannot read the weights ({exc}); the file is corrupt") from exc
-    _model_with_weights(meta, state_dict, path)  # validates shapes and names now, not on a worker
-    return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=_file_sha256(path))
+    model = _model_with_weights(meta, state_dict, path)  # validate now, not on a worker
+    return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=_file_sha256(path),
+                  align=model_align(model))
 
 
 def save_bundle(
