@@ -1,0 +1,42 @@
+"""Mask COG → GeoPackage polygons, block by block, seamless across block borders.
+
+Every block (a window of the mask, ``block_size`` pixels square) is one task: it reads its own
+window, labels the connected regions of each class (``scipy.ndimage.label``, 4- or 8-connected,
+nodata never labelled), polygonizes the *label* raster with ``rasterio.features.shapes`` and
+computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions that
+do not touch an inner block border are finished features and stream to the writer; pieces that
+touch one are sent back to the client, joined across seams with union-find over the seam pixel
+rows/columns (full scene width/height, so 8-connected diagonals across block corners are seen),
+and unioned (``shapely.coverage_union_all``). The layer thus has exactly one (multi)polygon per
+connected region of a class, as if the whole mask had been polygonized at once.
+
+Geometries are built in *pixel* coordinates (each block's window offset as its transform), where
+every vertex is an integer and seam edges are bit-identical between neighbours, and mapped to the
+CRS with the scene's affine transform only when finished: the result does not depend on the
+block size, down to the last bit of every coordinate.
+
+Sieve (``min_area_m2``) — exact, global, block-bounded
+------------------------------------------------------
+GDAL's sieve (``rasterio.features.sieve``) replaces a region smaller than the threshold by its
+*largest* neighbouring region, following a chain through small neighbours until a large one is
+reached. Whether a neighbour is "largest" depends on its whole size, which can reach far beyond
+any halo, so a per-block sieve with a halo cannot be exact. geoseg does it globally: a first pass
+over the blocks returns only per-region sizes, first-pixel positions, seam rows and the
+adjacencies of small pieces; the client joins regions across seams, decides every small region's
+target class, and the second pass applies the per-block remap before polygonizing. Memory is one
+block per task plus O(number of regions) on the client. Same semantics as GDAL (nodata is never
+a neighbour and never changes) except ties between equally large neighbours, which geoseg breaks
+by the neighbour's first pixel in raster order so that the result never depends on the blocks.
+
+Simplification (``simplify_m``) holds the whole layer (vectors only, no pixels): GDAL's polygons
+share edges without sharing every vertex, so the layer is first noded with
+``shapely.coverage_clean`` (areas unchanged), then ``shapely.coverage_simplify`` simplifies every
+shared edge once — no gaps or overlaps. Without simplification features stream to the file; they
+then tile the plane without gaps or overlaps but are not vertex-matched (as GDAL's own output).
+"""
+
+
+from geoseg.vectorize.core import ProgressCallback, VectorizeResult, vectorize_mask
+from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
+
+__all__ = ["MaskInfo", "ProgressCallback", "VectorizeResult", "read_mask_info", "vectorize_mask"]

@@ -1,0 +1,199 @@
+"""Worker side of vectorizing: one task per block window of the mask.
+
+Each task reads its own window, labels the connected regions of each class and either returns
+sieve statistics (first pass) or polygons in *pixel* coordinates (integer vertices, so seam
+edges are bit-identical between neighbouring blocks), mapped to the CRS only when finished.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from geoseg.tiling import Window
+from geoseg.vectorize.maskinfo import MaskInfo
+
+__all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
+           "to_crs"]
+
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    """One block's work order (picklable; the task opens the files itself)."""
+
+    index: int
+    window: Window
+    info: MaskInfo
+    connectivity: int
+    sieve_pixels: float = 0.0
+    remap: tuple[np.ndarray, np.ndarray] | None = None  # local labels → new class
+
+
+def _structure(connectivity: int) -> np.ndarray:
+    return np.ones((3, 3), bool) if connectivity == 8 else np.array(
+        [[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
+
+
+def _read(path: str, w: Window) -> np.ndarray:
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    with rasterio.open(path) as src:
+        return src.read(1, window=RioWindow(w.col, w.row, w.width, w.height))
+
+
+def _label(data: np.ndarray, nodata: int, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels int32 (H, W), class per label uint8 (n+1,))``: regions per class, 0 = none."""
+    from scipy import ndimage
+
+    labels = np.zeros(data.shape, np.int32)
+    classes = [np.uint8(nodata)]
+    n = 0
+    for c in np.unique(data):
+        if c == nodata:
+            continue
+        lab, k = ndimage.label(data == c, _structure(connectivity))
+        labels += np.where(lab > 0, lab + n, 0).astype(np.int32)
+        classes += [c] * k
+        n += k
+    return labels, np.array(classes, np.uint8)
+
+
+def _block_labels(task: BlockTask) -> tuple[np.ndarray, np.ndarray]:
+    info = task.info
+    data = _read(info.path, task.window)
+    labels, cls = _label(data, info.nodata, task.connectivity)
+    if task.remap is not None and len(task.remap[0]):
+        lut = cls.copy()
+        lut[task.remap[0]] = task.remap[1]
+        data = np.where(labels > 0, lut[labels], data)
+        labels, cls = _label(data, info.nodata, task.connectivity)
+    return labels, cls
+
+
+def _edges(labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    return labels[0].copy(), labels[-1].copy(), labels[:, 0].copy(), labels[:, -1].copy()
+
+
+def _first_keys(labels: np.ndarray, w: Window, width: int, n: int) -> np.ndarray:
+    """Scene raster-order index of each label's first pixel (int64, ``(n+1,)``)."""
+    lab, idx = np.unique(labels.ravel(), return_index=True)
+    keys = np.full(n + 1, -1, np.int64)
+    keys[lab] = (w.row + idx // w.width) * width + (w.col + idx % w.width)
+    return keys
+
+
+def _neighbour_pairs(labels: np.ndarray, connectivity: int) -> np.ndarray:
+    """Unique ``(a, b)`` label pairs of adjacent pixels of different regions, ``(k, 2)``."""
+    shifts = [(labels[:, :-1], labels[:, 1:]), (labels[:-1], labels[1:])]
+    if connectivity == 8:
+        shifts += [(labels[:-1, :-1], labels[1:, 1:]), (labels[:-1, 1:], labels[1:, :-1])]
+    masks = [(a, b, (a != b) & (a > 0) & (b > 0)) for a, b in shifts]
+    out = [np.stack([a[m], b[m]], 1) for a, b, m in masks if m.any()]
+    return np.unique(np.concatenate(out), axis=0) if out else np.empty((0, 2), np.int32)
+
+
+def sieve_stats_task(task: BlockTask) -> dict[str, Any]:
+    """First sieve pass on one block: region classes, sizes, first pixels, seams, adjacencies."""
+    labels, cls = _block_labels(task)
+    n = len(cls) - 1
+    counts = np.bincount(labels.ravel(), minlength=n + 1)
+    pairs = _neighbour_pairs(labels, task.connectivity)
+    small = counts < task.sieve_pixels
+    pairs = pairs[small[pairs[:, 0]] | small[pairs[:, 1]]] if len(pairs) else pairs
+    return dict(index=task.index, cls=cls, counts=counts, pairs=pairs, edges=_edges(labels),
+                keys=_first_keys(labels, task.window, task.info.width, n))
+
+
+def polygonize_task(task: BlockTask) -> dict[str, Any]:
+    """Polygonize one block: finished features, and the pieces touching inner block borders."""
+    import rasterio.features
+    import shapely
+    from rasterio.transform import Affine
+
+    info, w = task.info, task.window
+    labels, cls = _block_labels(task)
+    n = len(cls) - 1
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    if info.row_area_m2 is not None:
+        rows = np.asarray(info.row_area_m2[w.row : w.row_stop])
+        area = np.bincount(flat, weights=np.repeat(rows, w.width), minlength=n + 1)
+    else:
+        area = counts * info.pixel_area_m2
+    conf_sum = conf_n = np.zeros(n + 1)
+    if info.confidence is not None:
+        conf = _read(info.confidence, w).ravel()
+        ok = conf != 255
+        conf_sum = np.bincount(flat[ok], weights=conf[ok].astype(np.float64), minlength=n + 1)
+        conf_n = np.bincount(flat[ok], minlength=n + 1).astype(np.float64)
+    geoms = np.empty(n + 1, dtype=object)
+    shift = Affine.translation(w.col, w.row)
+    for geom, value in rasterio.features.shapes(labels, mask=labels > 0, transform=shift,
+                                                connectivity=task.connectivity):
+        v = int(value)
+        g = shapely.geometry.shape(geom)
+        geoms[v] = g if geoms[v] is None else shapely.union(geoms[v], g)
+    top, bottom, left, right = _edges(labels)
+    inner = [e for e, side in ((top, w.row > 0), (bottom, w.row_stop < info.height),
+                               (left, w.col > 0), (right, w.col_stop < info.width)) if side]
+    border = np.zeros(n + 1, bool)
+    for e in inner:
+        border[e] = True
+    border[0] = False
+    done = np.flatnonzero(~border)[1:] if n else np.empty(0, np.int64)
+    ids = np.flatnonzero(border)
+    stats = np.stack([counts, area, conf_sum, conf_n], 1)
+    return dict(
+        index=task.index, edges=(top, bottom, left, right), n=n,
+        done=(cls[done], to_crs(geoms[done], info), stats[done]),
+        border=(ids, cls[ids], shapely.to_wkb(geoms[ids]) if len(ids) else [], stats[ids]),
+    )
+
+
+def to_crs(pixel_geoms: np.ndarray, info: MaskInfo) -> np.ndarray:
+    """Make pixel-space geometries valid and map them to the CRS with the scene transform."""
+    import shapely
+
+    g = np.asarray(pixel_geoms, dtype=object)
+    if len(g) == 0:
+        return g
+    bad = ~shapely.is_valid(g)
+    if bad.any():  # 8-connected rings touching themselves at a vertex
+        g[bad] = [_polygonal(x) for x in shapely.make_valid(g[bad])]
+    a, b, c, d, e, f = info.transform
+    return shapely.transform(g, lambda xy: np.stack(
+        [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f], 1))
+
+
+def _polygonal(geom: Any) -> Any:
+    import shapely
+
+    parts = shapely.get_parts(geom)
+    polys = parts[np.isin(shapely.get_type_id(parts), [3, 6])]
+    return shapely.union_all(polys)
+
+
+def block_windows(height: int, width: int, size: int) -> tuple[list[Window], int]:
+    """Row-major block windows of ``size`` pixels and the number of block columns."""
+    rows, cols = range(0, height, size), range(0, width, size)
+    wins = [Window(r, c, min(size, height - r), min(size, width - c)) for r in rows for c in cols]
+    return wins, len(cols)
+
+
+def run_blocks(fn: Callable[[BlockTask], dict[str, Any]], tasks: list[BlockTask],
+         client: Any) -> Iterator[dict[str, Any]]:
+    """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here."""
+    if client is None:
+        yield from map(fn, tasks)
+        return
+    from distributed import as_completed
+
+    futures = [client.submit(fn, t, pure=False) for t in tasks]
+    for fut in as_completed(futures):
+        yield fut.result()
+        fut.release()
