@@ -14,7 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from geoseg.errors import ConfigError
 
-__all__ = ["ClusterConfig", "Config", "PredictConfig", "load_config"]
+__all__ = [
+    "ClusterConfig",
+    "Config",
+    "PredictConfig",
+    "RunConfig",
+    "VectorizeConfig",
+    "load_config",
+]
 
 
 class _Section(BaseModel):
@@ -48,6 +55,38 @@ class PredictConfig(_Section):
     probabilities: bool = Field(False, description="also write per-class probabilities (percent)")
 
 
+class VectorizeConfig(_Section):
+    """How a mask becomes polygons (``geoseg vectorize`` and the batch run)."""
+
+    enabled: bool = Field(True, description="write the GeoPackage in batch runs")
+    min_area_m2: float = Field(
+        0.0, ge=0, description="sieve regions smaller than this into their largest neighbour, m²"
+    )
+    simplify_m: float = Field(
+        0.0, ge=0, description="coverage-preserving simplification tolerance, metres"
+    )
+    connectivity: Literal[4, 8] = Field(4, description="pixel connectivity of regions")
+    layer: str = Field("landcover", min_length=1, description="GeoPackage layer name")
+    block_size: int = Field(2048, ge=16, description="side of one vectorizing block, px")
+
+
+class RunConfig(_Section):
+    """Batch behaviour of ``geoseg run``."""
+
+    on_error: Literal["continue", "fail"] = Field(
+        "continue", description="continue: report a failed scene and go on; fail: stop there"
+    )
+    band_fill: float | None = Field(
+        0, description="value marking missing pixels in band files that declare no nodata "
+        "(0 for Sentinel-2 and Landsat); null: every pixel is data"
+    )
+    quicklook_size: int = Field(
+        512, ge=64, le=4096, description="longest side of the report's quick-look pictures, px"
+    )
+    html: bool = Field(True, description="write report.html with quick-looks")
+    stac: bool = Field(True, description="write a STAC Item per scene")
+
+
 class ClusterConfig(_Section):
     """Where tasks run."""
 
@@ -66,6 +105,8 @@ class Config(_Section):
     """The whole configuration; each section mirrors a stage."""
 
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    vectorize: VectorizeConfig = Field(default_factory=VectorizeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
 

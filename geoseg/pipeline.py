@@ -30,6 +30,7 @@ __all__ = [
     "PredictionPlan",
     "output_paths",
     "plan_prediction",
+    "plan_scene_prediction",
     "plan_scene",
     "predict_scene",
     "run_prediction",
@@ -137,18 +138,38 @@ def plan_prediction(
     Raises:
         SceneError, BundleError, ConfigError, OutputExistsError: bad input; nothing is written.
     """
-    scene_path, mask_path = Path(scene_path), Path(mask_path)
     scene = open_scene(scene_path)
     bundle = load_bundle(bundle_path)
+    return plan_scene_prediction(scene, bundle, mask_path, cfg, overwrite, threads,
+                                 source=str(scene_path))
+
+
+def plan_scene_prediction(
+    scene: Scene,
+    bundle: Bundle,
+    mask_path: str | os.PathLike[str],
+    cfg: PredictConfig,
+    overwrite: bool = False,
+    threads: int | None = None,
+    source: str = "",
+) -> PredictionPlan:
+    """:func:`plan_prediction` for an opened scene (one raster or band files) and bundle.
+
+    Raises:
+        SceneError, ConfigError, OutputExistsError: bad input; nothing is written.
+    """
+    mask_path = Path(mask_path)
+    source = source or scene.name
     meta = bundle.meta
-    bands = select_bands(scene, meta.band_names, str(scene_path))
-    _check_scene(scene, bundle, str(scene_path))
+    bands = select_bands(scene, meta.band_names, source)
+    _check_scene(scene, bundle, source)
     if cfg.precision != "fp32" and cfg.device == "cpu":
         raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
     paths = output_paths(mask_path, cfg)
+    inputs = {Path(f).resolve() for f in scene.files}
     for path in paths.values():
-        if path.resolve() == scene_path.resolve():
-            raise ConfigError(f"{path}: the output would overwrite the input scene")
+        if path.resolve() in inputs:
+            raise ConfigError(f"{path}: the output would overwrite an input of the scene")
         check_writable(path, overwrite)
     grid = plan_scene(scene, bundle, cfg, bundle.align)
     ref = ModelRef(
@@ -169,6 +190,8 @@ def plan_prediction(
         batch_size=cfg.batch_size,
         blend=cfg.stitch == "blend",
         halo=grid.lattice.halo,
+        crs_wkt=scene.crs_wkt,
+        transform=scene.transform,
     )
     return PredictionPlan(scene, bundle, grid, job, paths, overwrite)
 
@@ -202,7 +225,7 @@ def run_prediction(
     counts = np.zeros(256, dtype=np.int64)
     tags = {
         "GEOSEG_MODEL_SHA256": bundle.sha256,
-        "GEOSEG_SCENE": Path(scene.bands[0].path).name,
+        "GEOSEG_SCENE": Path(scene.files[0]).name if len(scene.files) == 1 else scene.name,
         CLASSES_TAG: json.dumps([c.model_dump() for c in meta.classes]),
     }
     with ExitStack() as stack:

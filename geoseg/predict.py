@@ -97,6 +97,7 @@ class BlockJob:
         batch_size: tiles per forward pass.
         blend: weighted blending of probabilities instead of halo trimming.
         halo: the lattice halo, pixels (for the blending weights).
+        crs_wkt, transform: the scene grid, for bands resampled onto it on read.
     """
 
     bands: tuple[BandRef, ...]
@@ -108,6 +109,8 @@ class BlockJob:
     batch_size: int = 4
     blend: bool = False
     halo: int = 0
+    crs_wkt: str = ""
+    transform: tuple[float, ...] = ()
 
 
 @dataclass
@@ -229,7 +232,8 @@ def predict_block(block: Block, job: BlockJob) -> np.ndarray:
     """
     spec = job.outputs
     out = np.full((spec.count, *block.core.shape), NODATA, dtype=np.uint8)
-    raw, valid = read_window(job.bands, block.read, job.height, job.width)
+    raw, valid = read_window(job.bands, block.read, job.height, job.width, job.crs_wkt,
+                             job.transform)
     core_in_read = block.core.relative_to(block.read).slices()
     if not valid[core_in_read].any():
         return out

@@ -3,6 +3,11 @@
 A :class:`Scene` is small and picklable: it names the files and band indexes to read and the
 grid (CRS, transform, size) they share. Workers call :func:`read_window` with a window that may
 reach past the scene's edges; the part outside is filled and marked not valid.
+
+A scene is either one multi-band raster (:func:`open_scene`) or one file per band
+(:func:`open_band_files`, Sentinel-2 / Landsat style). In the latter, the scene grid is the
+finest grid of the bands used; a band on a coarser (or otherwise different) grid is resampled
+onto it on read, window by window, through a GDAL warped VRT — never a full-scene copy.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "BandRef",
     "Scene",
+    "open_band_files",
     "open_scene",
     "read_window",
     "select_bands",
@@ -34,13 +40,25 @@ __all__ = [
 SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
 
 
+#: GDAL resampling used for bands read onto a finer grid (reflectances: smooth, no overshoot).
+BAND_RESAMPLING = "bilinear"
+
+
 @dataclass(frozen=True)
 class BandRef:
-    """One band of a scene: ``index`` (1-based) in file ``path``, called ``name``."""
+    """One band of a scene: ``index`` (1-based) in file ``path``, called ``name``.
+
+    Attributes:
+        fill: value marking missing pixels when the file declares no nodata (e.g. the 0 fill
+            of Sentinel-2 and Landsat band files); ``None``: trust the file's own masks.
+        warp: the file is not on the scene grid; it is resampled onto it when read.
+    """
 
     path: str
     index: int
     name: str
+    fill: float | None = None
+    warp: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,11 @@ class Scene:
     width: int
     dtype: str
     nodata: float | None
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The distinct files the scene's bands come from, in band order."""
+        return tuple(dict.fromkeys(b.path for b in self.bands))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,6 +151,48 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
     )
 
 
+def open_band_files(
+    name: str, files: dict[str, str | os.PathLike[str]], fill: float | None = 0
+) -> Scene:
+    """A scene delivered as one single-band file per band (``band name → path``).
+
+    The grid is that of the finest band (smallest pixel area; ties → the first given); other
+    bands are marked ``warp`` and resampled onto it on read. Files that declare no nodata get
+    ``fill`` as their missing-pixel value (0 for Sentinel-2 and Landsat products).
+
+    Raises:
+        SceneError: a file is unreadable, has no CRS/geotransform, more than one band, or
+            the bands differ in dtype.
+    """
+    if not files:
+        raise SceneError(f"{name}: no band files")
+    parts = {band: open_scene(path) for band, path in files.items()}
+    for band, part in parts.items():
+        if len(part.bands) != 1:
+            raise SceneError(f"{part.bands[0].path}: a band file must hold one band, found "
+                             f"{len(part.bands)}; give one file per band for {band}")
+    dtypes = {part.dtype for part in parts.values()}
+    if len(dtypes) != 1:
+        listing = ", ".join(f"{b} {p.dtype}" for b, p in parts.items())
+        raise SceneError(f"{name}: band files have different dtypes ({listing}); convert them "
+                         "to one dtype")
+    finest = min(parts.values(), key=lambda p: abs(p.transform[0] * p.transform[4]
+                                                    - p.transform[1] * p.transform[3]))
+
+    def on_grid(part: Scene) -> bool:
+        return (part.crs_wkt, part.transform, part.shape) == (
+            finest.crs_wkt, finest.transform, finest.shape)
+
+    bands = tuple(
+        BandRef(part.bands[0].path, 1, band, fill if part.nodata is None else None,
+                warp=not on_grid(part))
+        for band, part in parts.items()
+    )
+    return Scene(name=name, bands=bands, crs_wkt=finest.crs_wkt, transform=finest.transform,
+                 height=finest.height, width=finest.width, dtype=finest.dtype,
+                 nodata=finest.nodata if finest.nodata is not None else fill)
+
+
 def select_bands(scene: Scene, wanted: Sequence[str], source: str = "") -> tuple[BandRef, ...]:
     """The scene's bands the model needs, in the model's order.
 
@@ -161,22 +226,31 @@ def select_bands(scene: Scene, wanted: Sequence[str], source: str = "") -> tuple
 
 
 def read_window(
-    bands: Sequence[BandRef], window: Window, height: int, width: int
+    bands: Sequence[BandRef],
+    window: Window,
+    height: int,
+    width: int,
+    crs_wkt: str = "",
+    transform: tuple[float, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``window`` of the given bands, filling whatever lies outside the scene.
 
     Args:
-        bands: the bands to read, in output order; all on the same ``height x width`` grid.
+        bands: the bands to read, in output order. Bands marked ``warp`` are resampled
+            (:data:`BAND_RESAMPLING`) onto the scene grid given by ``crs_wkt`` and ``transform``.
         window: pixels to read, in scene coordinates; may extend past any edge.
         height, width: the scene size, pixels.
+        crs_wkt, transform: the scene grid (needed only for ``warp`` bands).
 
     Returns:
         ``(data, valid)``: ``data`` is ``(C, h, w)`` in the file's dtype, 0 where not read;
         ``valid`` is ``(h, w)`` bool, True where every band has data (nodata values, internal
-        masks and alpha bands all count, as do NaNs in float scenes).
+        masks and alpha bands all count, as do NaNs in float scenes and ``fill`` values).
+
+    Raises:
+        SceneError: a file cannot be read (truncated or corrupt); the message names it.
     """
-    import rasterio
-    from rasterio.windows import Window as RioWindow
+    from rasterio.errors import RasterioError
 
     inside = window.intersection(Window(0, 0, height, width))
     valid = np.zeros(window.shape, dtype=bool)
@@ -184,16 +258,21 @@ def read_window(
     if inside is None:
         return np.zeros((len(bands), *window.shape), dtype=np.uint8), valid
     dst = inside.relative_to(window).slices()
-    rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)  # type: ignore[call-arg]
     valid[dst] = True
-    by_path: dict[str, list[int]] = {}
+    groups: dict[tuple[str, bool, float | None], list[int]] = {}
     for pos, band in enumerate(bands):
-        by_path.setdefault(band.path, []).append(pos)
-    for path, positions in by_path.items():
+        groups.setdefault((band.path, band.warp, band.fill), []).append(pos)
+    for (path, warp, fill), positions in groups.items():
         indexes = [bands[p].index for p in positions]
-        with rasterio.open(path) as src:
-            pixels = src.read(indexes, window=rio_window)
-            masks = src.read_masks(indexes, window=rio_window)
+        try:
+            pixels, masks = _read_file(path, indexes, inside, warp, fill, crs_wkt, transform,
+                                       (height, width))
+        except RasterioError as exc:
+            raise SceneError(
+                f"{path}: cannot read pixels (rows {inside.row}-{inside.row_stop}, cols "
+                f"{inside.col}-{inside.col_stop}): {exc}. The file may be truncated or "
+                "corrupt; re-download or re-export it"
+            ) from exc
         if data is None:
             data = np.zeros((len(bands), *window.shape), dtype=pixels.dtype)
         for k, pos in enumerate(positions):
@@ -201,5 +280,37 @@ def read_window(
         valid[dst] &= np.all(masks != 0, axis=0)
         if pixels.dtype.kind == "f":
             valid[dst] &= np.all(np.isfinite(pixels), axis=0)
+        if fill is not None:
+            valid[dst] &= np.all(pixels != fill, axis=0)
     assert data is not None
     return data, valid
+
+
+def _read_file(
+    path: str,
+    indexes: list[int],
+    inside: Window,
+    warp: bool,
+    fill: float | None,
+    crs_wkt: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(pixels (C, h, w), masks (C, h, w) uint8)`` of ``inside`` (within the scene grid)."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import Affine
+    from rasterio.vrt import WarpedVRT
+    from rasterio.windows import Window as RioWindow
+
+    rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)  # type: ignore[call-arg]
+    with rasterio.open(path) as src:
+        if not warp:
+            return src.read(indexes, window=rio_window), src.read_masks(indexes, window=rio_window)
+        if not crs_wkt or len(transform) < 6:
+            raise SceneError(f"{path}: resampling onto the scene grid needs its CRS and transform")
+        nodata = src.nodata if src.nodata is not None else fill
+        with WarpedVRT(src, crs=crs_wkt, transform=Affine(*transform[:6]), width=shape[1],
+                       height=shape[0], resampling=Resampling[BAND_RESAMPLING],
+                       src_nodata=nodata, nodata=nodata) as vrt:
+            return vrt.read(indexes, window=rio_window), vrt.read_masks(indexes, window=rio_window)

@@ -17,6 +17,9 @@ _COMMANDS = {
     "predict": "geoseg.cli.predict:predict",
     "model": "geoseg.cli.model:model",
     "vectorize": "geoseg.cli.vectorize:vectorize",
+    "run": "geoseg.cli.run:run",
+    "inspect": "geoseg.cli.inspect:inspect",
+    "config": "geoseg.cli.config:config",
 }
 
 

@@ -1,0 +1,145 @@
+"""Batch runs over many scenes (``geoseg run``): discovery, resume, failures, reports.
+
+:func:`plan_batch` checks everything that concerns the whole run (config, bundle, scenes found,
+output directory) before any cluster starts; :func:`run_planned` then processes this job's
+scenes on one Dask client and keeps ``report.json`` current after every scene.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from geoseg.batch.discover import SceneSource, band_key, discover
+from geoseg.batch.report import build_report, write_report
+from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, run_batch, select_split
+from geoseg.config import Config, load_config
+from geoseg.errors import ConfigError
+from geoseg.models.bundle import Bundle, load_bundle
+
+__all__ = [
+    "BatchPlan",
+    "BatchResult",
+    "SceneSource",
+    "band_key",
+    "discover",
+    "plan_batch",
+    "run_planned",
+]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """A checked batch run.
+
+    Attributes:
+        sources: every scene found (the report covers them all).
+        todo: the scenes of this job (all of them, or one split).
+        bundle, cfg: the model and the effective configuration.
+        out_dir: the output directory. split: ``(i, n)`` or None.
+    """
+
+    sources: list[SceneSource]
+    todo: list[SceneSource]
+    bundle: Bundle
+    cfg: Config
+    out_dir: Path
+    split: tuple[int, int] | None
+
+
+def plan_batch(
+    inputs: Sequence[str | os.PathLike[str]],
+    bundle_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config_path: str | os.PathLike[str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    split: tuple[int, int] | None = None,
+) -> BatchPlan:
+    """Load the config and bundle, find the scenes, check the output directory.
+
+    Raises:
+        ConfigError, BundleError: the run cannot start (nothing is written).
+    """
+    cfg = load_config(config_path, overrides)
+    bundle = load_bundle(bundle_path)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a directory; give an output directory")
+    if cfg.predict.precision != "fp32" and cfg.predict.device == "cpu":
+        raise ConfigError(f"precision {cfg.predict.precision} needs a CUDA device; use fp32")
+    sources = discover(inputs, exclude=[out])
+    if not sources:
+        raise ConfigError(
+            f"no scenes found in {', '.join(map(str, inputs))}: give GeoTIFFs (.tif/.tiff) or "
+            "band files named like <scene>_B02.jp2 / <scene>_B4.TIF")
+    return BatchPlan(sources, select_split(sources, split), bundle, cfg, out, split)
+
+
+def _header(plan: BatchPlan) -> dict[str, Any]:
+    from geoseg.batch.runner import _version
+
+    meta = plan.bundle.meta
+    return {
+        "geoseg_version": _version(),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "out_dir": str(plan.out_dir.resolve()),
+        "split": list(plan.split) if plan.split else None,
+        "bundle": {"file": Path(plan.bundle.path).name, "path": str(plan.bundle.path),
+                   "sha256": plan.bundle.sha256, "arch": meta.arch, "encoder": meta.encoder,
+                   "bands": list(meta.band_names),
+                   "classes": [c.model_dump() for c in meta.classes]},
+        "config": plan.cfg.model_dump(),
+    }
+
+
+class _Reporting:
+    """Events that also rewrite the report after every scene (so a killed run has one)."""
+
+    def __init__(self, inner: BatchEvents, plan: BatchPlan, header: dict[str, Any]):
+        self.inner, self.plan, self.header = inner, plan, header
+        self.entries: list[dict[str, Any]] = []
+
+    def scene_started(self, index: int, total: int, name: str) -> None:
+        self.inner.scene_started(index, total, name)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.inner.progress(stage, done, total)
+
+    def scene_finished(self, entry: dict[str, Any]) -> None:
+        self.entries.append(entry)
+        self.write()
+        self.inner.scene_finished(entry)
+
+    def write(self) -> Path:
+        report = build_report(self.plan.sources, self.entries, self.plan.out_dir, self.header)
+        return write_report(report, self.plan.out_dir, self.plan.cfg.run.html)
+
+
+def run_planned(
+    plan: BatchPlan,
+    *,
+    overwrite: bool = False,
+    events: BatchEvents | None = None,
+    on_client: Callable[[Any], None] | None = None,
+) -> tuple[BatchResult, Path]:
+    """Run a planned batch on the configured cluster; return its result and report path."""
+    from geoseg.cluster import connect, local_worker_layout
+
+    cfg = plan.cfg
+    threads = None
+    if cfg.cluster.scheduler is None:
+        _, threads = local_worker_layout(cfg.cluster)
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    reporting = _Reporting(events or QuietEvents(), plan, _header(plan))
+    if not plan.todo:
+        return BatchResult(), reporting.write()
+    with connect(cfg.cluster) as client:
+        if client is not None and on_client is not None:
+            on_client(client)
+        result = run_batch(plan.todo, plan.bundle, cfg, plan.out_dir, client,
+                           overwrite=overwrite, threads=threads, events=reporting)
+    return result, reporting.write()

@@ -1,0 +1,294 @@
+"""``geoseg run``: every scene → mask COG, GeoPackage, quick-looks, STAC Item and a record.
+
+One Dask client serves the whole run (the model is shipped to each worker once). Each scene is
+isolated: whatever goes wrong with it is recorded as its failure and the run goes on (or stops,
+with ``on_error="fail"``). Outputs appear under their final names only when a scene is complete
+(:mod:`geoseg.batch.state`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from geoseg.batch.discover import SceneSource
+from geoseg.batch.sources import open_source
+from geoseg.batch.state import RECORD, SceneFolder, atomic_write_json, fingerprint, read_record
+from geoseg.config import Config
+from geoseg.errors import SceneError
+from geoseg.models.bundle import Bundle
+
+__all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "run_batch",
+           "select_split", "settings_of"]
+
+log = logging.getLogger(__name__)
+
+
+class BatchEvents(Protocol):
+    """What a batch run tells its display (a progress bar, or log lines)."""
+
+    def scene_started(self, index: int, total: int, name: str) -> None: ...
+    def progress(self, stage: str, done: int, total: int) -> None: ...
+    def scene_finished(self, entry: dict[str, Any]) -> None: ...
+
+
+class QuietEvents:
+    """Events that only log."""
+
+    def scene_started(self, index: int, total: int, name: str) -> None:
+        log.info("[%d/%d] %s", index + 1, total, name)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        pass
+
+    def scene_finished(self, entry: dict[str, Any]) -> None:
+        log.info("%s: %s %s", entry["scene"], entry["status"], entry.get("error") or "")
+
+
+@dataclass
+class BatchResult:
+    """The outcome of :func:`run_batch`: one entry per scene handled, in scene order."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(e["status"] == status for e in self.entries)
+
+    @property
+    def failed(self) -> int:
+        return self.count("failed")
+
+
+def select_split(sources: list[SceneSource], split: tuple[int, int] | None) -> list[SceneSource]:
+    """The scenes of split ``(i, n)``: those whose index in ``sources`` is ``i`` modulo ``n``."""
+    if split is None:
+        return sources
+    i, n = split
+    return [s for k, s in enumerate(sources) if k % n == i]
+
+
+def settings_of(cfg: Config) -> dict[str, Any]:
+    """The settings that change outputs (not speed): the resume fingerprint covers these."""
+    p = cfg.predict
+    out = {
+        "predict": p.model_dump(include={"tile_size", "halo", "stitch", "precision",
+                                         "confidence", "probabilities"}),
+        "band_fill": cfg.run.band_fill,
+        "vectorize": cfg.vectorize.model_dump(exclude={"block_size"})
+        if cfg.vectorize.enabled else None,
+    }
+    return out
+
+
+def failure_path(out_dir: Path, name: str) -> Path:
+    """Where a scene's last failure is recorded (removed when it next succeeds)."""
+    return out_dir / ".geoseg" / f"{name}.failed.json"
+
+
+def _class_areas(mask: Path, pixels: dict[int, int]) -> dict[int, float]:
+    """Class id → area in m²: pixel count × pixel area (mean geodesic pixel area when the
+    CRS is geographic, an approximation over the scene's latitudes)."""
+    import numpy as np
+    from pyproj import CRS
+
+    from geoseg.vectorize import read_mask_info
+
+    info = read_mask_info(mask)
+    if info.row_area_m2 is not None:
+        pixel = float(np.mean(info.row_area_m2))
+    else:
+        unit = CRS.from_wkt(info.crs_wkt).axis_info[0].unit_conversion_factor or 1.0
+        pixel = info.pixel_area_m2 * unit * unit
+    return {c: n * pixel for c, n in pixels.items()}
+
+
+def process_scene(
+    source: SceneSource,
+    bundle: Bundle,
+    cfg: Config,
+    folder: SceneFolder,
+    client: Any,
+    threads: int | None,
+    fp: str,
+    progress: Callable[[str, int, int], None],
+) -> dict[str, Any]:
+    """Compute one scene into its staging folder and commit it; return its ``ok`` record.
+
+    Raises:
+        Exception: anything that went wrong; the staging folder is removed first.
+    """
+    from geoseg.batch.quicklook import mask_quicklook, scene_quicklook, write_png
+    from geoseg.batch.stac import stac_item
+    from geoseg.pipeline import plan_scene_prediction, run_prediction
+    from geoseg.vectorize import vectorize_mask
+
+    name, meta = source.name, bundle.meta
+    timings: dict[str, float] = {}
+    t0 = t = time.perf_counter()
+    try:
+        scene = open_source(source, meta.band_names, cfg.run.band_fill)
+        stage = folder.open()
+        plan = plan_scene_prediction(scene, bundle, stage / f"{name}.tif", cfg.predict,
+                                     overwrite=True, threads=threads, source=str(source.path))
+        timings["open"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result = run_prediction(plan, client, lambda d, n: progress("predict", d, n))
+        timings["predict"] = time.perf_counter() - t
+        if not any(result.class_pixels.values()):
+            files = ", ".join(str(f) for f in scene.files)
+            raise SceneError(
+                f"{files}: every pixel is nodata (nodata value {scene.nodata}, masks, alpha or "
+                "NaN), so there is nothing to classify; check the file, or its nodata value "
+                "(`gdalinfo`)")
+        outputs = dict(result.outputs)
+        if cfg.vectorize.enabled:
+            t = time.perf_counter()
+            v = cfg.vectorize
+            vec = vectorize_mask(outputs["mask"], stage / f"{name}.gpkg",
+                                 min_area_m2=v.min_area_m2, simplify_m=v.simplify_m,
+                                 connectivity=v.connectivity, layer=v.layer,
+                                 block_size=v.block_size, client=client, overwrite=True,
+                                 progress=lambda d, n: progress("vectorize", d, n))
+            outputs["vectors"] = vec.path
+            timings["vectorize"] = time.perf_counter() - t
+        t = time.perf_counter()
+        size = cfg.run.quicklook_size
+        outputs["thumbnail"] = write_png(stage / "quicklook.png",
+                                         scene_quicklook(scene, plan.job.bands, size))
+        outputs["mask-thumbnail"] = write_png(stage / "mask.png",
+                                              mask_quicklook(outputs["mask"], size))
+        classes = [c.model_dump() for c in meta.classes]
+        areas = _class_areas(outputs["mask"], result.class_pixels)
+        provenance = {
+            "geoseg:version": _version(),
+            "geoseg:bundle": {"file": Path(bundle.path).name, "sha256": bundle.sha256,
+                              "arch": meta.arch, "encoder": meta.encoder,
+                              "description": meta.description},
+            "geoseg:settings": settings_of(cfg),
+            "geoseg:inputs": [str(f) for f in scene.files],
+        }
+        if cfg.run.stac:
+            item = stac_item(scene, outputs, stage, classes, result.class_pixels, provenance)
+            outputs["stac"] = stage / "stac.json"
+            atomic_write_json(outputs["stac"], item)
+        timings["report"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        names = {c.id: c.name for c in meta.classes}
+        record = {
+            "scene": name,
+            "status": "ok",
+            "kind": source.kind,
+            "inputs": [str(f) for f in scene.files],
+            "bands": {b.name: f"{Path(b.path).name}#{b.index}" + (" (resampled)" if b.warp
+                                                                  else "")
+                      for b in plan.job.bands},
+            "size": [scene.height, scene.width],
+            "crs": _crs_name(scene.crs_wkt),
+            "outputs": {role: p.relative_to(stage).as_posix() for role, p in outputs.items()},
+            "classes": {names[c]: {"id": c, "pixels": n, "area_m2": round(areas[c], 3)}
+                        for c, n in result.class_pixels.items()},
+            "nodata_pixels": result.nodata_pixels,
+            "blocks": len(result.grid),
+            "tiles": result.tiles,
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
+            "fingerprint": fp,
+            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "geoseg_version": _version(),
+            "bundle_sha256": bundle.sha256,
+        }
+        atomic_write_json(stage / RECORD, record)
+        folder.commit()
+        return record
+    except BaseException:
+        folder.clean()
+        raise
+
+
+def _crs_name(wkt: str) -> str:
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(wkt)
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg else crs.name
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("geoseg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def run_batch(
+    sources: list[SceneSource],
+    bundle: Bundle,
+    cfg: Config,
+    out_dir: Path,
+    client: Any = None,
+    *,
+    overwrite: bool = False,
+    threads: int | None = None,
+    events: BatchEvents | None = None,
+) -> BatchResult:
+    """Process ``sources`` in order into ``out_dir/<scene name>/``.
+
+    Scenes already finished with the same bundle, settings and inputs are ``skipped`` unless
+    ``overwrite``; a scene that fails is ``failed`` with its error message, and the run goes on
+    unless ``cfg.run.on_error == "fail"``.
+
+    Returns:
+        the entries of the scenes handled (``ok``, ``failed`` or ``skipped``).
+    """
+    events = events or QuietEvents()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(cfg)
+    result = BatchResult()
+    for k, source in enumerate(sources):
+        events.scene_started(k, len(sources), source.name)
+        folder = SceneFolder(out_dir, source.name)
+        folder.clean()
+        failed_file = failure_path(out_dir, source.name)
+        start = time.perf_counter()
+        try:
+            fp = fingerprint(bundle.sha256, settings, source.files)
+            if not overwrite and folder.is_done(fp):
+                entry = dict(read_record(folder.final) or {}, status="skipped")
+            else:
+                entry = process_scene(source, bundle, cfg, folder, client, threads, fp,
+                                      events.progress)
+            failed_file.unlink(missing_ok=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure belongs to this scene only
+            log.debug("scene %s failed", source.name, exc_info=True)
+            entry = {
+                "scene": source.name,
+                "status": "failed",
+                "kind": source.kind,
+                "inputs": [str(f) for f in source.files],
+                "error": _message(exc),
+                "error_type": type(exc).__name__,
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "timings_s": {"total": round(time.perf_counter() - start, 3)},
+            }
+            failed_file.parent.mkdir(exist_ok=True)
+            atomic_write_json(failed_file, entry)
+        result.entries.append(entry)
+        events.scene_finished(entry)
+        if entry["status"] == "failed" and cfg.run.on_error == "fail":
+            break
+    return result
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__module__.startswith("geoseg"):
+        return text
+    return f"{type(exc).__name__}: {text}"

@@ -1,0 +1,37 @@
+"""Opening a found scene for a model: its bands matched to the model's, nothing read yet."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from geoseg.batch.discover import SceneSource, band_key
+from geoseg.errors import SceneError
+from geoseg.scene import Scene, open_band_files, open_scene
+
+__all__ = ["open_source"]
+
+
+def open_source(source: SceneSource, band_names: Sequence[str], fill: float | None = 0) -> Scene:
+    """The :class:`~geoseg.scene.Scene` of ``source`` for a model needing ``band_names``.
+
+    A raster scene is opened as it is (bands are matched when planning). For band files only
+    the model's bands are used, named as the model names them, on the finest of their grids.
+
+    Raises:
+        SceneError: unreadable files, or band files missing for some of the model's bands.
+    """
+    if source.kind == "raster":
+        scene = open_scene(source.path)
+        return Scene(source.name, scene.bands, scene.crs_wkt, scene.transform, scene.height,
+                     scene.width, scene.dtype, scene.nodata)
+    by_key = {band_key(token): path for token, path in source.bands.items()}
+    missing = [b for b in band_names if band_key(b) not in by_key]
+    if missing:
+        have = ", ".join(source.bands) or "none"
+        raise SceneError(
+            f"{source.path}/{source.name}_*: band file(s) for {', '.join(missing)} not found "
+            f"(found {have}); add the missing file(s), named like {source.name}_{missing[0]}.tif"
+        )
+    files = {b: by_key[band_key(b)] for b in band_names}
+    scene = open_band_files(source.name, files, fill)
+    return scene

@@ -1,0 +1,136 @@
+"""``geoseg run``: a directory (or glob, or list) of scenes → masks, GeoPackages and a report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from geoseg.cli.options import config_options, overrides_from, parse_split
+from geoseg.cli.render import console
+
+#: Exit status when the run finished but some scenes failed (1: nothing ran, 2: usage).
+EXIT_SOME_FAILED = 3
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-m", "--model", "bundle_path", required=True, type=click.Path(path_type=Path),
+              help="Model bundle (.safetensors).")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Output directory: one folder per scene, report.json, report.html.")
+@config_options
+@click.option("--split", help="Process only scenes I, I+N, I+2N… of the sorted list (I/N), "
+              "e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
+@click.option("--overwrite", is_flag=True, help="Recompute scenes that are already done.")
+def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: Path | None,
+        split: str | None, overwrite: bool, **options: Any) -> None:
+    """Map every scene in INPUTS: class mask COG, land-cover GeoPackage, report.
+
+    INPUTS are files, directories (searched recursively) or globs. A scene is a multi-band
+    GeoTIFF/COG, or one file per band (Sentinel-2 `*_B02.jp2`, Landsat `*_B4.TIF`): bands
+    are matched to the model's by name, and coarser bands are resampled on read onto the
+    finest grid used. For each scene, OUT/<scene>/ gets <scene>.tif (mask), <scene>.gpkg
+    (polygons, styled for QGIS), quick-looks, stac.json and scene.json; OUT/report.json and
+    OUT/report.html cover the whole run.
+
+    Finished scenes are skipped on a re-run with the same model and settings (--overwrite
+    recomputes); a killed run never leaves partial files under final names. A broken scene is
+    reported and the others go on (--on-error fail stops instead).
+
+    \b
+    Exit status: 0 every scene ok or skipped; 3 some scenes failed; 1 nothing could run.
+
+    \b
+    Examples:
+      geoseg run scenes/ -m model.safetensors -o maps/
+      geoseg run 'S2*/**/*.jp2' -m model.safetensors -o maps/ --min-area 500 --confidence
+      geoseg run scenes/ -m model.safetensors -o maps/ --scheduler tcp://head:8786
+      geoseg run scenes/ -m model.safetensors -o maps/ --split 0/8   # one job of eight
+    """
+    from geoseg.batch import plan_batch, run_planned
+
+    cfg_overrides = overrides_from(options)
+    plan = plan_batch(inputs, bundle_path, out_dir, config_path, cfg_overrides,
+                      parse_split(split))
+    console.print(f"{len(plan.todo)} scene(s) to process of {len(plan.sources)} found "
+                  f"→ {out_dir}")
+    with _Display(len(plan.todo)) as events:
+        result, report_path = run_planned(plan, overwrite=overwrite, events=events,
+                                          on_client=lambda c: console.print(
+                                              f"dashboard: {c.dashboard_link}"))
+    _summary(result.entries)
+    console.print(f"report: {report_path} (and report.html)")
+    if result.failed:
+        console.print(f"[red]{result.failed} scene(s) failed[/]")
+        sys.exit(EXIT_SOME_FAILED)
+
+
+class _Display:
+    """Live progress (scenes, and blocks of the current stage) or, off a terminal, log lines."""
+
+    def __init__(self, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.live = console.is_terminal
+        self.total = total
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(),
+                               TimeRemainingColumn(), console=console, disable=not self.live)
+        self.scenes = self.bar.add_task("scenes", total=total)
+        self.stage = self.bar.add_task("", total=None, visible=False)
+        self.started = time.perf_counter()
+
+    def __enter__(self) -> _Display:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(*exc)  # type: ignore[arg-type]
+
+    def scene_started(self, index: int, total: int, name: str) -> None:
+        self.name = name
+        if not self.live:
+            console.print(f"[{index + 1}/{total}] {name}", highlight=False, soft_wrap=True)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.bar.update(self.stage, description=f"  {self.name}: {stage} blocks",
+                             completed=done, total=total, visible=True)
+
+    def scene_finished(self, entry: dict[str, Any]) -> None:
+        self.bar.advance(self.scenes)
+        self.bar.update(self.stage, visible=False)
+        status = entry["status"]
+        colour = {"ok": "green", "failed": "red"}.get(status, "dim")
+        line = f"[{colour}]{status}[/] {entry['scene']}"
+        if status == "ok":
+            line += f" ({entry['timings_s']['total']:.1f} s)"
+        if entry.get("error"):
+            line += f": {entry['error']}"
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def _summary(entries: list[dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="geoseg run", show_lines=False)
+    for col in ("scene", "status", "size", "classes (km²)", "time"):
+        table.add_column(col, overflow="fold")
+    for e in entries:
+        size = "×".join(str(x) for x in reversed(e.get("size", []))) or "-"
+        classes = ", ".join(f"{n} {c['area_m2'] / 1e6:.2f}" for n, c in
+                            e.get("classes", {}).items() if c["pixels"])
+        secs = e.get("timings_s", {}).get("total")
+        table.add_row(e["scene"], e["status"], size, classes or (e.get("error") or "")[:200],
+                      f"{secs:.1f} s" if secs is not None else "-")
+    console.print(table)
