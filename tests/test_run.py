@@ -135,7 +135,8 @@ def test_good_scenes_complete_and_bad_ones_are_reported(first_run) -> None:
 def test_outputs_keep_the_input_grid_and_report_areas(first_run, scenes) -> None:
     out, _, _, report = first_run
     entry = next(e for e in report["scenes"] if e["scene"] == "T18XYZ_20200101T101010")
-    assert entry["bands"]["B08"].endswith("(resampled)") and "resampled" not in entry["bands"]["B02"]
+    assert entry["bands"]["B08"].endswith("(resampled)")
+    assert "resampled" not in entry["bands"]["B02"]
     with rasterio.open(out / entry["outputs"]["mask"]) as mask:
         assert (mask.crs.to_epsg(), mask.transform, mask.shape) == (32618, TRANSFORM, (H, W))
         data = mask.read(1)
