@@ -22,6 +22,24 @@ TINY_DEEPLAB = {"arch": "deeplabv3plus", "encoder": "resnet18",
                 "arch_kwargs": {"decoder_channels": 32}, "halo": 64}
 
 
+def write_raster(path: Path, data: np.ndarray, transform=None, crs: str | None = "EPSG:32618",
+                 nodata: float | None = 0, names: Sequence[str] | None = None,
+                 block: int = 256) -> Path:
+    """Write ``data`` ``(bands, H, W)`` as a tiled DEFLATE GeoTIFF (10 m UTM 18N by default)."""
+    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1],
+                   count=data.shape[0], dtype=data.dtype.name,
+                   transform=transform or from_origin(420000.0, 4150000.0, 10.0, 10.0),
+                   tiled=True, blockxsize=block, blockysize=block, nodata=nodata,
+                   compress="deflate")
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        for i, n in enumerate(names or [], start=1):
+            dst.set_band_description(i, n)
+    return path
+
+
 def coherent_field(height: int, width: int, seed: int, bands: int = 4) -> np.ndarray:
     """``(bands, H, W)`` float64 smooth spatial patterns plus noise (not white noise)."""
     rng = np.random.default_rng(seed)
@@ -56,17 +74,7 @@ def make_scene(tmp_path: Path) -> Callable[..., Path]:
         if nodata_box is not None and nodata is not None:
             r0, c0, r1, c1 = nodata_box
             data[:, r0:r1, c0:c1] = nodata
-        path = tmp_path / name
-        profile = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype,
-                       transform=from_origin(420000.0, 4150000.0, 10.0, 10.0), tiled=True,
-                       blockxsize=256, blockysize=256, nodata=nodata, compress="deflate")
-        if crs:
-            profile["crs"] = crs
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(data)
-            for i, n in enumerate(names or [], start=1):
-                dst.set_band_description(i, n)
-        return path
+        return write_raster(tmp_path / name, data, crs=crs, nodata=nodata, names=names)
 
     return make
 

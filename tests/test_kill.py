@@ -17,7 +17,8 @@ import pytest
 import rasterio
 import shapely
 
-from .test_run import BANDS, pixels, write_raster
+from .conftest import BANDS, write_raster
+from .test_run import pixels
 
 GEOSEG = str(Path(sys.executable).parent / "geoseg")
 

@@ -17,25 +17,11 @@ from rasterio.transform import from_origin
 from geoseg.cli import main
 from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
 
-from .conftest import BANDS, TINY_UNET, coherent_field
+from .conftest import BANDS, TINY_UNET, coherent_field, write_raster
 
 H, W = 300, 364
 TRANSFORM = from_origin(420000.0, 4150000.0, 10.0, 10.0)
 EXIT_SOME_FAILED = 3
-
-
-def write_raster(path: Path, data: np.ndarray, transform=TRANSFORM, crs: str | None = "EPSG:32618",
-                 nodata: float | None = 0, names=None) -> Path:
-    profile = dict(driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                   dtype=data.dtype.name, transform=transform, tiled=True, blockxsize=128,
-                   blockysize=128, nodata=nodata, compress="deflate")
-    if crs:
-        profile["crs"] = crs
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for i, n in enumerate(names or [], start=1):
-            dst.set_band_description(i, n)
-    return path
 
 
 def pixels(seed: int, height: int = H, width: int = W, count: int = 4) -> np.ndarray:
@@ -55,7 +41,7 @@ def write_band_files(folder: Path, prefix: str, seed: int, coarse: str | None = 
         if band == coarse:
             plane = plane[:, ::2, ::2]
             transform = from_origin(420000.0, 4150000.0, 20.0, 20.0)
-        write_raster(folder / f"{prefix}_{band}.tif", plane, transform)
+        write_raster(folder / f"{prefix}_{band}.tif", plane, transform, block=128)
 
 
 def tiny_bundle(path: Path, seed: int = 0) -> Path:
