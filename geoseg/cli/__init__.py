@@ -17,6 +17,7 @@ _COMMANDS = {
     "predict": "geoseg.cli.predict:predict",
     "model": "geoseg.cli.model:model",
     "vectorize": "geoseg.cli.vectorize:vectorize",
+    "workflow": "geoseg.cli.workflow:workflow",
 }
 
 
