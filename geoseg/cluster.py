@@ -6,7 +6,7 @@ submits tasks. Kubernetes clusters are existing schedulers too (see ``workflows/
 GPU layout: one worker process per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and
 offering the resource ``GPU=1``, which every prediction task needs; so a GPU runs one block at a
 time and holds one copy of the model. A local cluster does this itself; Slurm jobs get it from
-``--gres=gpu:1`` per worker process; elsewhere start one ``dask worker --resources GPU=1`` per GPU.
+``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one ``dask worker --resources GPU=1`` per GPU.
 """
 
 from __future__ import annotations
@@ -155,10 +155,12 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     if cfg.kind not in ("slurm", "pbs"):
         raise ConfigError(f"cluster.kind {cfg.kind!r} has no batch jobs")
     jobs: SlurmConfig | PBSConfig = cfg.slurm if cfg.kind == "slurm" else cfg.pbs
-    if jobs.gpus and jobs.gpus % jobs.processes:
+    if jobs.gpus > 1 or (jobs.gpus and jobs.processes > 1):
+        # worker processes of one job would all see every GPU of the job and share the first
         raise ConfigError(
-            f"cluster.{cfg.kind}: {jobs.gpus} GPUs per job cannot be shared by "
-            f"{jobs.processes} worker processes; use processes = gpus (one worker per GPU)"
+            f"cluster.{cfg.kind}: worker jobs take one GPU and one worker process each (gpus: 1, "
+            f"processes: 1; got {jobs.gpus} and {jobs.processes}); ask for more jobs instead: "
+            "the scheduler packs them onto multi-GPU nodes, one worker per GPU"
         )
     policy = task_policy(cfg, gpu_workers=jobs.gpus > 0)
     lifetime, stagger = worker_lifetime(jobs)

@@ -54,11 +54,11 @@ class _BatchJobs(_Section):
     account: str | None = Field(None, description="account (project) charged for the jobs")
     cpus: int = Field(4, gt=0, description="CPU cores per job")
     memory: str = Field("16GiB", description="memory per job, e.g. '16GiB'")
-    gpus: int = Field(0, ge=0, description="GPUs per job (Slurm: --gres=gpu:N); one worker "
-                      "process per GPU")
+    gpus: int = Field(0, ge=0, description="GPUs per job (Slurm: --gres=gpu:N); worker jobs "
+                      "take at most one (one worker per GPU), array tasks any number")
     walltime: str = Field("01:00:00", description="time limit per job, [D-]HH:MM:SS")
-    processes: int = Field(1, gt=0, description="Dask worker processes per worker job "
-                           "(set it to `gpus` on multi-GPU jobs)")
+    processes: int = Field(1, gt=0, description="Dask worker processes per CPU worker job "
+                           "(GPU worker jobs run one)")
     jobs: int = Field(1, gt=0, description="worker jobs started by --cluster slurm|pbs")
     lifetime: str | None = Field(
         None, description="worker lifetime, e.g. '55m': workers retire before the job's time "
