@@ -1,4 +1,4 @@
-"""Where tasks run: a local cluster (default), an existing scheduler, Slurm or PBS jobs, or this process.
+"""Where tasks run: a local cluster (default), an existing scheduler, Slurm/PBS jobs, or here.
 
 geoseg never invents its own distribution: it asks Dask (and dask-jobqueue) for a client and
 submits tasks. Kubernetes clusters are existing schedulers too (see ``workflows/k8s``).
@@ -6,7 +6,8 @@ submits tasks. Kubernetes clusters are existing schedulers too (see ``workflows/
 GPU layout: one worker process per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and
 offering the resource ``GPU=1``, which every prediction task needs; so a GPU runs one block at a
 time and holds one copy of the model. A local cluster does this itself; Slurm jobs get it from
-``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one ``dask worker --resources GPU=1`` per GPU.
+``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one
+``dask worker --resources GPU=1`` per GPU.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ _DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 
 
 def parse_walltime(text: str) -> int:
-    """Seconds in a Slurm/PBS time limit: ``MM``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]`` (Slurm's forms)."""
+    """Seconds in a Slurm/PBS time limit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``."""
     m = _DURATION.match(text.strip())
     if not m:
         raise ConfigError(f"walltime {text!r}: expected [D-]HH:MM:SS")

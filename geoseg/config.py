@@ -147,7 +147,7 @@ class JobConfig(_Section):
     )
     setup: list[str] = Field(
         default_factory=list,
-        description="shell lines run first in batch jobs, e.g. 'source ~/geoseg/.venv/bin/activate'",
+        description="shell lines run first in batch jobs, e.g. 'source ~/venv/bin/activate'",
     )
     command: str = Field("geoseg", description="the geoseg executable on the compute nodes")
 

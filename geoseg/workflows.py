@@ -1,4 +1,4 @@
-"""Cluster job definitions rendered from a config: Slurm job arrays and drivers, Kubernetes manifests.
+"""Cluster job definitions from a config: Slurm job array and driver, Kubernetes manifests.
 
 Every job is the CLI plus a config plus a split index (``geoseg run … --split I/N``), so any job
 can be re-run: finished scenes are skipped. The templates live in ``geoseg/templates``; the

@@ -1,4 +1,4 @@
-"""Cluster modes: real `dask scheduler`/`dask worker` processes, worker loss, Slurm worker jobs, GPUs.
+"""Cluster modes: real `dask scheduler`/`dask worker` processes, worker loss, Slurm jobs, GPU.
 
 Every process a test starts is stopped by PID in a fixture teardown. Outputs of every cluster
 mode are compared bit for bit with a run in this process.
@@ -289,9 +289,9 @@ def test_unsatisfiable_resources_fail_instead_of_hanging(dask_processes, referen
     with pytest.raises(ClusterError, match="no block finished in 2 s"):
         next(blocks)
     assert time.perf_counter() - start < 10
-    with pytest.raises(ConfigError, match="no worker of .* offers resources TPU=1"):
-        with connect(ClusterConfig(scheduler=dask_processes.address, resources={"TPU": 1})):
-            pass
+    cfg = ClusterConfig(scheduler=dask_processes.address, resources={"TPU": 1})
+    with pytest.raises(ConfigError, match="no worker of .* offers resources TPU=1"), connect(cfg):
+        pass
 
 
 @pytest.mark.slow
@@ -368,7 +368,8 @@ def test_cluster_slurm_workers_are_jobs(slurm, reference, tmp_path) -> None:
             "stall_timeout": 240,
             "slurm": {"cpus": 1, "memory": "2GiB", "walltime": "00:10:00", "jobs": 1,
                       "interface": "lo", "python": sys.executable, "log_directory": str(logs)},
-            "job": {"name": "geoseg-test", "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
+            "job": {"name": "geoseg-test",
+                    "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
         },
     }))
     out = tmp_path / "out"

@@ -29,7 +29,7 @@ from geoseg.cli.render import console, progress_bar
 @click.option("--workers", type=int, help="Local worker processes [one per 2 cores].")
 @click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous' (no cluster).")
 @click.option("--cluster", "kind", type=click.Choice(["local", "slurm", "pbs"]),
-              help="Start a local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local].")
+              help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, overwrite: bool,
             **options: object) -> None:

@@ -34,7 +34,8 @@ def render(kind: str, config_path: Path, out: Path | None) -> None:
     \b
     Examples:
       geoseg workflow render slurm -c configs/slurm.yaml -o jobs/ && sbatch jobs/geoseg-array.sbatch
-      geoseg workflow render k8s -c configs/k8s.yaml -o k8s/ && kubectl apply -f k8s/geoseg-dask.yaml
+      geoseg workflow render k8s -c configs/k8s.yaml -o k8s/
+      kubectl apply -f k8s/geoseg-dask.yaml
     """
     from geoseg.config import load_config
     from geoseg.workflows import render_workflow, write_workflow
