@@ -1,56 +1,315 @@
-"""Where tasks run: a local cluster (default), an existing scheduler, or this process.
+"""Where tasks run: a local cluster (default), an existing scheduler, Slurm/PBS jobs, or here.
 
-geoseg never invents its own distribution: it asks Dask for a client and submits tasks.
+geoseg never invents its own distribution: it asks Dask (and dask-jobqueue) for a client and
+submits tasks. Kubernetes clusters are existing schedulers too (see ``workflows/k8s``).
+
+GPU layout: one worker process per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and
+offering the resource ``GPU=1``, which every prediction task needs; so a GPU runs one block at a
+time and holds one copy of the model. A local cluster does this itself; Slurm jobs get it from
+``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one
+``dask worker --resources GPU=1`` per GPU.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from geoseg.config import ClusterConfig
+from geoseg.config import ClusterConfig, PBSConfig, SlurmConfig
+from geoseg.errors import ConfigError
+from geoseg.stitch import TaskPolicy
 
-__all__ = ["SYNCHRONOUS", "connect", "local_worker_layout"]
+__all__ = [
+    "SYNCHRONOUS",
+    "available_cores",
+    "connect",
+    "jobqueue_kwargs",
+    "local_worker_layout",
+    "parse_walltime",
+    "task_policy",
+    "torch_threads",
+    "worker_lifetime",
+]
 
 log = logging.getLogger(__name__)
 
 #: ``scheduler`` value that runs every task in the calling process (no distributed).
 SYNCHRONOUS = "synchronous"
 
+#: The resource every prediction task needs on clusters of GPU workers geoseg starts.
+GPU_RESOURCE = {"GPU": 1.0}
 
-def local_worker_layout(cfg: ClusterConfig, cores: int | None = None) -> tuple[int, int]:
-    """``(workers, torch threads per worker)`` for a local cluster on ``cores`` CPU cores."""
-    cores = cores or os.cpu_count() or 1
-    workers = cfg.workers or max(1, cores // 2)
+
+def available_cores() -> int:
+    """CPU cores this process may use: the Slurm allocation, else its CPU affinity."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if slurm and slurm.isdigit():
+        return int(slurm)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def visible_gpus(cfg: ClusterConfig, device: str = "auto") -> list[str]:
+    """CUDA device ids a local cluster spreads its workers over (one worker each)."""
+    if device == "cpu" or cfg.gpus == 0:
+        return []
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        import torch
+
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if cfg.gpus is not None and cfg.gpus > len(ids):
+        raise ConfigError(f"cluster.gpus is {cfg.gpus} but this machine shows {len(ids)} GPU(s)")
+    return ids[: cfg.gpus] if cfg.gpus is not None else ids
+
+
+def local_worker_layout(
+    cfg: ClusterConfig, cores: int | None = None, gpus: int = 0
+) -> tuple[int, int]:
+    """``(workers, torch threads per worker)`` for a local cluster on ``cores`` CPU cores.
+
+    With ``gpus`` > 0 there is one worker per GPU; otherwise one per two cores.
+    """
+    cores = cores or available_cores()
+    workers = gpus or cfg.workers or max(1, cores // 2)
     return workers, max(1, cores // workers)
 
 
+def torch_threads(cfg: ClusterConfig, gpus: int = 0) -> int | None:
+    """Torch intra-op threads per worker for the clusters geoseg starts (None: torch's default)."""
+    if cfg.scheduler == SYNCHRONOUS:
+        return None
+    if cfg.scheduler:
+        return None
+    if cfg.kind == "local":
+        return local_worker_layout(cfg, gpus=gpus)[1]
+    jobs = cfg.slurm if cfg.kind == "slurm" else cfg.pbs
+    return max(1, jobs.cpus // jobs.processes)
+
+
+def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
+    """The resources, retries and stall timeout of prediction tasks under ``cfg``.
+
+    ``gpu_workers``: the cluster geoseg starts has GPU workers offering ``GPU=1``.
+    """
+    resources = dict(cfg.resources) or (dict(GPU_RESOURCE) if gpu_workers else {})
+    return TaskPolicy(resources, cfg.retries, cfg.stall_timeout)
+
+
+_DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_walltime(text: str) -> int:
+    """Seconds in a Slurm/PBS time limit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH:MM:SS``."""
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise ConfigError(f"walltime {text!r}: expected [D-]HH:MM:SS")
+    days, a, b, c = (int(g) if g else None for g in m.groups())
+    if days is None and b is None:  # "MM"
+        return 60 * (a or 0)
+    if days is None and c is None:  # "MM:SS"
+        return 60 * (a or 0) + (b or 0)
+    return 86400 * (days or 0) + 3600 * (a or 0) + 60 * (b or 0) + (c or 0)
+
+
+def worker_lifetime(jobs: SlurmConfig | PBSConfig) -> tuple[int, int]:
+    """``(lifetime, stagger)`` in seconds: workers retire before their job's time limit.
+
+    Defaults: lifetime = walltime − max(10 %, 2 min), stagger = 5 % of walltime, so the
+    worst-case lifetime + stagger still ends before the limit.
+    """
+    from dask.utils import parse_timedelta
+
+    wall = parse_walltime(jobs.walltime)
+    stagger = int(parse_timedelta(jobs.lifetime_stagger)) if jobs.lifetime_stagger else wall // 20
+    if jobs.lifetime:
+        lifetime = int(parse_timedelta(jobs.lifetime))
+    else:
+        lifetime = wall - max(wall // 10, 120) - stagger
+    if lifetime <= 0 or lifetime + stagger > wall:
+        raise ConfigError(
+            f"worker lifetime {lifetime} s + stagger {stagger} s does not fit the walltime "
+            f"{jobs.walltime}; lengthen walltime or set lifetime/lifetime_stagger"
+        )
+    return lifetime, stagger
+
+
+def _resource_arg(resources: dict[str, float]) -> str:
+    return ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
+
+
+def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
+    """Keyword arguments of dask-jobqueue's ``SLURMCluster``/``PBSCluster`` for ``cfg.kind``.
+
+    Every worker process offers the prediction resources once (``GPU=1`` with GPUs), lives
+    :func:`worker_lifetime` and runs ``cfg.job.setup`` first.
+    """
+    if cfg.kind not in ("slurm", "pbs"):
+        raise ConfigError(f"cluster.kind {cfg.kind!r} has no batch jobs")
+    jobs: SlurmConfig | PBSConfig = cfg.slurm if cfg.kind == "slurm" else cfg.pbs
+    if jobs.gpus > 1 or (jobs.gpus and jobs.processes > 1):
+        # worker processes of one job would all see every GPU of the job and share the first
+        raise ConfigError(
+            f"cluster.{cfg.kind}: worker jobs take one GPU and one worker process each (gpus: 1, "
+            f"processes: 1; got {jobs.gpus} and {jobs.processes}); ask for more jobs instead: "
+            "the scheduler packs them onto multi-GPU nodes, one worker per GPU"
+        )
+    policy = task_policy(cfg, gpu_workers=jobs.gpus > 0)
+    lifetime, stagger = worker_lifetime(jobs)
+    extra_args = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
+    if policy.resources:
+        extra_args += ["--resources", _resource_arg(policy.resources)]
+    directives = list(jobs.directives)
+    kwargs: dict[str, Any] = {
+        "cores": jobs.cpus,
+        "processes": jobs.processes,
+        "memory": jobs.memory,
+        "walltime": jobs.walltime,
+        "account": jobs.account,
+        "job_name": f"{cfg.job.name}-worker",
+        "python": jobs.python or sys.executable,
+        "interface": jobs.interface,
+        "log_directory": jobs.log_directory,
+        "job_script_prologue": list(cfg.job.setup),
+        "worker_extra_args": extra_args,
+        "scheduler_options": {"dashboard_address": ":0"},
+    }
+    if isinstance(jobs, SlurmConfig):
+        if jobs.gpus:
+            kind = f"gpu:{jobs.gpu_type}" if jobs.gpu_type else "gpu"
+            directives.append(f"--gres={kind}:{jobs.gpus}")
+        if jobs.qos:
+            directives.append(f"--qos={jobs.qos}")
+        kwargs["queue"] = jobs.partition
+    else:
+        kwargs["queue"] = jobs.queue
+        kwargs["resource_spec"] = jobs.resource_spec
+    kwargs["job_extra_directives"] = directives
+    return kwargs
+
+
+def _check_resources(client: Any, resources: dict[str, float], address: str) -> None:
+    """Fail fast when no worker of an existing scheduler offers the tasks' resources."""
+    if not resources:
+        return
+    client.wait_for_workers(1, timeout=60)
+    offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
+    if not any(all(r.get(k, 0) >= v for k, v in resources.items()) for r in offered):
+        raise ConfigError(
+            f"no worker of {address} offers resources {_resource_arg(resources)}: start "
+            f"workers with `dask worker {address} --resources {_resource_arg(resources)}` or "
+            "unset cluster.resources"
+        )
+
+
+def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
+    from distributed import LocalCluster
+
+    workers, _ = local_worker_layout(cfg, gpus=len(gpu_ids))
+    if not gpu_ids:
+        return LocalCluster(
+            n_workers=workers,
+            threads_per_worker=cfg.threads_per_worker,
+            processes=True,
+            memory_limit=cfg.memory_limit,
+            resources=dict(cfg.resources) or None,
+            dashboard_address=":0",
+        )
+    from distributed import Nanny, Scheduler, SpecCluster
+    from distributed.system import MEMORY_LIMIT
+    from distributed.worker_memory import parse_memory_limit
+
+    memory = (
+        MEMORY_LIMIT // workers if cfg.memory_limit == "auto"
+        else parse_memory_limit(cfg.memory_limit, cfg.threads_per_worker)
+    )
+    specs = {
+        f"gpu{gpu}": {
+            "cls": Nanny,
+            "options": {
+                "nthreads": cfg.threads_per_worker,
+                "memory_limit": memory,
+                "resources": dict(cfg.resources) or dict(GPU_RESOURCE),
+                "env": {"CUDA_VISIBLE_DEVICES": gpu},
+            },
+        }
+        for gpu in gpu_ids
+    }
+    return SpecCluster(
+        workers=specs,
+        scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
+        name="geoseg-gpu",
+    )
+
+
+def _jobqueue_cluster(cfg: ClusterConfig) -> Any:
+    try:
+        if cfg.kind == "slurm":
+            from dask_jobqueue import SLURMCluster as Cluster
+        else:
+            from dask_jobqueue import PBSCluster as Cluster
+    except ImportError as exc:
+        raise ConfigError(
+            f"--cluster {cfg.kind} needs dask-jobqueue: pip install dask-jobqueue"
+        ) from exc
+    jobs = cfg.slurm if cfg.kind == "slurm" else cfg.pbs
+    cluster = Cluster(**jobqueue_kwargs(cfg))
+    log.debug("worker job script:\n%s", cluster.job_script())
+    # adapt (not scale) so the jobs of workers that retire at their lifetime are replaced
+    cluster.adapt(minimum_jobs=jobs.jobs, maximum_jobs=jobs.jobs)
+    return cluster
+
+
 @contextmanager
-def connect(cfg: ClusterConfig) -> Iterator[Any]:
+def connect(cfg: ClusterConfig, device: str = "auto") -> Iterator[Any]:
     """Yield a ``distributed.Client`` (or ``None`` for the synchronous scheduler).
 
-    A local cluster is started and stopped here; an existing scheduler is only connected to.
+    A local cluster or batch-job cluster is started and stopped here (its scheduler runs in
+    this process with ``allowed-failures`` from ``cfg``); an existing scheduler is only
+    connected to, after checking that some worker offers ``cfg.resources``.
+
+    Args:
+        cfg: the cluster section.
+        device: ``predict.device``; ``cpu`` keeps a local cluster off the GPUs.
     """
     if cfg.scheduler == SYNCHRONOUS:
         yield None
         return
-    from distributed import Client, LocalCluster
+    import dask
+    from distributed import Client
 
     if cfg.scheduler:
         with Client(cfg.scheduler, timeout="30s") as client:
             log.info("connected to %s", cfg.scheduler)
+            _check_resources(client, dict(cfg.resources), cfg.scheduler)
             yield client
         return
-    workers, _ = local_worker_layout(cfg)
-    with LocalCluster(
-        n_workers=workers,
-        threads_per_worker=cfg.threads_per_worker,
-        processes=True,
-        memory_limit=cfg.memory_limit,
-        dashboard_address=":0",
-    ) as cluster, Client(cluster) as client:
-        log.info("local cluster: %d workers, dashboard %s", workers, client.dashboard_link)
-        yield client
+    with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}):
+        if cfg.kind == "local":
+            gpu_ids = visible_gpus(cfg, device)
+            cluster = _local_cluster(cfg, gpu_ids)
+            what = f"{len(gpu_ids)} GPU workers" if gpu_ids else "local cluster"
+        else:
+            cluster = _jobqueue_cluster(cfg)
+            what = f"{cfg.kind} worker jobs"
+        with cluster, Client(cluster) as client:
+            log.info("%s, dashboard %s", what, client.dashboard_link)
+            yield client
+
+
+def gpu_workers(cfg: ClusterConfig, device: str = "auto") -> int:
+    """GPUs behind the workers of the cluster geoseg starts for ``cfg`` (0: CPU workers)."""
+    if cfg.scheduler or device == "cpu":
+        return 0
+    if cfg.kind == "local":
+        return len(visible_gpus(cfg, device))
+    return (cfg.slurm if cfg.kind == "slurm" else cfg.pbs).gpus

@@ -87,18 +87,149 @@ class RunConfig(_Section):
     stac: bool = Field(True, description="write a STAC Item per scene")
 
 
-class ClusterConfig(_Section):
-    """Where tasks run."""
+class _BatchJobs(_Section):
+    """Batch-scheduler jobs (Slurm, PBS) for worker jobs and rendered workflows."""
 
+    account: str | None = Field(None, description="account (project) charged for the jobs")
+    cpus: int = Field(4, gt=0, description="CPU cores per job")
+    memory: str = Field("16GiB", description="memory per job, e.g. '16GiB'")
+    gpus: int = Field(0, ge=0, description="GPUs per job (Slurm: --gres=gpu:N); worker jobs "
+                      "take at most one (one worker per GPU), array tasks any number")
+    walltime: str = Field("01:00:00", description="time limit per job, [D-]HH:MM:SS")
+    processes: int = Field(1, gt=0, description="Dask worker processes per CPU worker job "
+                           "(GPU worker jobs run one)")
+    jobs: int = Field(1, gt=0, description="worker jobs started by --cluster slurm|pbs")
+    lifetime: str | None = Field(
+        None, description="worker lifetime, e.g. '55m': workers retire before the job's time "
+        "limit and new jobs replace them (default: walltime minus 10 %, at least 2 minutes)"
+    )
+    lifetime_stagger: str | None = Field(
+        None, description="random spread of worker lifetimes so jobs do not all end at once "
+        "(default: 5 % of walltime)"
+    )
+    directives: list[str] = Field(
+        default_factory=list, description="extra scheduler directives, e.g. '--constraint=a100'"
+    )
+    log_directory: str = Field("logs", description="folder for job logs (relative: submit dir)")
+    python: str | None = Field(
+        None, description="Python on the compute nodes for worker jobs (default: this one)"
+    )
+    interface: str | None = Field(
+        None, description="network interface Dask binds to (e.g. ib0, lo); default: hostname's"
+    )
+
+
+class SlurmConfig(_BatchJobs):
+    """Slurm: the job-array and driver workflows, and --cluster slurm worker jobs."""
+
+    partition: str | None = Field(None, description="partition (-p) for every job")
+    qos: str | None = Field(None, description="quality of service (--qos)")
+    gpu_type: str | None = Field(None, description="GPU type in the gres, e.g. 'a100' → gpu:a100:N")
+    array_tasks: int = Field(4, gt=0, description="tasks of the job array: the scene list is "
+                             "split into this many parts (--split I/N)")
+    array_parallel: int | None = Field(
+        None, gt=0, description="at most this many array tasks run at once (%N)"
+    )
+    driver_walltime: str = Field(
+        "24:00:00", description="time limit of the driver job (it waits for the whole run)"
+    )
+
+
+class PBSConfig(_BatchJobs):
+    """PBS/Torque: --cluster pbs worker jobs."""
+
+    queue: str | None = Field(None, description="queue (-q)")
+    resource_spec: str | None = Field(
+        None, description="-l resource spec, e.g. 'select=1:ncpus=8:ngpus=1:mem=32gb'"
+    )
+
+
+class KubernetesConfig(_Section):
+    """Kubernetes manifests rendered by `geoseg workflow render k8s`."""
+
+    namespace: str = Field("geoseg", description="namespace of every object")
+    image: str = Field("geoseg:0.1.0", description="container image with geoseg installed")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="image pull policy"
+    )
+    workers: int = Field(2, gt=0, description="Dask worker pods (one GPU each when gpus > 0)")
+    cpu: str = Field("4", description="CPU request and limit per worker pod")
+    memory: str = Field("16Gi", description="memory request and limit per worker pod")
+    gpus: int = Field(1, ge=0, description="nvidia.com/gpu per worker pod (0: CPU workers)")
+    volume_claim: str = Field(
+        "geoseg-data", description="PersistentVolumeClaim holding scenes, model and outputs"
+    )
+    mount_path: str = Field("/data", description="where the claim is mounted in every pod")
+    array_tasks: int = Field(4, gt=0, description="completions of the Indexed Job "
+                             "(scene list split --split I/N)")
+    array_parallel: int = Field(2, gt=0, description="Indexed Job pods running at once")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="pod nodeSelector")
+    service_account: str | None = Field(None, description="service account of the pods")
+
+
+class JobConfig(_Section):
+    """What a rendered workflow runs: ``geoseg run INPUTS --model MODEL --out OUT --config …``.
+
+    Paths are as the compute nodes (or pods) see them.
+    """
+
+    name: str = Field("geoseg", description="job name prefix")
+    inputs: list[str] = Field(default_factory=lambda: ["scenes"],
+                              description="scene files or folders")
+    model: str = Field("model.safetensors", description="model bundle")
+    out: str = Field("out", description="output folder (one sub-folder per scene)")
+    config: str | None = Field(
+        None, description="config file the jobs pass to geoseg (default: the rendered one)"
+    )
+    on_error: Literal["continue", "fail"] = Field(
+        "continue", description="a failing scene is reported and skipped, or stops the job"
+    )
+    setup: list[str] = Field(
+        default_factory=list,
+        description="shell lines run first in batch jobs, e.g. 'source ~/venv/bin/activate'",
+    )
+    command: str = Field("geoseg", description="the geoseg executable on the compute nodes")
+
+
+class ClusterConfig(_Section):
+    """Where tasks run: a local cluster, an existing scheduler, or batch-scheduler jobs."""
+
+    kind: Literal["local", "slurm", "pbs"] = Field(
+        "local", description="local: a cluster on this machine; slurm/pbs: worker jobs via "
+        "dask-jobqueue (ignored when `scheduler` is set)"
+    )
     scheduler: str | None = Field(
         None, description="address of an existing Dask scheduler (tcp://host:8786), or "
         "'synchronous' to run in this process; default: a local cluster"
     )
     workers: int | None = Field(
-        None, gt=0, description="worker processes of the local cluster (default: one per 2 cores)"
+        None, gt=0, description="worker processes of the local cluster (default: one per 2 "
+        "cores, or one per GPU)"
     )
     threads_per_worker: int = Field(1, gt=0, description="task threads per worker process")
     memory_limit: str = Field("auto", description="memory limit per local worker, e.g. '4GiB'")
+    gpus: int | None = Field(
+        None, ge=0, description="GPUs of the local cluster, one worker per GPU pinned with "
+        "CUDA_VISIBLE_DEVICES (default: every visible GPU when predict.device is not cpu)"
+    )
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Dask resources every prediction task needs, e.g. "
+        "{GPU: 1}; workers must offer them (dask worker --resources GPU=1). Default: {GPU: 1} "
+        "on clusters of GPU workers geoseg starts, none otherwise"
+    )
+    allowed_failures: int = Field(
+        3, ge=0, description="worker deaths a task may cause before it fails (KilledWorker); "
+        "schedulers geoseg starts only"
+    )
+    retries: int = Field(1, ge=0, description="retries of a block task that raised an error")
+    stall_timeout: float | None = Field(
+        900.0, gt=0, description="seconds without any finished block before a scene is failed "
+        "(no worker offers the resources, lost cluster…); null: wait forever"
+    )
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    pbs: PBSConfig = Field(default_factory=PBSConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+    job: JobConfig = Field(default_factory=JobConfig)
 
 
 class Config(_Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "BundleError",
+    "ClusterError",
     "ConfigError",
     "GeoSegError",
     "OutputExistsError",
@@ -29,3 +30,7 @@ class BundleError(GeoSegError, ValueError):
 
 class OutputExistsError(GeoSegError, FileExistsError):
     """An output file exists already and overwriting was not asked for."""
+
+
+class ClusterError(GeoSegError, RuntimeError):
+    """Tasks cannot finish on the cluster: workers keep dying, or no block finishes in time."""

@@ -20,7 +20,7 @@ from geoseg.models.bundle import Bundle, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES
 from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import Scene, open_scene, select_bands
-from geoseg.stitch import iter_blocks, lazy_prediction
+from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
 from geoseg.tiling import SceneGrid, TileLattice
 from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 
@@ -197,7 +197,10 @@ def plan_scene_prediction(
 
 
 def run_prediction(
-    plan: PredictionPlan, client: Any = None, progress: ProgressCallback | None = None
+    plan: PredictionPlan,
+    client: Any = None,
+    progress: ProgressCallback | None = None,
+    policy: TaskPolicy | None = None,
 ) -> PredictResult:
     """Run a planned prediction and write its COGs (atomically; nothing partial on failure).
 
@@ -205,6 +208,8 @@ def run_prediction(
         plan: from :func:`plan_prediction`.
         client: a ``distributed.Client``, or None to compute in this process.
         progress: called after every block with ``(done, total)``.
+        policy: resources, retries and stall timeout of the block tasks on ``client``
+            (:func:`geoseg.cluster.task_policy`).
     """
     start = time.perf_counter()
     scene, bundle, grid, job = plan.scene, plan.bundle, plan.grid, plan.job
@@ -215,8 +220,8 @@ def run_prediction(
     else:
         from geoseg.workers import register_model
 
-        register_model(client, job.model)
-    array = lazy_prediction(grid, job)
+        register_model(client, job.model, policy.resources if policy else None)
+    array = lazy_prediction(grid, job, policy.resources if policy and client else None)
     log.info(
         "%s: %dx%d px, %d blocks of %d px, tile %d, halo %d, %s stitching",
         scene.name, scene.width, scene.height, len(grid), grid.block_size,
@@ -231,7 +236,7 @@ def run_prediction(
     with ExitStack() as stack:
         writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite, tags)
         done = 0
-        for (i, j), block in iter_blocks(array, client):
+        for (i, j), block in iter_blocks(array, client, policy):
             window = grid.block(i, j).core
             band = 0
             for writer in writers.values():
@@ -263,6 +268,7 @@ def predict_scene(
     overwrite: bool = False,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    policy: TaskPolicy | None = None,
 ) -> PredictResult:
     """Predict a scene's class mask (and optional confidence and probabilities) as COGs.
 
@@ -272,7 +278,7 @@ def predict_scene(
         SceneError, BundleError, ConfigError, OutputExistsError: bad input; nothing is written.
     """
     plan = plan_prediction(scene_path, bundle_path, mask_path, cfg, overwrite, threads)
-    return run_prediction(plan, client, progress)
+    return run_prediction(plan, client, progress, policy)
 
 
 def _open_writers(

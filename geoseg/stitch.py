@@ -9,14 +9,31 @@ client and no process ever holds more than one block per running task.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from geoseg.errors import ClusterError
 from geoseg.predict import BlockJob, predict_block
 from geoseg.tiling import SceneGrid
 
-__all__ = ["iter_blocks", "lazy_prediction"]
+__all__ = ["TaskPolicy", "iter_blocks", "lazy_prediction"]
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """How block tasks run on a cluster.
+
+    Attributes:
+        resources: Dask resources each block task needs (e.g. ``{"GPU": 1}``); empty: none.
+        retries: times a task that raised is run again before the scene fails.
+        stall_timeout: seconds without any finished block before the scene fails; None: never.
+    """
+
+    resources: dict[str, float] = field(default_factory=dict)
+    retries: int = 0
+    stall_timeout: float | None = None
 
 
 def _block_task(grid: SceneGrid, job: BlockJob, block_id: tuple[int, int, int]) -> np.ndarray:
@@ -53,26 +70,54 @@ def lazy_prediction(
         )
 
 
-def iter_blocks(array: Any, client: Any = None) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
+def iter_blocks(
+    array: Any, client: Any = None, policy: TaskPolicy | None = None
+) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
     """Compute the array's blocks, yielding ``((i, j), block)`` as each finishes.
 
     With a ``distributed.Client`` all blocks are submitted at once (Dask queues them so memory
     stays bounded) and fetched one by one as they complete; without one, each block is
     computed in turn in this process.
+
+    The graph is not optimized: every block is already one task, and low-level fusion would
+    drop the ``resources`` annotations of :func:`lazy_prediction`.
+
+    Raises:
+        ClusterError: a block task killed ``allowed-failures`` workers, or no block finished
+            within ``policy.stall_timeout`` seconds.
     """
-    chunks = array.to_delayed()
+    chunks = array.to_delayed(optimize_graph=False)
     items = [((i, j), chunks[0, i, j]) for i in range(chunks.shape[1]) for j in range(chunks.shape[2])]
     if client is None:
         for index, task in items:
             yield index, task.compute(scheduler="synchronous")
         return
-    from distributed import as_completed
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
 
-    futures = client.compute([task for _, task in items])
+    policy = policy or TaskPolicy()
+    futures = client.compute([task for _, task in items], retries=policy.retries)
     where = {future.key: index for future, (index, _) in zip(futures, items, strict=True)}
+    pending = set(futures)
     try:
-        for future in as_completed(futures):
-            yield where[future.key], future.result()
-            future.release()
+        while pending:
+            try:
+                done, pending = wait(pending, policy.stall_timeout, "FIRST_COMPLETED")
+            except TimeoutError:
+                raise ClusterError(
+                    f"no block finished in {policy.stall_timeout:g} s ({len(pending)} of "
+                    f"{len(futures)} left): are there workers offering {policy.resources or 'any'}"
+                    " resources? raise cluster.stall_timeout for very slow blocks"
+                ) from None
+            for future in done:
+                try:
+                    block = future.result()
+                except KilledWorker as exc:
+                    raise ClusterError(
+                        f"block {where[future.key]}: {exc} (raise cluster.allowed_failures, or "
+                        "give workers more memory)"
+                    ) from exc
+                yield where[future.key], block
+                future.release()
     finally:
         client.cancel(futures)

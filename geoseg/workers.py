@@ -23,13 +23,21 @@ log = logging.getLogger(__name__)
 class ModelPlugin(WorkerPlugin):
     """Loads one bundle into every worker (present and future) of a cluster."""
 
-    def __init__(self, ref: ModelRef, payload: bytes) -> None:
+    def __init__(
+        self, ref: ModelRef, payload: bytes, resources: dict[str, float] | None = None
+    ) -> None:
         self.ref = ref
         self.payload = payload
+        self.resources = dict(resources or {})
         self.name = f"geoseg-model-{ref.sha256[:16]}-{ref.device}-{ref.precision}"
 
     def setup(self, worker: Any) -> None:
         from geoseg.models.bundle import load_bundle
+
+        offered = worker.state.total_resources
+        if any(offered.get(k, 0) < v for k, v in self.resources.items()):
+            log.info("%s offers no %s: no model loaded", worker.name, self.resources)
+            return  # prediction tasks never run here
 
         path = Path(worker.local_directory) / f"geoseg-{self.ref.sha256[:16]}.safetensors"
         if not path.exists():
@@ -37,8 +45,11 @@ class ModelPlugin(WorkerPlugin):
         cache_model(self.ref, load_bundle(path).build())
 
 
-def register_model(client: Any, ref: ModelRef) -> None:
-    """Send the bundle at ``ref.path`` to every worker of ``client`` and load it there."""
+def register_model(client: Any, ref: ModelRef, resources: dict[str, float] | None = None) -> None:
+    """Send the bundle at ``ref.path`` to every worker of ``client`` and load it there.
+
+    With ``resources``, only workers offering them (those prediction tasks run on) load it.
+    """
     payload = Path(ref.path).read_bytes()
-    client.register_plugin(ModelPlugin(ref, payload))
+    client.register_plugin(ModelPlugin(ref, payload, resources))
     log.info("model %s… registered on %d workers", ref.sha256[:12], len(client.scheduler_info()["workers"]))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +103,68 @@ def make_bundle(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+# --- cluster tests (tests/test_cluster.py, tests/test_workflows.py) -------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for geoseg/dask subprocesses: this checkout first on PYTHONPATH."""
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def geoseg_cli() -> list[str]:
+    """argv prefix running this checkout's `geoseg` command."""
+    import sys
+
+    return [sys.executable, "-c", "from geoseg.cli import main; main()"]
+
+
+def batch_mask(out: Path, scene: Path) -> Path:
+    """Where a batch run over scenes writes ``scene``'s mask (`geoseg run`'s layout)."""
+    return out / scene.stem / f"{scene.stem}.tif"
+
+
+def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path, *options: str) -> list[list[str]]:
+    """The `geoseg run` command line mapping ``scenes`` into ``out`` (one command)."""
+    return [[*geoseg_cli(), "run", *map(str, scenes), "--model", str(bundle), "--out", str(out),
+             *options]]
+
+
+@pytest.fixture(scope="session")
+def slurm() -> Iterator[dict[str, str]]:
+    """A Slurm cluster to submit to: SLURM_CONF's, or a single-node one on loopback brought up
+    by ``ci/slurm.sh up`` (as root) and stopped afterwards. Yields the environment for clients."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
+        pytest.skip("Slurm is not installed: `bash ci/slurm.sh install` (CI does)")
+    state = Path(os.environ.get("GEOSEG_SLURM_DIR", "/tmp/geoseg-slurm"))
+    env = cli_env()
+    if "SLURM_CONF" in os.environ:  # a cluster someone else runs
+        yield env
+        return
+    env["SLURM_CONF"] = str(state / "slurm.conf")
+    pid = state / "run" / "slurmctld.pid"
+    running = pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
+    if not running and os.geteuid() != 0:
+        pytest.skip("no Slurm cluster is up and only root can start one: `sudo bash ci/slurm.sh up`")
+    if not running:
+        up = subprocess.run(["bash", str(REPO / "ci" / "slurm.sh"), "up"], capture_output=True,
+                            text=True, timeout=120)
+        if up.returncode:
+            pytest.fail(f"ci/slurm.sh up failed:\n{up.stdout}\n{up.stderr}")
+    try:
+        yield env
+    finally:
+        if not running:
+            subprocess.run(["bash", str(REPO / "ci" / "slurm.sh"), "down"], capture_output=True,
+                           timeout=60)

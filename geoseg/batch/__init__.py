@@ -127,19 +127,19 @@ def run_planned(
     on_client: Callable[[Any], None] | None = None,
 ) -> tuple[BatchResult, Path]:
     """Run a planned batch on the configured cluster; return its result and report path."""
-    from geoseg.cluster import connect, local_worker_layout
+    from geoseg.cluster import connect, gpu_workers, task_policy, torch_threads
 
     cfg = plan.cfg
-    threads = None
-    if cfg.cluster.scheduler is None:
-        _, threads = local_worker_layout(cfg.cluster)
+    gpus = gpu_workers(cfg.cluster, cfg.predict.device)
+    threads = torch_threads(cfg.cluster, gpus)
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     reporting = _Reporting(events or QuietEvents(), plan, _header(plan))
     if not plan.todo:
         return BatchResult(), reporting.write()
-    with connect(cfg.cluster) as client:
+    with connect(cfg.cluster, cfg.predict.device) as client:
         if client is not None and on_client is not None:
             on_client(client)
         result = run_batch(plan.todo, plan.bundle, cfg, plan.out_dir, client,
-                           overwrite=overwrite, threads=threads, events=reporting)
+                           overwrite=overwrite, threads=threads, events=reporting,
+                           policy=task_policy(cfg.cluster, gpu_workers=gpus > 0))
     return result, reporting.write()

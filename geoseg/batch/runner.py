@@ -22,6 +22,7 @@ from geoseg.batch.state import RECORD, SceneFolder, atomic_write_json, fingerpri
 from geoseg.config import Config
 from geoseg.errors import SceneError
 from geoseg.models.bundle import Bundle
+from geoseg.stitch import TaskPolicy
 
 __all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "run_batch",
            "select_split", "settings_of"]
@@ -116,6 +117,7 @@ def process_scene(
     threads: int | None,
     fp: str,
     progress: Callable[[str, int, int], None],
+    policy: TaskPolicy | None = None,
 ) -> dict[str, Any]:
     """Compute one scene into its staging folder and commit it; return its ``ok`` record.
 
@@ -137,7 +139,8 @@ def process_scene(
                                      overwrite=True, threads=threads, source=str(source.path))
         timings["open"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = run_prediction(plan, client, lambda d, n: progress("predict", d, n))
+        result = run_prediction(plan, client, lambda d, n: progress("predict", d, n),
+                                policy=policy)
         timings["predict"] = time.perf_counter() - t
         if not any(result.class_pixels.values()):
             files = ", ".join(str(f) for f in scene.files)
@@ -236,6 +239,7 @@ def run_batch(
     overwrite: bool = False,
     threads: int | None = None,
     events: BatchEvents | None = None,
+    policy: TaskPolicy | None = None,
 ) -> BatchResult:
     """Process ``sources`` in order into ``out_dir/<scene name>/``.
 
@@ -262,7 +266,7 @@ def run_batch(
                 entry = dict(read_record(folder.final) or {}, status="skipped")
             else:
                 entry = process_scene(source, bundle, cfg, folder, client, threads, fp,
-                                      events.progress)
+                                      events.progress, policy)
             failed_file.unlink(missing_ok=True)
         except KeyboardInterrupt:
             raise

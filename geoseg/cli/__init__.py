@@ -20,6 +20,7 @@ _COMMANDS = {
     "run": "geoseg.cli.run:run",
     "inspect": "geoseg.cli.inspect:inspect",
     "config": "geoseg.cli.config:config",
+    "workflow": "geoseg.cli.workflow:workflow",
 }
 
 

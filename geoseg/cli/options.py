@@ -16,10 +16,11 @@ _SECTIONS = {
     "stitch": "predict", "device": "predict", "precision": "predict", "confidence": "predict",
     "vectorize": "vectorize", "min_area": "vectorize", "simplify": "vectorize",
     "connectivity": "vectorize", "layer": "vectorize",
-    "on_error": "run", "workers": "cluster", "scheduler": "cluster",
+    "on_error": "run", "workers": "cluster", "scheduler": "cluster", "cluster_kind": "cluster",
 }
 #: option name → key in its section, where they differ.
-_KEYS = {"vectorize": "enabled", "min_area": "min_area_m2", "simplify": "simplify_m"}
+_KEYS = {"vectorize": "enabled", "min_area": "min_area_m2", "simplify": "simplify_m",
+         "cluster_kind": "kind"}
 
 _OPTIONS = [
     click.option("-c", "--config", "config_path", type=click.Path(exists=True, path_type=Path),
@@ -44,6 +45,8 @@ _OPTIONS = [
                  help="On a failed scene: record it and go on, or stop [continue]."),
     click.option("--workers", type=int, help="Local worker processes [one per 2 cores]."),
     click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous'."),
+    click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm", "pbs"]),
+                 help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local]."),
 ]
 
 

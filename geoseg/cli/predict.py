@@ -28,6 +28,8 @@ from geoseg.cli.render import console, progress_bar
 @click.option("--probabilities/--no-probabilities", default=None, help="Also write MASK.probabilities.tif (one band per class, %).")
 @click.option("--workers", type=int, help="Local worker processes [one per 2 cores].")
 @click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous' (no cluster).")
+@click.option("--cluster", "kind", type=click.Choice(["local", "slurm", "pbs"]),
+              help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, overwrite: bool,
             **options: object) -> None:
@@ -44,12 +46,13 @@ def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, over
       geoseg predict scene.tif -m model.safetensors -o mask.tif
       geoseg predict scene.tif -m model.safetensors -o mask.tif --confidence --workers 2
       geoseg predict scene.tif -m model.safetensors -o mask.tif --scheduler tcp://head:8786
+      geoseg predict scene.tif -m model.safetensors -o mask.tif --cluster slurm -c configs/slurm.yaml
     """
-    from geoseg.cluster import connect, local_worker_layout
+    from geoseg.cluster import connect, gpu_workers, task_policy, torch_threads
     from geoseg.config import load_config
     from geoseg.pipeline import plan_prediction, run_prediction
 
-    cluster_keys = ("workers", "scheduler")
+    cluster_keys = ("workers", "scheduler", "kind")
     cfg = load_config(
         config_path,
         {
@@ -57,14 +60,15 @@ def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, over
             "cluster": {k: options[k] for k in cluster_keys},
         },
     )
-    threads = None
-    if cfg.cluster.scheduler is None:
-        _, threads = local_worker_layout(cfg.cluster)
+    gpus = gpu_workers(cfg.cluster, cfg.predict.device)
+    threads = torch_threads(cfg.cluster, gpus)
     plan = plan_prediction(scene, bundle, out, cfg.predict, overwrite, threads)  # fail early
-    with connect(cfg.cluster) as client, progress_bar(f"predict {scene.name}") as advance:
+    with connect(cfg.cluster, cfg.predict.device) as client, \
+            progress_bar(f"predict {scene.name}") as advance:
         if client is not None:
             console.log(f"dashboard: {client.dashboard_link}")
-        result = run_prediction(plan, client, progress=advance)
+        policy = task_policy(cfg.cluster, gpu_workers=gpus > 0)
+        result = run_prediction(plan, client, progress=advance, policy=policy)
     grid = result.grid
     console.print(
         f"[green]wrote[/] {', '.join(str(p) for p in result.outputs.values())} "

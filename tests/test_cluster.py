@@ -1,0 +1,412 @@
+"""Cluster modes: real `dask scheduler`/`dask worker` processes, worker loss, Slurm jobs, GPU.
+
+Every process a test starts is stopped by PID in a fixture teardown. Outputs of every cluster
+mode are compared bit for bit with a run in this process.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from geoseg.cluster import (
+    connect,
+    jobqueue_kwargs,
+    parse_walltime,
+    task_policy,
+    worker_lifetime,
+)
+from geoseg.config import ClusterConfig, PredictConfig, load_config
+from geoseg.errors import ClusterError, ConfigError
+from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
+from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
+
+from .conftest import TINY_UNET, batch_commands, batch_mask, cli_env
+
+PREDICT = PredictConfig(block_size=128)
+GPU = {"GPU": 1.0}
+
+
+# --- units: config → dask-jobqueue arguments, lifetimes ------------------------------------------
+
+
+def test_walltime_forms() -> None:
+    assert parse_walltime("30") == 1800
+    assert parse_walltime("01:00:00") == 3600
+    assert parse_walltime("1-02:00:00") == 93600
+    assert parse_walltime("10:30") == 630
+    with pytest.raises(ConfigError, match="walltime"):
+        parse_walltime("an hour")
+
+
+def test_worker_lifetime_ends_before_the_time_limit() -> None:
+    cfg = load_config(None, {"cluster": {"slurm": {"walltime": "04:00:00"}}}).cluster
+    lifetime, stagger = worker_lifetime(cfg.slurm)
+    assert lifetime + stagger <= 4 * 3600 - 1440 and stagger == 720
+    short = load_config(None, {"cluster": {"slurm": {"walltime": "00:02:00"}}}).cluster
+    with pytest.raises(ConfigError, match="does not fit the walltime"):
+        worker_lifetime(short.slurm)
+
+
+def test_slurm_worker_jobs_from_config() -> None:
+    cfg = load_config(None, {"cluster": {"kind": "slurm", "slurm": {
+        "partition": "gpu", "account": "proj", "cpus": 8, "memory": "64GiB", "gpus": 1,
+        "gpu_type": "a100", "walltime": "02:00:00", "qos": "high", "jobs": 4,
+        "directives": ["--constraint=ib"]}, "job": {"setup": ["module load cuda"]}}}).cluster
+    kw = jobqueue_kwargs(cfg)
+    assert (kw["cores"], kw["processes"], kw["memory"], kw["queue"]) == (8, 1, "64GiB", "gpu")
+    assert kw["job_extra_directives"] == ["--constraint=ib", "--gres=gpu:a100:1", "--qos=high"]
+    args = kw["worker_extra_args"]
+    assert args[args.index("--resources") + 1] == "GPU=1"  # one GPU per worker
+    assert args[args.index("--lifetime") + 1] == f"{7200 - 720 - 360}s"
+    assert kw["job_script_prologue"] == ["module load cuda"]
+    for gpus, processes in ((2, 1), (1, 2)):  # a worker process per GPU: one-GPU jobs only
+        cfg.slurm.gpus, cfg.slurm.processes = gpus, processes
+        with pytest.raises(ConfigError, match="one GPU and one worker process each"):
+            jobqueue_kwargs(cfg)
+    cfg.slurm.gpus, cfg.slurm.processes = 0, 4  # CPU jobs: several worker processes are fine
+    assert "--resources" not in jobqueue_kwargs(cfg)["worker_extra_args"]
+
+
+def test_slurm_job_script_renders() -> None:
+    pytest.importorskip("dask_jobqueue")
+    from dask_jobqueue import SLURMCluster
+
+    cfg = load_config(None, {"cluster": {"kind": "slurm", "slurm": {
+        "gpus": 1, "cpus": 4, "memory": "8GiB", "interface": "lo"}}}).cluster
+    with SLURMCluster(**jobqueue_kwargs(cfg)) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script
+    assert "--lifetime" in script and "--lifetime-stagger" in script
+
+
+def test_cluster_typo_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.slurm\.partiton"):
+        load_config(None, {"cluster": {"slurm": {"partiton": "gpu"}}})
+
+
+def test_policy_defaults() -> None:
+    assert task_policy(ClusterConfig()).resources == {}
+    assert task_policy(ClusterConfig(), gpu_workers=True).resources == GPU
+    assert task_policy(ClusterConfig(resources={"GPU": 2})).resources == {"GPU": 2}
+
+
+def test_block_tasks_carry_paths_not_pixels(make_scene, make_bundle, tmp_path) -> None:
+    """The graph sent to the scheduler holds file paths and window maths, never pixels."""
+    plan = plan_prediction(make_scene(height=300, width=400), make_bundle(TINY_UNET),
+                           tmp_path / "m.tif", PREDICT)
+    graph = dict(lazy_prediction(plan.grid, plan.job, GPU).__dask_graph__())
+    sizes = [len(pickle.dumps(task)) for task in graph.values()]
+    assert len(sizes) == len(plan.grid) and max(sizes) < 8000  # a block of pixels is > 100 kB
+
+
+# --- a real scheduler and worker processes on 127.0.0.1 ------------------------------------------
+
+
+class DaskProcesses:
+    """`dask scheduler` and `dask worker` processes this test session started (stopped by PID)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.procs: list[subprocess.Popen[bytes]] = []
+        file = folder / "scheduler.json"
+        self._spawn("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                  "--port", "0", "--no-dashboard", "--scheduler-file", str(file)])
+        for _ in range(300):
+            if file.exists() and file.stat().st_size:
+                break
+            time.sleep(0.1)
+        import json
+
+        self.address = json.loads(file.read_text())["address"]
+        from distributed import Client
+
+        self.client = Client(self.address, timeout="30s")
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen([sys.executable, "-m", *args], stdout=log, stderr=log,
+                                env=cli_env(), cwd=self.folder)
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, name: str, resources: dict[str, float] | None = None) -> tuple[int, str]:
+        """Start a worker (no nanny: killing its PID kills the worker); ``(pid, address)``."""
+        before = set(self.client.scheduler_info()["workers"])
+        args = ["distributed.cli.dask_worker", self.address, "--host", "127.0.0.1",
+                "--nthreads", "1", "--name", name, "--no-nanny", "--no-dashboard",
+                "--local-directory", str(self.folder / name), "--death-timeout", "60"]
+        if resources:
+            args += ["--resources", ",".join(f"{k}={v:g}" for k, v in resources.items())]
+        proc = self._spawn(name, args)
+        self.client.wait_for_workers(len(before) + 1, timeout=60)
+        (address,) = set(self.client.scheduler_info()["workers"]) - before
+        return proc.pid, address
+
+    def stop(self, pid: int, sig: int = signal.SIGTERM) -> None:
+        for proc in self.procs:
+            if proc.pid == pid and proc.poll() is None:
+                proc.send_signal(sig)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def close(self) -> None:
+        self.client.close()
+        for proc in reversed(self.procs):
+            self.stop(proc.pid)
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory) -> Iterator[DaskProcesses]:
+    """A scheduler and two workers, each offering GPU=1 (as on a two-GPU node)."""
+    cluster = DaskProcesses(tmp_path_factory.mktemp("dask"))
+    try:
+        cluster.start_worker("gpu-0", GPU)
+        cluster.start_worker("gpu-1", GPU)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def extra_worker(dask_processes) -> Iterator[tuple[int, str]]:
+    """One more worker for one test; stopped afterwards (if the test did not kill it)."""
+    started: list[int] = []
+
+    def start(name: str, resources: dict[str, float] | None = None) -> tuple[int, str]:
+        pid, address = dask_processes.start_worker(name, resources)
+        started.append(pid)
+        return pid, address
+
+    yield start  # type: ignore[misc]
+    for pid in started:
+        dask_processes.stop(pid)
+    dask_processes.client.wait_for_workers(2, timeout=30)
+
+
+def _pixels(path: Path) -> tuple[np.ndarray, dict]:
+    with rasterio.open(path) as src:
+        return src.read(), {**src.profile, "tags": src.tags()}
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    (pa, ma), (pb, mb) = _pixels(a), _pixels(b)
+    assert np.array_equal(pa, pb)
+    assert ma == mb
+    assert a.read_bytes() == b.read_bytes()  # same blocks → the very same COG
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, Path]:
+    """One scene (24 blocks) and bundle shared by the cluster tests, and its mask computed here."""
+    from rasterio.transform import from_origin
+
+    from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
+
+    from .conftest import BANDS, coherent_field
+
+    folder = tmp_path_factory.mktemp("ref")
+    scene = folder / "scene.tif"
+    data = (1000 + 400 * coherent_field(448, 704, seed=3)).clip(1, 30000).astype("uint16")
+    with rasterio.open(scene, "w", driver="GTiff", width=704, height=448, count=4,
+                       dtype="uint16", crs="EPSG:32618", nodata=0, tiled=True, blockxsize=256,
+                       blockysize=256, transform=from_origin(420000.0, 4150000.0, 10.0, 10.0)
+                       ) as dst:
+        dst.write(data)
+        for i, name in enumerate(BANDS, start=1):
+            dst.set_band_description(i, name)
+    bundle = folder / "model.safetensors"
+    init_bundle(bundle, arch=TINY_UNET["arch"], encoder=TINY_UNET["encoder"],
+                arch_kwargs=TINY_UNET["arch_kwargs"],
+                bands=tuple(BandSpec(name=b, mean=1000.0, std=400.0) for b in BANDS),
+                input_dtype="uint16",
+                classes=tuple(ClassSpec(id=i, name=f"class{i}", color=(50 * i, 90, 90))
+                              for i in range(5)),
+                tile_size=256, halo=TINY_UNET["halo"], seed=0)
+    config = folder / "cluster.yaml"
+    config.write_text(yaml.safe_dump({"predict": {"block_size": 128},
+                                      "cluster": {"resources": GPU, "stall_timeout": 120}}))
+    local = folder / "local.tif"
+    predict_scene(scene, bundle, local, PREDICT, client=None)
+    return {"scene": scene, "bundle": bundle, "config": config, "local": local}
+
+
+@pytest.mark.slow
+def test_existing_scheduler_matches_local_run(dask_processes, reference, tmp_path) -> None:
+    out = tmp_path / "out"
+    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
+                            str(reference["config"]), "--scheduler", dask_processes.address)
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    # each worker loaded the model once, through the plugin
+    plugins = dask_processes.client.run(lambda dask_worker: sorted(dask_worker.plugins))
+    assert all(any(p.startswith("geoseg-model-") for p in names) for names in plugins.values())
+
+
+@pytest.mark.slow
+def test_resources_survive_to_the_scheduler(dask_processes, extra_worker, reference,
+                                            tmp_path) -> None:
+    """Prediction tasks carry GPU=1 to the scheduler: a worker without it runs none of them."""
+    client = dask_processes.client
+    _, plain = extra_worker("cpu-only")
+    before = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    result = predict_scene(reference["scene"], reference["bundle"], tmp_path / "m.tif", PREDICT,
+                           client=client, policy=TaskPolicy(GPU))
+    after = client.run(lambda dask_worker: dask_worker.state.executed_count)
+    ran = {w: after[w] - before.get(w, 0) for w in after}
+    assert ran[plain] == 0
+    assert sum(ran.values()) == len(result.grid)
+    # and the plain worker never loaded the model
+    assert client.run(lambda dask_worker: sorted(dask_worker.plugins), workers=[plain])[plain]
+    assert not client.run(
+        lambda: __import__("geoseg.predict").predict._CACHE, workers=[plain])[plain]
+    _assert_identical(tmp_path / "m.tif", reference["local"])
+
+
+@pytest.mark.slow
+def test_unsatisfiable_resources_fail_instead_of_hanging(dask_processes, reference,
+                                                         tmp_path) -> None:
+    client = dask_processes.client
+    plan = plan_prediction(reference["scene"], reference["bundle"], tmp_path / "m.tif", PREDICT)
+    array = lazy_prediction(plan.grid, plan.job, {"TPU": 1})
+    blocks = iter_blocks(array, client, TaskPolicy({"TPU": 1}, 0, stall_timeout=2))
+    start = time.perf_counter()
+    with pytest.raises(ClusterError, match="no block finished in 2 s"):
+        next(blocks)
+    assert time.perf_counter() - start < 10
+    cfg = ClusterConfig(scheduler=dask_processes.address, resources={"TPU": 1})
+    with pytest.raises(ConfigError, match="no worker of .* offers resources TPU=1"), connect(cfg):
+        pass
+
+
+@pytest.mark.slow
+def test_failing_scene_fails_fast_and_writes_nothing(dask_processes, reference, tmp_path) -> None:
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(reference["scene"].read_bytes())
+    plan = plan_prediction(scene, reference["bundle"], tmp_path / "m.tif", PREDICT)
+    scene.write_bytes(b"not a GeoTIFF any more")  # every block task now fails to read
+    start = time.perf_counter()
+    with pytest.raises(Exception, match="not recognized|not a supported|scene.tif"):
+        run_prediction(plan, dask_processes.client, policy=TaskPolicy(GPU, retries=1))
+    assert time.perf_counter() - start < 60
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # no partial outputs
+
+
+@pytest.mark.slow
+def test_killed_worker_run_completes_identically(dask_processes, extra_worker, reference,
+                                                 tmp_path) -> None:
+    """SIGKILL a worker that is running prediction tasks: the run finishes, same bytes."""
+    victim_pid, victim = extra_worker("victim", GPU)
+    out = tmp_path / "out"
+    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
+                            str(reference["config"]), "--scheduler", dask_processes.address)
+    run = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            busy = dask_processes.client.processing(workers=[victim]).get(victim, ())
+            if any("geoseg-predict" in str(key) for key in busy):
+                break
+            assert run.poll() is None, "the run finished before the victim got a block"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the victim worker never got a prediction task")
+        assert run.poll() is None
+        dask_processes.stop(victim_pid, signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=180)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0, stderr.decode()
+    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+
+
+@pytest.mark.slow
+def test_task_killing_its_workers_is_reported(tmp_path) -> None:
+    """A block whose task kills every worker it runs on fails the scene (KilledWorker)."""
+    import dask.array as da
+
+    def crash(block_id=None):  # noqa: ANN001
+        os._exit(3)
+
+    array = da.map_blocks(crash, chunks=((1,), (4,), (4,)), dtype=np.uint8,
+                          meta=np.empty((0, 0, 0), np.uint8))
+    cfg = ClusterConfig(workers=1, allowed_failures=0, memory_limit="1GiB")
+    start = time.perf_counter()
+    with connect(cfg) as client, pytest.raises(ClusterError, match="allowed_failures"):
+        list(iter_blocks(array, client, TaskPolicy()))
+    assert time.perf_counter() - start < 60
+
+
+# --- Slurm: Dask workers as Slurm jobs -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cluster_slurm_workers_are_jobs(slurm, reference, tmp_path) -> None:
+    logs = tmp_path / "logs"
+    config = tmp_path / "slurm.yaml"
+    config.write_text(yaml.safe_dump({
+        "predict": {"block_size": 128, "device": "cpu"},
+        "cluster": {
+            "resources": GPU,  # every worker job offers GPU=1: the annotations go through Slurm too
+            "stall_timeout": 240,
+            "slurm": {"cpus": 1, "memory": "2GiB", "walltime": "00:10:00", "jobs": 1,
+                      "interface": "lo", "python": sys.executable, "log_directory": str(logs)},
+            "job": {"name": "geoseg-test",
+                    "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
+        },
+    }))
+    out = tmp_path / "out"
+    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
+                            str(config), "--cluster", "slurm")
+    done = subprocess.run(cmd, env=slurm, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    worker_logs = sorted(p.name for p in logs.iterdir())
+    assert any(name.startswith("geoseg-test-worker-") for name in worker_logs), worker_logs
+
+
+# --- GPU: mixed precision and channels-last agree with fp32 ---------------------------------------
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_agrees_with_fp32(make_scene, make_bundle, tmp_path, precision) -> None:
+    scene, bundle = make_scene(height=1024, width=1536), make_bundle(TINY_UNET)
+    fp32 = predict_scene(scene, bundle, tmp_path / "fp32.tif",
+                         PredictConfig(device="cuda", block_size=512))
+    mixed = predict_scene(scene, bundle, tmp_path / f"{precision}.tif",
+                          PredictConfig(device="cuda", block_size=512, precision=precision,
+                                        channels_last=True))
+    a, _ = _pixels(fp32.outputs["mask"])
+    b, _ = _pixels(mixed.outputs["mask"])
+    valid = a != 255
+    agreement = float((a[valid] == b[valid]).mean())
+    print(f"{precision}+channels_last vs fp32: {agreement:.5%} of {valid.sum()} pixels agree")
+    assert np.array_equal(a == 255, b == 255)
+    assert agreement >= 0.995

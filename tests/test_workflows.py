@@ -1,0 +1,204 @@
+"""Rendered cluster workflows: golden files, the shipped workflows/, and real `sbatch` submissions.
+
+Regenerate the golden files after an intended template change with
+``GEOSEG_UPDATE_GOLDEN=1 pytest tests/test_workflows.py`` and review the diff.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+
+from geoseg.config import PredictConfig, load_config
+from geoseg.errors import ConfigError
+from geoseg.pipeline import predict_scene
+from geoseg.workflows import WORKFLOWS, render_workflow
+
+from .conftest import REPO, TINY_UNET, batch_mask, cli_env, geoseg_cli
+
+GOLDEN = Path(__file__).parent / "golden" / "workflows"
+FULL = "tests/golden/workflows/full.yaml"  # every workflow setting, as the scripts name it
+
+
+def _render(kind: str, config: str) -> dict[str, str]:
+    path = REPO / config
+    return render_workflow(kind, load_config(path), config, path.read_text())
+
+
+@pytest.mark.parametrize("kind", sorted(WORKFLOWS))
+def test_golden(kind: str) -> None:
+    files = _render(kind, FULL)
+    for name, text in files.items():
+        golden = GOLDEN / kind / name
+        if os.environ.get("GEOSEG_UPDATE_GOLDEN"):
+            golden.parent.mkdir(parents=True, exist_ok=True)
+            golden.write_text(text)
+        assert text == golden.read_text(), f"{golden} differs: GEOSEG_UPDATE_GOLDEN=1 to accept"
+
+
+@pytest.mark.parametrize(("kind", "config"), [("slurm", "configs/slurm.yaml"),
+                                              ("k8s", "configs/k8s.yaml")])
+def test_shipped_workflows_are_renderings_of_the_presets(kind: str, config: str) -> None:
+    for name, text in _render(kind, config).items():
+        shipped = REPO / "workflows" / kind / name
+        assert shipped.read_text() == text, (
+            f"{shipped} is stale: geoseg workflow render {kind} -c {config} -o workflows/{kind}")
+
+
+def test_rendered_files_parse() -> None:
+    for name, text in _render("slurm", FULL).items():
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0, name
+    kinds = []
+    for text in _render("k8s", FULL).values():
+        kinds += [doc["kind"] for doc in yaml.safe_load_all(text)]
+    assert sorted(kinds) == ["ConfigMap", "ConfigMap", "Deployment", "Deployment", "Job", "Job",
+                             "Service"]
+
+
+def test_k8s_workers_get_one_gpu_and_the_resource() -> None:
+    docs = list(yaml.safe_load_all(_render("k8s", FULL)["geoseg-full-dask.yaml"]))
+    (worker,) = [d for d in docs if d["metadata"]["name"].endswith("-worker")]
+    (container,) = worker["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    command = container["command"]
+    assert command[command.index("--resources") + 1] == "GPU=1"
+    assert command[command.index("--nworkers") + 1] == "1"
+
+
+def test_cli_render(tmp_path: Path) -> None:
+    done = subprocess.run([*geoseg_cli(), "workflow", "render", "slurm", "-c", FULL, "-o",
+                           str(tmp_path)], cwd=REPO, env=cli_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "geoseg-full-array.sbatch"
+    assert script.read_text() == (GOLDEN / "slurm" / script.name).read_text()
+    assert script.stat().st_mode & stat.S_IXUSR
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster:\n  kubernetes:\n    imag: x\n")
+    done = subprocess.run([*geoseg_cli(), "workflow", "render", "k8s", "-c", str(bad)],
+                          env=cli_env(), capture_output=True, text=True)
+    assert done.returncode == 1 and "cluster.kubernetes.imag" in done.stderr
+
+
+def test_unknown_workflow() -> None:
+    with pytest.raises(ConfigError, match="unknown workflow"):
+        render_workflow("pbs", load_config(None), "x.yaml", "")
+
+
+# --- real submissions to a single-node Slurm cluster ----------------------------------------------
+
+#: This checkout's `geoseg`, put first on the PATH of the submitted jobs.
+_SHIM = """#!{python}
+from geoseg.cli import main
+
+main()
+"""
+
+
+def _scene(folder: Path, name: str, seed: int) -> Path:
+    from rasterio.transform import from_origin
+
+    from .conftest import BANDS, coherent_field
+
+    path = folder / name
+    data = (1000 + 400 * coherent_field(200, 260, seed)).clip(1, 30000).astype("uint16")
+    with rasterio.open(path, "w", driver="GTiff", width=260, height=200, count=4, dtype="uint16",
+                       crs="EPSG:32618", nodata=0, transform=from_origin(0.0, 0.0, 10.0, 10.0),
+                       tiled=True, blockxsize=128, blockysize=128) as dst:
+        dst.write(data)
+        for i, band in enumerate(BANDS, start=1):
+            dst.set_band_description(i, band)
+    return path
+
+
+def _job_config(tmp_path: Path, make_bundle, inputs: list[Path], **cluster) -> Path:  # noqa: ANN001
+    shims = tmp_path / "bin"
+    shims.mkdir(exist_ok=True)
+    shim = shims / "geoseg"
+    shim.write_text(_SHIM.format(python=sys.executable))
+    shim.chmod(0o755)
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({
+        "predict": {"block_size": 128, "device": "cpu"},
+        "cluster": {**cluster, "job": {
+            "name": "gs", "inputs": [str(i) for i in inputs],
+            "model": str(make_bundle(TINY_UNET)), "out": str(tmp_path / "out"),
+            "setup": [f"export PATH={shims}:$PATH",
+                      f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]}},
+    }))
+    return config
+
+
+def _sbatch(slurm: dict[str, str], script: Path, cwd: Path) -> None:
+    """Submit ``script`` and wait for all its jobs (polled: `sbatch --wait` sleeps up to 32 s)."""
+    (cwd / "logs").mkdir(exist_ok=True)  # as the scripts say: Slurm does not create it
+    job = subprocess.run(["sbatch", "--parsable", str(script)], cwd=cwd, env=slurm, check=True,
+                         capture_output=True, text=True, timeout=30).stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 300
+    while subprocess.run(["squeue", "-h", "-j", job], env=slurm, capture_output=True,
+                         text=True, timeout=30).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still queued or running after 300 s"
+        time.sleep(0.5)
+    states = subprocess.run(["scontrol", "-o", "show", "job", job], env=slurm,
+                            capture_output=True, text=True, timeout=30).stdout
+    logs = "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted((cwd / "logs").glob("*")))
+    assert states.count("JobState=") == states.count("JobState=COMPLETED") > 0, f"{states}\n{logs}"
+
+
+def _assert_same_as_local(tmp_path: Path, scenes: list[Path]) -> None:
+    cfg = yaml.safe_load((tmp_path / "job.yaml").read_text())
+    for scene in scenes:
+        local = predict_scene(scene, cfg["cluster"]["job"]["model"],
+                              tmp_path / "local" / scene.name, PredictConfig(**cfg["predict"]))
+        with rasterio.open(batch_mask(tmp_path / "out", scene)) as a, \
+                rasterio.open(local.outputs["mask"]) as b:
+            assert np.array_equal(a.read(), b.read()), scene.name
+
+
+@pytest.mark.slow
+def test_sbatch_job_array(slurm, make_bundle, tmp_path) -> None:
+    """The rendered job array splits three scenes over two tasks; outputs match a local run."""
+    scenes_dir = tmp_path / "scenes"
+    scenes_dir.mkdir()
+    scenes = [_scene(scenes_dir, f"s{i}.tif", seed=i) for i in range(3)]
+    config = _job_config(tmp_path, make_bundle, [scenes_dir], scheduler="synchronous", slurm={
+        "cpus": 1, "memory": "1GiB", "walltime": "00:10:00", "array_tasks": 2,
+        "log_directory": str(tmp_path / "logs")})
+    files = render_workflow("slurm", load_config(config), config, config.read_text())
+    script = tmp_path / "gs-array.sbatch"
+    script.write_text(files[script.name])
+    _sbatch(slurm, script, tmp_path)
+    logs = sorted((tmp_path / "logs").glob("gs-*_*.out"),
+                  key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    assert len(logs) == 2  # one per array task
+    scene_line = re.compile(r"^\[\d+/\d+\] (\S+)$")  # `geoseg run` off a terminal
+    done = [{m[1] for line in log.read_text().splitlines() if (m := scene_line.match(line))}
+            for log in logs]
+    assert done == [{"s0", "s2"}, {"s1"}], [log.read_text() for log in logs]
+    _assert_same_as_local(tmp_path, scenes)
+
+
+@pytest.mark.slow
+def test_sbatch_driver_job_starts_slurm_workers(slurm, make_bundle, tmp_path) -> None:
+    """The driver job runs `--cluster slurm`: its Dask workers are further Slurm jobs."""
+    scene = _scene(tmp_path, "one.tif", seed=7)
+    config = _job_config(tmp_path, make_bundle, [scene], slurm={
+        "cpus": 1, "memory": "2GiB", "walltime": "00:10:00", "driver_walltime": "00:10:00",
+        "interface": "lo", "python": sys.executable, "log_directory": str(tmp_path / "logs")})
+    files = render_workflow("slurm", load_config(config), config, config.read_text())
+    script = tmp_path / "gs-driver.sbatch"
+    script.write_text(files[script.name])
+    _sbatch(slurm, script, tmp_path)
+    names = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert any(n.startswith("gs-driver-") for n in names), names
+    assert any(n.startswith("gs-worker-") for n in names), names  # a worker job ran
+    _assert_same_as_local(tmp_path, [scene])
