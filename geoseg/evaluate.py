@@ -84,7 +84,7 @@ class Scores:
 
 
 def _ratio(num: float, den: float) -> float | None:
-    return None if den == 0 else num / den
+    return None if den == 0 else float(num) / float(den)
 
 
 def scores_from_confusion(confusion: np.ndarray, names: list[str]) -> Scores:

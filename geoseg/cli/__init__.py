@@ -17,6 +17,8 @@ _COMMANDS = {
     "predict": "geoseg.cli.predict:predict",
     "model": "geoseg.cli.model:model",
     "vectorize": "geoseg.cli.vectorize:vectorize",
+    "train": "geoseg.cli.train:train",
+    "evaluate": "geoseg.cli.evaluate:evaluate",
 }
 
 
