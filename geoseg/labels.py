@@ -267,9 +267,8 @@ def _class_values(path: Path, column: Any, field: str,
                   class_names: Sequence[str] | None) -> np.ndarray:
     """Class ids (uint8) of the features, from integer ids or names."""
     values = column.to_numpy()
-    if values.dtype.kind in "iu":
-        ids = values.astype(np.int64)
-    elif values.dtype.kind == "f" and np.all(np.isfinite(values)) and np.all(values % 1 == 0):
+    whole = values.dtype.kind == "f" and bool(np.all(np.isfinite(values) & (values % 1 == 0)))
+    if values.dtype.kind in "iu" or whole:
         ids = values.astype(np.int64)
     else:
         if not class_names:

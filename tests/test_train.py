@@ -28,8 +28,8 @@ from geoseg.train.run import combine_statistics
 ORIGIN = (420000.0, 4150000.0)
 TINY = {"arch": "unet", "encoder": "resnet18",
         "arch_kwargs": {"encoder_depth": 3, "decoder_channels": [32, 16, 8]}}
-CLASSES = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in
-                [(0, "water", (0, 0, 255)), (1, "trees", (0, 128, 0)), (2, "bare", (200, 180, 120))])
+CLASSES = tuple(ClassSpec(id=i, name=n, color=c) for i, n, c in [
+    (0, "water", (0, 0, 255)), (1, "trees", (0, 128, 0)), (2, "bare", (200, 180, 120))])
 #: per-class band means (DN) for B02, B03, B04, B08: separable by value alone.
 MEANS = np.array([[900, 800, 500, 300], [700, 900, 600, 3000], [1500, 1600, 1800, 2000]],
                  dtype=np.float32)
@@ -60,7 +60,8 @@ def write_scene(path: Path, classes: np.ndarray, seed: int = 0, nodata_rows: int
 
 def write_labels(path: Path, labels: np.ndarray, crs: str = "EPSG:32618") -> Path:
     profile = dict(driver="GTiff", width=labels.shape[1], height=labels.shape[0], count=1,
-                   dtype="uint8", crs=crs, nodata=IGNORE, transform=from_origin(*ORIGIN, 10.0, 10.0))
+                   dtype="uint8", crs=crs, nodata=IGNORE,
+                   transform=from_origin(*ORIGIN, 10.0, 10.0))
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(labels, 1)
     return path
@@ -135,7 +136,8 @@ def test_train_polygon_labels_in_another_crs(tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "scene.tif", truth)
     # three rectangles, in lon/lat: reprojected onto the UTM scene grid before burning
     x0, y0 = ORIGIN
-    rects = [box(x0 + 50, y0 - 750, x0 + 750, y0 - 50), box(x0 + 850, y0 - 1550, x0 + 1550, y0 - 850),
+    rects = [box(x0 + 50, y0 - 750, x0 + 750, y0 - 50),
+             box(x0 + 850, y0 - 1550, x0 + 1550, y0 - 850),
              box(x0 + 50, y0 - 1550, x0 + 750, y0 - 850)]
     frame = gpd.GeoDataFrame({"cover": ["water", "Trees", "bare"]}, geometry=rects,
                              crs="EPSG:32618").to_crs("EPSG:4326")

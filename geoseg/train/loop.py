@@ -216,6 +216,9 @@ def fit(
                              val_acc, val_miou, per_class, float(scheduler.get_last_lr()[0]),
                              time.perf_counter() - start)
         history.append(record)
+        log.info("epoch %d: loss %.4f, acc %.3f, val mIoU %s (%.1f s)", epoch, record.train_loss,
+                 record.train_accuracy, "-" if val_miou is None else f"{val_miou:.3f}",
+                 record.seconds)
         score = val_miou if val_miou is not None and not math.isnan(val_miou) else None
         improved = len(val) == 0 or (score is not None and (best_score is None
                                                              or score > best_score))
