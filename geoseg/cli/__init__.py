@@ -21,6 +21,8 @@ _COMMANDS = {
     "inspect": "geoseg.cli.inspect:inspect",
     "config": "geoseg.cli.config:config",
     "workflow": "geoseg.cli.workflow:workflow",
+    "train": "geoseg.cli.train:train",
+    "evaluate": "geoseg.cli.evaluate:evaluate",
 }
 
 
