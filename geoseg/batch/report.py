@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.batch.discover import SceneSource
-from geoseg.batch.state import atomic_write_json, read_record
+from geoseg.batch.state import atomic_write_json, atomic_write_text, read_record
 
 __all__ = ["STATUSES", "build_report", "write_html", "write_report"]
 
@@ -145,7 +145,5 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
             f"<p>{s['scenes']} scenes: {summary}. Model "
             f"<code>{esc(str(report.get('bundle', {}).get('file', '')))}</code>; "
             f"written {esc(report['written'])}.</p>{body}</body></html>")
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(page)
-    tmp.replace(path)
+    atomic_write_text(path, page)
     return path

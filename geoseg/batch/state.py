@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "RECORD",
     "SceneFolder",
     "atomic_write_json",
+    "atomic_write_text",
     "fingerprint",
     "read_record",
 ]
@@ -29,11 +31,20 @@ __all__ = [
 RECORD = "scene.json"
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename. The temporary name is
+    unique per host and process, so jobs sharing a filesystem never write the same one."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON to ``path`` atomically (:func:`atomic_write_text`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def fingerprint(bundle_sha256: str, settings: dict[str, Any], inputs: Sequence[Path]) -> str:
