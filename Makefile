@@ -7,7 +7,7 @@ GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
 DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install test test-fast demo demo-model bench-memory clean
+.PHONY: install test test-fast demo demo-model bench bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ demo: install
 
 demo-model: install
 	$(PY) scripts/make_demo_model.py --work demo-train --out $(DEMO_MODEL)
+
+bench: install
+	$(PY) -m benchmarks.throughput
 
 bench-memory: install
 	$(PY) -m benchmarks.memory
