@@ -13,7 +13,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoseg.predict import ModelRef, cache_model
+from geoseg.predict import ModelRef, cache_model, has_model
 
 __all__ = ["ModelPlugin", "register_model"]
 
@@ -39,17 +39,29 @@ class ModelPlugin(WorkerPlugin):
             log.info("%s offers no %s: no model loaded", worker.name, self.resources)
             return  # prediction tasks never run here
 
+        if has_model(self.ref):
+            return  # already loaded by an earlier registration of the same bundle
         path = Path(worker.local_directory) / f"geoseg-{self.ref.sha256[:16]}.safetensors"
         if not path.exists():
             path.write_bytes(self.payload)
         cache_model(self.ref, load_bundle(path).build())
 
 
+#: ``(client id, model, resources)`` already registered from this process.
+_REGISTERED: set[tuple[str, ModelRef, tuple[tuple[str, float], ...]]] = set()
+
+
 def register_model(client: Any, ref: ModelRef, resources: dict[str, float] | None = None) -> None:
     """Send the bundle at ``ref.path`` to every worker of ``client`` and load it there.
 
     With ``resources``, only workers offering them (those prediction tasks run on) load it.
+    The scheduler keeps the plugin for workers that join later, so a batch run registers each
+    bundle once per client, not once per scene.
     """
+    key = (client.id, ref, tuple(sorted((resources or {}).items())))
+    if key in _REGISTERED:
+        return
     payload = Path(ref.path).read_bytes()
     client.register_plugin(ModelPlugin(ref, payload, resources))
+    _REGISTERED.add(key)
     log.info("model %s… registered on %d workers", ref.sha256[:12], len(client.scheduler_info()["workers"]))
