@@ -26,6 +26,7 @@ from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 
 __all__ = [
     "CLASSES_TAG",
+    "check_precision",
     "PredictResult",
     "PredictionPlan",
     "output_paths",
@@ -93,6 +94,12 @@ def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> 
             "mask depends on the tile size", meta.arch, lattice.tile_size, meta.tile_size,
         )
     return SceneGrid.fit(scene.height, scene.width, lattice, cfg.block_size, cfg.stitch == "blend")
+
+
+def check_precision(cfg: PredictConfig) -> None:
+    """Raise :class:`ConfigError` when mixed precision is asked of the CPU."""
+    if cfg.precision != "fp32" and cfg.device == "cpu":
+        raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
 
 
 def _check_scene(scene: Scene, bundle: Bundle, source: str) -> None:
@@ -163,8 +170,7 @@ def plan_scene_prediction(
     meta = bundle.meta
     bands = select_bands(scene, meta.band_names, source)
     _check_scene(scene, bundle, source)
-    if cfg.precision != "fp32" and cfg.device == "cpu":
-        raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
+    check_precision(cfg)
     paths = output_paths(mask_path, cfg)
     inputs = {Path(f).resolve() for f in scene.files}
     for path in paths.values():

@@ -20,6 +20,7 @@ from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, run_batch
 from geoseg.config import Config, load_config
 from geoseg.errors import ConfigError
 from geoseg.models.bundle import Bundle, load_bundle
+from geoseg.pipeline import check_precision
 
 __all__ = [
     "BatchPlan",
@@ -40,38 +41,41 @@ class BatchPlan:
         sources: every scene found (the report covers them all).
         todo: the scenes of this job (all of them, or one split).
         bundle, cfg: the model and the effective configuration.
-        out_dir: the output directory. split: ``(i, n)`` or None.
+        out_dir: the output directory (None: planned for inspection only).
+        split: ``(i, n)`` or None.
     """
 
     sources: list[SceneSource]
     todo: list[SceneSource]
     bundle: Bundle
     cfg: Config
-    out_dir: Path
+    out_dir: Path | None
     split: tuple[int, int] | None
 
 
 def plan_batch(
     inputs: Sequence[str | os.PathLike[str]],
     bundle_path: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None,
     config_path: str | os.PathLike[str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     split: tuple[int, int] | None = None,
 ) -> BatchPlan:
     """Load the config and bundle, find the scenes, check the output directory.
 
+    ``out_dir`` is None when nothing will be written (``geoseg inspect``); otherwise files under
+    it are never taken as scenes.
+
     Raises:
         ConfigError, BundleError: the run cannot start (nothing is written).
     """
     cfg = load_config(config_path, overrides)
     bundle = load_bundle(bundle_path)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    out = None if out_dir is None else Path(out_dir)
+    if out is not None and out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory; give an output directory")
-    if cfg.predict.precision != "fp32" and cfg.predict.device == "cpu":
-        raise ConfigError(f"precision {cfg.predict.precision} needs a CUDA device; use fp32")
-    sources = discover(inputs, exclude=[out])
+    check_precision(cfg.predict)
+    sources = discover(inputs, exclude=[out] if out is not None else [])
     if not sources:
         raise ConfigError(
             f"no scenes found in {', '.join(map(str, inputs))}: give GeoTIFFs (.tif/.tiff) or "
@@ -129,6 +133,8 @@ def run_planned(
     """Run a planned batch on the configured cluster; return its result and report path."""
     from geoseg.cluster import connect, gpu_workers, task_policy, torch_threads
 
+    if plan.out_dir is None:
+        raise ConfigError("this batch was planned without an output directory")
     cfg = plan.cfg
     gpus = gpu_workers(cfg.cluster, cfg.predict.device)
     threads = torch_threads(cfg.cluster, gpus)

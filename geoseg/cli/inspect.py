@@ -38,7 +38,7 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
     from geoseg.pipeline import plan_scene
     from geoseg.scene import select_bands
 
-    plan = plan_batch(inputs, bundle_path, Path("."), config_path, overrides_from(options),
+    plan = plan_batch(inputs, bundle_path, None, config_path, overrides_from(options),
                       parse_split(split))
     bundle, cfg = plan.bundle, plan.cfg
     rows = []
