@@ -13,10 +13,11 @@ onto it on read, window by window, through a GDAL warped VRT — never a full-sc
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ __all__ = [
     "BandRef",
     "Scene",
     "open_band_files",
+    "open_on_grid",
     "open_scene",
     "read_window",
     "select_bands",
@@ -286,6 +288,38 @@ def read_window(
     return data, valid
 
 
+@contextmanager
+def open_on_grid(
+    path: str,
+    warp: bool,
+    fill: float | None,
+    crs_wkt: str,
+    transform: tuple[float, ...],
+    shape: tuple[int, int],
+) -> Iterator[Any]:
+    """A band file as a dataset on the scene grid: the file itself, or (``warp``) a GDAL warped
+    VRT resampling it (:data:`BAND_RESAMPLING`) onto ``crs_wkt``/``transform``/``shape``.
+
+    ``fill`` is the file's missing-pixel value when it declares no nodata.
+    """
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import Affine
+    from rasterio.vrt import WarpedVRT
+
+    with rasterio.open(path) as src:
+        if not warp:
+            yield src
+            return
+        if not crs_wkt or len(transform) < 6:
+            raise SceneError(f"{path}: resampling onto the scene grid needs its CRS and transform")
+        nodata = src.nodata if src.nodata is not None else fill
+        with WarpedVRT(src, crs=crs_wkt, transform=Affine(*transform[:6]), width=shape[1],
+                       height=shape[0], resampling=Resampling[BAND_RESAMPLING],
+                       src_nodata=nodata, nodata=nodata) as vrt:
+            yield vrt
+
+
 def _read_file(
     path: str,
     indexes: list[int],
@@ -297,20 +331,8 @@ def _read_file(
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(pixels (C, h, w), masks (C, h, w) uint8)`` of ``inside`` (within the scene grid)."""
-    import rasterio
-    from rasterio.enums import Resampling
-    from rasterio.transform import Affine
-    from rasterio.vrt import WarpedVRT
     from rasterio.windows import Window as RioWindow
 
     rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)  # type: ignore[call-arg]
-    with rasterio.open(path) as src:
-        if not warp:
-            return src.read(indexes, window=rio_window), src.read_masks(indexes, window=rio_window)
-        if not crs_wkt or len(transform) < 6:
-            raise SceneError(f"{path}: resampling onto the scene grid needs its CRS and transform")
-        nodata = src.nodata if src.nodata is not None else fill
-        with WarpedVRT(src, crs=crs_wkt, transform=Affine(*transform[:6]), width=shape[1],
-                       height=shape[0], resampling=Resampling[BAND_RESAMPLING],
-                       src_nodata=nodata, nodata=nodata) as vrt:
-            return vrt.read(indexes, window=rio_window), vrt.read_masks(indexes, window=rio_window)
+    with open_on_grid(path, warp, fill, crs_wkt, transform, shape) as ds:
+        return ds.read(indexes, window=rio_window), ds.read_masks(indexes, window=rio_window)

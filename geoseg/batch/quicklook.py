@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.batch.discover import band_key
-from geoseg.scene import BAND_RESAMPLING, BandRef, Scene
+from geoseg.scene import BandRef, Scene, open_on_grid
 
 __all__ = ["mask_quicklook", "pick_rgb", "quicklook_shape", "scene_quicklook", "write_png"]
 
@@ -44,22 +44,13 @@ def pick_rgb(bands: Sequence[BandRef]) -> tuple[BandRef, ...]:
 
 def _read_small(scene: Scene, band: BandRef, shape: tuple[int, int]) -> np.ndarray:
     """One band decimated to ``shape``: float32 with NaN where there is no data."""
-    import rasterio
     from rasterio.enums import Resampling
-    from rasterio.transform import Affine
-    from rasterio.vrt import WarpedVRT
 
-    with rasterio.open(band.path) as src:
-        nodata = src.nodata if src.nodata is not None else band.fill
-        if band.warp:
-            ds = WarpedVRT(src, crs=scene.crs_wkt, transform=Affine(*scene.transform),
-                           width=scene.width, height=scene.height, src_nodata=nodata,
-                           nodata=nodata, resampling=Resampling[BAND_RESAMPLING])
-        else:
-            ds = src
-        with ds:
-            data = ds.read(band.index, out_shape=shape, resampling=Resampling.average)
-            mask = ds.read_masks(band.index, out_shape=shape) > 0
+    with open_on_grid(band.path, band.warp, band.fill, scene.crs_wkt, scene.transform,
+                      scene.shape) as ds:
+        nodata = ds.nodata if ds.nodata is not None else band.fill
+        data = ds.read(band.index, out_shape=shape, resampling=Resampling.average)
+        mask = ds.read_masks(band.index, out_shape=shape) > 0
     out = data.astype(np.float32)
     bad = ~mask | ~np.isfinite(out)
     if nodata is not None:
