@@ -18,19 +18,25 @@ from rich.progress import (
 console = Console(stderr=True)
 
 
-@contextmanager
-def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar driven by ``advance(done, total)``; silent when not a terminal."""
-    with Progress(
+def new_progress(unit: str = "") -> Progress:
+    """geoseg's progress display (description, bar, done/total [unit], elapsed, ETA) on the
+    console; disabled when the console is not a terminal."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("blocks"),
+        TextColumn(unit),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         disable=not console.is_terminal,
-    ) as progress:
+    )
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar driven by ``advance(done, total)``; silent when not a terminal."""
+    with new_progress("blocks") as progress:
         task = progress.add_task(label, total=None)
 
         def advance(done: int, total: int) -> None:

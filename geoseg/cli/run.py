@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from geoseg.cli.options import config_options, overrides_from, parse_split
-from geoseg.cli.render import console
+from geoseg.cli.render import console, new_progress
 
 #: Exit status when the run finished but some scenes failed (1: nothing ran, 2: usage).
 EXIT_SOME_FAILED = 3
@@ -73,23 +72,10 @@ class _Display:
     """Live progress (scenes, and blocks of the current stage) or, off a terminal, log lines."""
 
     def __init__(self, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
         self.live = console.is_terminal
-        self.total = total
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                 MofNCompleteColumn(), TimeElapsedColumn(),
-                               TimeRemainingColumn(), console=console, disable=not self.live)
+        self.bar = new_progress()
         self.scenes = self.bar.add_task("scenes", total=total)
         self.stage = self.bar.add_task("", total=None, visible=False)
-        self.started = time.perf_counter()
 
     def __enter__(self) -> _Display:
         self.bar.__enter__()
