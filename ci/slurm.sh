@@ -43,7 +43,8 @@ up() {
         munged --force --pid-file="$DIR/run/munged.pid" --log-file="$DIR/log/munged.log"
     fi
     local cpus mem
-    cpus=$(nproc)
+    # nproc honours OMP_NUM_THREADS, which Dask and torch set to 1 in the test process
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 3 / 4)}' /proc/meminfo)
     cat > "$CONF" <<CONF
 ClusterName=geoseg
