@@ -15,6 +15,7 @@ import numpy as np
 
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
+from geoseg.vectorize.rings import pinched, polygons_from_shapes
 
 __all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
            "to_crs"]
@@ -53,12 +54,12 @@ def _label(data: np.ndarray, nodata: int, connectivity: int) -> tuple[np.ndarray
     labels = np.zeros(data.shape, np.int32)
     classes = [np.uint8(nodata)]
     n = 0
-    for c in np.unique(data):
-        if c == nodata:
-            continue
-        lab, k = ndimage.label(data == c, _structure(connectivity))
-        labels += np.where(lab > 0, lab + n, 0).astype(np.int32)
-        classes += [c] * k
+    present = np.flatnonzero(np.bincount(data.ravel(), minlength=256))
+    for c in present[present != nodata]:
+        inside = data == c
+        lab, k = ndimage.label(inside, _structure(connectivity), output=np.int32)
+        np.add(lab, n, out=labels, where=inside)
+        classes += [np.uint8(c)] * k
         n += k
     return labels, np.array(classes, np.uint8)
 
@@ -132,12 +133,14 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
         conf_sum = np.bincount(flat[ok], weights=conf[ok].astype(np.float64), minlength=n + 1)
         conf_n = np.bincount(flat[ok], minlength=n + 1).astype(np.float64)
     geoms = np.empty(n + 1, dtype=object)
-    shift = Affine.translation(w.col, w.row)
-    for geom, value in rasterio.features.shapes(labels, mask=labels > 0, transform=shift,
-                                                connectivity=task.connectivity):
-        v = int(value)
-        g = shapely.geometry.shape(geom)
-        geoms[v] = g if geoms[v] is None else shapely.union(geoms[v], g)
+    values, polys = polygons_from_shapes(rasterio.features.shapes(
+        labels, mask=labels > 0, transform=Affine.translation(w.col, w.row),
+        connectivity=task.connectivity))
+    v = values.astype(np.int64)
+    geoms[v] = polys
+    dup = np.flatnonzero(np.bincount(v, minlength=n + 1) > 1)
+    for k in dup:  # a region GDAL split in two (not expected with matching connectivity)
+        geoms[k] = shapely.union_all(polys[v == k])
     top, bottom, left, right = _edges(labels)
     inner = [e for e, side in ((top, w.row > 0), (bottom, w.row_stop < info.height),
                                (left, w.col > 0), (right, w.col_stop < info.width)) if side]
@@ -150,24 +153,35 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     stats = np.stack([counts, area, conf_sum, conf_n], 1)
     return dict(
         index=task.index, edges=(top, bottom, left, right), n=n,
-        done=(cls[done], to_crs(geoms[done], info), stats[done]),
+        done=(cls[done], to_crs(geoms[done], info, task.connectivity), stats[done]),
         border=(ids, cls[ids], shapely.to_wkb(geoms[ids]) if len(ids) else [], stats[ids]),
     )
 
 
-def to_crs(pixel_geoms: np.ndarray, info: MaskInfo) -> np.ndarray:
+def to_crs(pixel_geoms: np.ndarray, info: MaskInfo, connectivity: int) -> np.ndarray:
     """Make pixel-space geometries valid and map them to the CRS with the scene transform."""
     import shapely
 
     g = np.asarray(pixel_geoms, dtype=object)
     if len(g) == 0:
         return g
-    bad = ~shapely.is_valid(g)
-    if bad.any():  # 8-connected rings touching themselves at a vertex
+    bad = np.flatnonzero(_maybe_invalid(g, connectivity))
+    bad = bad[~shapely.is_valid(g[bad])]
+    if len(bad):  # rings touching themselves at a vertex
         g[bad] = [_polygonal(x) for x in shapely.make_valid(g[bad])]
     a, b, c, d, e, f = info.transform
     return shapely.transform(g, lambda xy: np.stack(
         [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f], 1))
+
+
+def _maybe_invalid(geoms: np.ndarray, connectivity: int) -> np.ndarray:
+    """Pixel geometries that could be invalid: pinched polygons and every multi-part one."""
+    import shapely
+
+    single = shapely.get_type_id(geoms) == 3
+    out = ~single
+    out[single] = pinched(geoms[single], connectivity)
+    return out
 
 
 def _polygonal(geom: Any) -> Any:

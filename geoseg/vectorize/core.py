@@ -141,7 +141,8 @@ def vectorize_mask(
             border.append((ids + seams.base[r["index"]], bcls, wkb, bstats))
             emit(_features(*r["done"], names, with_conf))
             tick()
-        emit(_features(*merge_border_pieces(border, seams, connectivity, info), names, with_conf))
+        emit(_features(*merge_border_pieces(border, seams, connectivity, info,
+                                                     block_size), names, with_conf))
         if held:
             cols = {k: np.concatenate([h[k] for h in held]) for k in held[0]}
             tol = simplify_m if info.row_area_m2 is None else simplify_m / 111_320.0

@@ -17,6 +17,7 @@ import numpy as np
 
 from geoseg.vectorize.blocks import BlockTask, run_blocks, sieve_stats_task, to_crs
 from geoseg.vectorize.maskinfo import MaskInfo
+from geoseg.vectorize.rings import dissolve
 
 __all__ = ["Seams", "merge_border_pieces", "sieve_plan"]
 
@@ -122,8 +123,11 @@ def sieve_plan(tasks: list[BlockTask], ncols: int, threshold: float, connectivit
 
 
 def merge_border_pieces(border: list[tuple[np.ndarray, ...]], seams: Seams, connectivity: int,
-           info: MaskInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Join the pieces of regions cut by block borders: ``(class, geometry, stats)``."""
+           info: MaskInfo, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join the pieces of regions cut by block borders: ``(class, geometry, stats)``.
+
+    Pieces are pixel polygons that meet only on the seams (multiples of ``block_size``), so
+    :func:`geoseg.vectorize.rings.dissolve` joins them with array arithmetic."""
     import shapely
 
     gid = np.concatenate([b[0] for b in border])
@@ -141,8 +145,15 @@ def merge_border_pieces(border: list[tuple[np.ndarray, ...]], seams: Seams, conn
     groups = np.split(order, starts[1:])
     pieces = shapely.from_wkb(wkb)
     merged = np.empty(len(groups), dtype=object)
-    for k, grp in enumerate(groups):
-        merged[k] = pieces[grp[0]] if len(grp) == 1 else shapely.union_all(pieces[grp])
-    merged = shapely.simplify(merged, 0.0)  # drop the collinear vertices left on seams
+    multi = np.array([len(grp) > 1 for grp in groups])
+    merged[~multi] = pieces[order[starts[~multi]]]
+    gi = np.flatnonzero(multi)
+    if len(gi):
+        members = np.concatenate([groups[k] for k in gi])
+        which = np.repeat(np.arange(len(gi)), [len(groups[k]) for k in gi])
+        joined, fallback = dissolve(pieces[members], which, len(gi), block_size)
+        for j in np.flatnonzero(fallback):  # several shells (8-connectivity): GEOS union
+            joined[j] = shapely.simplify(shapely.union_all(pieces[groups[gi[j]]]), 0.0)
+        merged[gi] = joined
     gstats = np.add.reduceat(stats[order], starts, axis=0)
-    return cls[order[starts]], to_crs(merged, info), gstats
+    return cls[order[starts]], to_crs(merged, info, connectivity), gstats

@@ -1,0 +1,339 @@
+"""Pixel-polygon geometry in numpy: rasterio shapes to shapely, and seam dissolve without overlay.
+
+Every polygon here is in *pixel* coordinates: integer vertices, axis-parallel edges, as GDAL's
+polygonizer makes them. That structure lets two expensive GEOS steps become array arithmetic:
+
+* :func:`polygons_from_shapes` builds the shapely polygons of ``rasterio.features.shapes`` in one
+  ``from_ragged_array`` call instead of one Python object per vertex;
+* :func:`dissolve` joins the pieces of regions cut by block borders. Pieces of one region only
+  share edges on the block seams, so the union is: orient every ring with the interior on the
+  left, split the edges lying on seam lines into unit steps, drop the unit edges that two pieces
+  share (they appear once in each direction), and relink what is left into rings. Where a
+  boundary touches itself at a vertex (two interior quadrants diagonal to each other, e.g. two
+  pieces meeting at a corner) the relinking turns right, keeping each exterior corner whole, so
+  a hole touching the shell stays a ring of its own (valid OGC polygons). Groups that do not
+  form one shell with holes, or whose ring passes a vertex twice (both only possible with
+  8-connectivity), are handed back for a GEOS union.
+
+The result carries no collinear vertices, like GDAL's own polygons, so a region gets the same
+vertices whether or not it was cut by a block border.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+__all__ = ["dissolve", "drop_collinear", "pinched", "polygons_from_shapes"]
+
+
+def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]]
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """``(values float64 (n,), polygons object (n,))`` from ``rasterio.features.shapes`` output."""
+    import itertools
+
+    import shapely
+
+    values: list[float] = []
+    rings: list[Any] = []
+    per_poly: list[int] = []
+    for geom, value in shapes:
+        coords = geom["coordinates"]
+        values.append(value)
+        per_poly.append(len(coords))
+        rings.extend(coords)
+    if not values:
+        return np.empty(0), np.empty(0, dtype=object)
+    lens = np.fromiter(map(len, rings), np.int64, len(rings))
+    xy = np.array(list(itertools.chain.from_iterable(rings)), np.float64).reshape(-1, 2)
+    offsets = (np.r_[0, np.cumsum(lens)], np.r_[0, np.cumsum(per_poly)])
+    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
+    return np.asarray(values, np.float64), geoms
+
+
+def pinched(polygons: np.ndarray, connectivity: int = 4) -> np.ndarray:
+    """Pixel polygons (bool ``(n,)``) that may be invalid, cheaply: rings of pixel boundaries
+    never cross, so only a vertex passed twice can break OGC validity. With 4-connected regions
+    the interior is connected and only a ring passing one vertex twice is suspect; with
+    8-connectivity also rings touching each other (they can cut the interior in two)."""
+    out = np.zeros(len(polygons), bool)
+    if len(polygons) == 0:
+        return out
+    xy, (ring_off, poly_off) = _ragged(polygons)
+    ring_poly = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
+    owner = np.arange(len(ring_off) - 1) if connectivity == 4 else ring_poly
+    ids = np.repeat(owner, np.diff(ring_off))
+    keep = np.ones(len(xy), bool)
+    keep[ring_off[1:] - 1] = False  # the closing vertex repeats the first by design
+    xy = xy[keep].astype(np.int64)
+    xy -= xy.min(0)
+    key = np.sort(_keys(ids[keep], xy))
+    dup_ids = key[1:][key[1:] == key[:-1]] // _span(xy) ** 2
+    out[ring_poly[dup_ids] if connectivity == 4 else dup_ids] = True
+    return out
+
+
+def _ragged(polygons: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    import shapely
+
+    kind, xy, offsets = shapely.to_ragged_array(np.asarray(polygons, dtype=object))
+    if kind != shapely.GeometryType.POLYGON:
+        raise ValueError(f"expected polygons, got {kind!r}")
+    return xy, (np.asarray(offsets[0], np.int64), np.asarray(offsets[1], np.int64))
+
+
+def drop_collinear(polygons: np.ndarray) -> np.ndarray:
+    """The same polygons without vertices in the middle of straight runs (pixel polygons)."""
+    import shapely
+
+    if len(polygons) == 0:
+        return np.asarray(polygons, dtype=object)
+    xy, (ring_off, poly_off) = _ragged(polygons)
+    ring = np.repeat(np.arange(len(ring_off) - 1), np.diff(ring_off))
+    is_last = np.zeros(len(xy), bool)
+    is_last[ring_off[1:] - 1] = True
+    start = np.flatnonzero(~is_last)  # every edge: start vertex index, end = start + 1
+    d = np.sign(xy[start + 1] - xy[start])
+    prev = np.empty_like(d)
+    prev[1:] = d[:-1]
+    first = np.zeros(len(start), bool)
+    first_edge = ring_off[:-1] - np.arange(len(ring_off) - 1)  # ring r's first edge index
+    first[first_edge] = True
+    last_edge = np.r_[first_edge[1:], len(start)] - 1
+    prev[first_edge] = d[last_edge]
+    keep = start[(d != prev).any(1)]
+    xy2, ring_off2 = _close(xy[keep], ring[keep], len(ring_off) - 1)
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy2, (ring_off2, poly_off))
+
+
+def _close(xy: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[np.ndarray, np.ndarray]:
+    """Append each ring's first vertex after its last; ``xy`` sorted by ``ring``."""
+    counts = np.bincount(ring, minlength=n_rings)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    pos = np.arange(len(xy)) + ring  # room for one closing vertex per earlier ring
+    out = np.empty((len(xy) + n_rings, 2), xy.dtype)
+    out[pos] = xy
+    close_at = starts + counts + np.arange(n_rings)
+    out[close_at] = xy[starts]
+    return out, np.r_[0, np.cumsum(counts + 1)]
+
+
+def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Union the pixel polygons of each group, which touch only along block seams.
+
+    Args:
+        pieces: shapely Polygons/MultiPolygons in pixel coordinates, object ``(n,)``.
+        group: group index ``0..n_groups-1`` of each piece, int ``(n,)``.
+        n_groups: number of groups.
+        block_size: block side, pixels; seams lie on multiples of it.
+
+    Returns:
+        ``(merged object (n_groups,), fallback bool (n_groups,))``: one polygon per group, or
+        None where ``fallback`` is set because the pieces did not dissolve into a single shell
+        with holes (the caller unions those with GEOS).
+    """
+    import shapely
+
+    merged = np.empty(n_groups, dtype=object)
+    fallback = np.zeros(n_groups, bool)
+    group = np.asarray(group, np.int64)
+    if len(pieces) == 0:
+        return merged, fallback
+    parts, part_idx = shapely.get_parts(np.asarray(pieces, dtype=object), return_index=True)
+    xy, (ring_off, poly_off) = _ragged(shapely.orient_polygons(parts, exterior_cw=False))
+    ring_group = np.repeat(group[part_idx], np.diff(poly_off))
+    a, b, g, seam, nat = _edges(xy.astype(np.int64), ring_off, ring_group, block_size)
+    keep = ~_shared(a, b, g, seam)
+    succ, bad = _successors(a, b, g, nat, keep, block_size)
+    a, b, g = a[keep], b[keep], g[keep]
+    if bad.any():  # not a clean boundary: leave those groups to GEOS
+        fallback[np.unique(g[bad])] = True
+        ok = ~fallback[group]
+        sub, _ = dissolve(np.asarray(pieces, dtype=object)[ok], group[ok], n_groups, block_size)
+        merged[~fallback] = sub[~fallback]
+        return merged, fallback
+    ring_of, order = _cycles(succ)
+    pts, rof, rgroup = _corners(a, b, g, ring_of, order)
+    n_rings = len(rgroup)
+    kcount = np.bincount(rof, minlength=n_rings)
+    kstart = np.r_[0, np.cumsum(kcount)[:-1]]
+    nxt = np.empty_like(pts)
+    nxt[:-1] = pts[1:]
+    nxt[kstart + kcount - 1] = pts[kstart]
+    area2 = np.bincount(rof, weights=(pts[:, 0] * nxt[:, 1] - nxt[:, 0] * pts[:, 1]).astype(
+        np.float64), minlength=n_rings)  # twice the signed area: > 0 shell, < 0 hole
+    shells = np.bincount(rgroup, weights=area2 > 0, minlength=n_groups)
+    fallback |= (np.bincount(group, minlength=n_groups) > 0) & (shells != 1)
+    key = np.sort(_keys(rof, pts))  # a ring through one vertex twice: an 8-connected pinch
+    fallback[rgroup[key[1:][key[1:] == key[:-1]] // _span(pts) ** 2]] = True
+    # one polygon per good group: shell ring first, then holes
+    rorder = np.lexsort((area2 <= 0, rgroup))
+    rorder = rorder[~fallback[rgroup[rorder]]]
+    if len(rorder):
+        sel = _ranges(kstart[rorder], kcount[rorder])
+        ring_seq = np.repeat(np.arange(len(rorder)), kcount[rorder])
+        xy_c, roff = _close(pts[sel].astype(np.float64), ring_seq, len(rorder))
+        present, per_group = np.unique(rgroup[rorder], return_counts=True)
+        merged[present] = shapely.from_ragged_array(
+            shapely.GeometryType.POLYGON, xy_c, (roff, np.r_[0, np.cumsum(per_group)]))
+    return merged, fallback
+
+
+def _edges(xy: np.ndarray, ring_off: np.ndarray, ring_group: np.ndarray, block_size: int
+           ) -> tuple[np.ndarray, ...]:
+    """Directed edges of all rings in ring order, those lying on seam lines split into unit
+    steps so that edges shared by two pieces match exactly.
+
+    Returns ``(start (m, 2), end (m, 2), group (m,), on_seam bool (m,), next (m,))``, ``next``
+    being the index of the following edge of the same ring.
+    """
+    is_last = np.zeros(len(xy), bool)
+    is_last[ring_off[1:] - 1] = True
+    s = np.flatnonzero(~is_last)
+    a, b = xy[s], xy[s + 1]
+    per_ring = np.diff(ring_off) - 1
+    d = b - a
+    vertical = d[:, 0] == 0
+    if (vertical == (d[:, 1] == 0)).any():
+        raise ValueError("pixel polygons must have axis-parallel edges and no repeated vertex")
+    seam = np.flatnonzero(np.where(vertical, a[:, 0], a[:, 1]) % block_size == 0)
+    length = np.abs(d[seam]).sum(1)
+    reps = np.ones(len(a), np.int64)
+    reps[seam] = length
+    pos = np.cumsum(reps) - reps  # where each edge's first piece goes
+    total = int(pos[-1] + reps[-1]) if len(a) else 0
+    a2 = np.empty((total, 2), np.int64)
+    b2 = np.empty((total, 2), np.int64)
+    a2[pos], b2[pos] = a, b
+    es = np.repeat(seam, length)
+    k = np.arange(len(es)) - np.repeat(np.cumsum(length) - length, length)
+    at = np.repeat(pos[seam], length) + k
+    unit = np.sign(d[es])
+    a2[at] = a[es] + unit * k[:, None]
+    b2[at] = a2[at] + unit
+    on_seam = np.zeros(total, bool)
+    on_seam[at] = True
+    ring_len = np.add.reduceat(reps, np.r_[0, np.cumsum(per_ring)[:-1]]) if len(per_ring) else reps
+    ring_first = np.cumsum(ring_len) - ring_len
+    nxt = np.arange(1, total + 1)
+    nxt[ring_first + ring_len - 1] = ring_first
+    g = np.repeat(np.repeat(ring_group, per_ring), reps)
+    return a2, b2, g, on_seam, nxt
+
+
+def _span(xy: np.ndarray) -> int:
+    """Coordinate range of :func:`_keys`: ``key // span**2`` (no extra bit) is the group."""
+    return int(xy.max()) + 2 if len(xy) else 2
+
+
+def _keys(g: np.ndarray, xy: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
+    """One int64 per ``(group, x, y[, extra bit])`` row; vertices are ≥ 0 pixel corners."""
+    span = _span(xy)
+    if len(g) and (int(g.max()) + 1) * span * span * 2 >= 2**62:
+        raise ValueError("scene too large for 64-bit vertex keys")
+    key = (g * span + xy[:, 1]) * span + xy[:, 0]
+    return key * 2 + extra if extra is not None else key
+
+
+def _shared(a: np.ndarray, b: np.ndarray, g: np.ndarray, on_seam: np.ndarray) -> np.ndarray:
+    """Unit seam edges that occur twice in a group (once each way: shared by two pieces)."""
+    idx = np.flatnonzero(on_seam)
+    key = _keys(g[idx], np.minimum(a[idx], b[idx]), (a[idx, 0] == b[idx, 0]).astype(np.int64))
+    _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
+    out = np.zeros(len(a), bool)
+    out[idx[cnt[inv] > 1]] = True
+    return out
+
+
+def _successors(a: np.ndarray, b: np.ndarray, g: np.ndarray, nxt: np.ndarray, keep: np.ndarray,
+                block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The edge that follows each kept edge around its new ring (indices among kept edges), and
+    kept edges whose end is not a clean boundary vertex (``bad``).
+
+    An edge is followed by the next edge of its piece's ring, except where rings are relinked:
+    on seam lines, and at vertices where two pieces touch. At a vertex with two ways out (two
+    interior quadrants diagonal to each other) take the right turn, so each ring keeps its
+    exterior corner whole and a hole touching the shell stays a ring of its own (OGC validity;
+    4-connected regions always have their two exterior quadrants in different components).
+    """
+    new = np.cumsum(keep) - 1
+    n = int(keep.sum())
+    ka, kb, kg = a[keep], b[keep], g[keep]
+    succ = new[nxt[keep]]
+    ks = _keys(kg, ka)
+    order = np.argsort(ks, kind="stable")
+    sk = ks[order]
+    same = sk[1:] == sk[:-1]
+    two_out = np.zeros(n, bool)
+    two_out[order[np.r_[same, False] | np.r_[False, same]]] = True
+    # relink edges ending on a seam line (their next may be gone) or where two ways lead out
+    special = np.flatnonzero(((kb % block_size) == 0).any(1) | two_out[succ])
+    ke = _keys(kg[special], kb[special])
+    lo = np.searchsorted(sk, ke, "left")
+    n_out = np.searchsorted(sk, ke, "right") - lo
+    first = order[np.minimum(lo, n - 1)]
+    second = order[np.minimum(lo + 1, n - 1)]
+    d, d1 = np.sign(kb[special] - ka[special]), np.sign(kb[first] - ka[first])
+    left = d[:, 0] * d1[:, 1] - d[:, 1] * d1[:, 0] > 0
+    succ[special] = np.where((n_out == 2) & left, second, first)
+    bad = np.zeros(n, bool)
+    bad[special[(n_out < 1) | (n_out > 2)]] = True
+    hits = np.bincount(succ[~bad], minlength=n)
+    return succ, bad | (hits[succ] != 1)
+
+
+def _cycles(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cycles of the permutation ``succ``: ``(ring, order)``, ``order`` listing the elements
+    cycle after cycle, each in successor order, ``ring`` the cycle number (0..) at each place.
+
+    Works on runs where ``succ[e] == e + 1`` (most of every ring), so the pointer jumping that
+    ranks elements along their cycle runs over few nodes.
+    """
+    n = len(succ)
+    last = np.flatnonzero(succ != np.arange(1, n + 1))  # each run's last element
+    start = np.r_[0, last[:-1] + 1]
+    run_len = last - start + 1
+    run_of = np.repeat(np.arange(len(last)), run_len)
+    nxt = run_of[succ[last]]
+    r = len(last)
+    root = np.arange(r)  # smallest run of each cycle, and steps from it, by pointer jumping
+    ptr, dist = nxt.copy(), np.ones(r, np.int64)
+    lowest = np.minimum(root, nxt)
+    for _ in range(max(1, int(np.ceil(np.log2(r + 1)))) + 1):
+        lowest = np.minimum(lowest, lowest[ptr])
+        ptr = ptr[ptr]
+    # ranks: walk back from each run to its cycle's lowest run
+    pred = np.empty(r, np.int64)
+    pred[nxt] = np.arange(r)
+    is_root = root == lowest
+    ptr = np.where(is_root, root, pred)
+    dist = (~is_root).astype(np.int64)
+    while not is_root[ptr].all():
+        dist = dist + dist[ptr]
+        ptr = ptr[ptr]
+    seq = np.lexsort((dist, lowest))
+    cycle_of_seq = np.cumsum(np.r_[0, lowest[seq][1:] != lowest[seq][:-1]])
+    order = _ranges(start[seq], run_len[seq])
+    return np.repeat(cycle_of_seq, run_len[seq]), order
+
+
+def _corners(a: np.ndarray, b: np.ndarray, g: np.ndarray, ring: np.ndarray, order: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ring vertices where the direction changes: ``(points (k, 2), ring (k,), group per ring)``."""
+    counts = np.bincount(ring)
+    rstart = np.r_[0, np.cumsum(counts)[:-1]]
+    d = np.sign(b - a)[order]
+    prev = np.empty_like(d)
+    prev[1:] = d[:-1]
+    prev[rstart] = d[rstart + counts - 1]
+    corner = (d != prev).any(1)
+    return a[order][corner], ring[corner], g[order[rstart]]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(s, s + c)`` for every pair, vectorized."""
+    base = np.repeat(starts - np.r_[0, np.cumsum(counts)[:-1]], counts)
+    return base + np.arange(int(counts.sum()))
