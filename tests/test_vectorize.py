@@ -277,3 +277,33 @@ def test_distributed_local_cluster_gives_the_same_layer(tmp_path):
     t = from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
     assert np.array_equal(rasterize(g1, c1["class_id"], t), rasterize(g2, c2["class_id"], t))
     assert dist.class_area_m2 == pytest.approx(local.class_area_m2)
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn):
+    """The client joins border pieces as blocks arrive (a cluster returns them in any order)
+    and lets go of each region as soon as no unfinished block can extend it."""
+    from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task
+    from geoseg.vectorize.join import BorderJoin
+    from geoseg.vectorize.maskinfo import read_mask_info
+
+    info = read_mask_info(mask_path)
+    wins, ncols = block_windows(H, W, 100)
+    results = [polygonize_task(BlockTask(i, w, info, conn)) for i, w in enumerate(wins)]
+    n_border = sum(len(r["border"][0]) for r in results)
+
+    def joined(order):
+        join, geoms, held = BorderJoin(len(wins) // ncols, ncols, conn, info, 100), [], []
+        for i in order:
+            r = results[i]
+            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
+            geoms += list(join.ready()[1])
+            held.append(sum(len(h["gid"]) for h in join.held))
+        geoms += list(join.ready(final=True)[1])
+        return sorted(shapely.to_wkb(shapely.normalize(np.array(geoms, dtype=object)))), held
+
+    in_order, held = joined(range(len(wins)))
+    assert max(held) < n_border / 3  # regions leave memory well before the end
+    for seed in (0, 1):
+        shuffled, _ = joined(np.random.default_rng(seed).permutation(len(wins)))
+        assert shuffled == in_order

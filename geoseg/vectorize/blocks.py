@@ -152,7 +152,7 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     ids = np.flatnonzero(border)
     stats = np.stack([counts, area, conf_sum, conf_n], 1)
     return dict(
-        index=task.index, edges=(top, bottom, left, right), n=n,
+        index=task.index, edges=(top, bottom, left, right), n=n, cls=cls,
         done=(cls[done], to_crs(geoms[done], info, task.connectivity), stats[done]),
         border=(ids, cls[ids], shapely.to_wkb(geoms[ids]) if len(ids) else [], stats[ids]),
     )

@@ -15,8 +15,9 @@ import numpy as np
 from geoseg.errors import ConfigError
 from geoseg.gpkg import GpkgWriter
 from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, run_blocks
+from geoseg.vectorize.join import BorderJoin
 from geoseg.vectorize.maskinfo import read_mask_info
-from geoseg.vectorize.seams import Seams, merge_border_pieces, sieve_plan
+from geoseg.vectorize.seams import sieve_plan
 
 __all__ = ["ProgressCallback", "VectorizeResult", "vectorize_mask"]
 
@@ -133,16 +134,13 @@ def vectorize_mask(
                 log.warning("geographic CRS: sieve threshold uses the mean pixel area %.1f m²",
                             pixel)
             tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick)
-        seams = Seams(len(tasks), ncols)
-        border = []
+        join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size)
         for r in run_blocks(polygonize_task, tasks, client):
-            seams.add(r["index"], r["n"], r["edges"])
-            ids, bcls, wkb, bstats = r["border"]
-            border.append((ids + seams.base[r["index"]], bcls, wkb, bstats))
+            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
             emit(_features(*r["done"], names, with_conf))
+            emit(_features(*join.ready(), names, with_conf))
             tick()
-        emit(_features(*merge_border_pieces(border, seams, connectivity, info,
-                                                     block_size), names, with_conf))
+        emit(_features(*join.ready(final=True), names, with_conf))
         if held:
             cols = {k: np.concatenate([h[k] for h in held]) for k in held[0]}
             tol = simplify_m if info.row_area_m2 is None else simplify_m / 111_320.0

@@ -15,11 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.vectorize.blocks import BlockTask, run_blocks, sieve_stats_task, to_crs
-from geoseg.vectorize.maskinfo import MaskInfo
-from geoseg.vectorize.rings import dissolve
+from geoseg.vectorize.blocks import BlockTask, run_blocks, sieve_stats_task
 
-__all__ = ["Seams", "merge_border_pieces", "sieve_plan"]
+__all__ = ["Seams", "components", "sieve_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class Seams:
         return p[(p[:, 0] > 0) & (p[:, 1] > 0)]
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected component of every id ``0..n`` given undirected ``pairs`` (union-find)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -88,7 +86,7 @@ def sieve_plan(tasks: list[BlockTask], ncols: int, threshold: float, connectivit
     owner = np.concatenate([[-1]] + [np.full(len(parts[i]["cls"]) - 1, i) for i in order])
     seam = seams.pairs(connectivity)
     same = cls[seam[:, 0]] == cls[seam[:, 1]]
-    comp = _components(seams.total, seam[same])
+    comp = components(seams.total, seam[same])
     nc = comp.max() + 1
     csize = np.bincount(comp, weights=size, minlength=nc)
     ckey = np.full(nc, np.iinfo(np.int64).max)
@@ -120,40 +118,3 @@ def sieve_plan(tasks: list[BlockTask], ncols: int, threshold: float, connectivit
         remap = ((g - seams.base[t.index]).astype(np.int64), target[comp[g]].astype(np.uint8))
         out.append(replace(t, remap=remap))
     return out
-
-
-def merge_border_pieces(border: list[tuple[np.ndarray, ...]], seams: Seams, connectivity: int,
-           info: MaskInfo, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Join the pieces of regions cut by block borders: ``(class, geometry, stats)``.
-
-    Pieces are pixel polygons that meet only on the seams (multiples of ``block_size``), so
-    :func:`geoseg.vectorize.rings.dissolve` joins them with array arithmetic."""
-    import shapely
-
-    gid = np.concatenate([b[0] for b in border])
-    if len(gid) == 0:
-        return np.empty(0, np.uint8), np.empty(0, object), np.empty((0, 4))
-    cls = np.concatenate([b[1] for b in border])
-    wkb = np.concatenate([np.asarray(b[2], dtype=object) for b in border])
-    stats = np.concatenate([b[3] for b in border])
-    gcls = np.zeros(seams.total + 1, np.int16)
-    gcls[gid] = cls
-    seam = seams.pairs(connectivity)
-    comp = _components(seams.total, seam[gcls[seam[:, 0]] == gcls[seam[:, 1]]])[gid]
-    order = np.argsort(comp, kind="stable")
-    starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
-    groups = np.split(order, starts[1:])
-    pieces = shapely.from_wkb(wkb)
-    merged = np.empty(len(groups), dtype=object)
-    multi = np.array([len(grp) > 1 for grp in groups])
-    merged[~multi] = pieces[order[starts[~multi]]]
-    gi = np.flatnonzero(multi)
-    if len(gi):
-        members = np.concatenate([groups[k] for k in gi])
-        which = np.repeat(np.arange(len(gi)), [len(groups[k]) for k in gi])
-        joined, fallback = dissolve(pieces[members], which, len(gi), block_size)
-        for j in np.flatnonzero(fallback):  # several shells (8-connectivity): GEOS union
-            joined[j] = shapely.simplify(shapely.union_all(pieces[groups[gi[j]]]), 0.0)
-        merged[gi] = joined
-    gstats = np.add.reduceat(stats[order], starts, axis=0)
-    return cls[order[starts]], to_crs(merged, info, connectivity), gstats

@@ -1,0 +1,173 @@
+"""Client side of vectorizing: pieces of regions cut by block borders, joined as blocks finish.
+
+A block result lists the pieces of its regions that touch an inner block border, and the labels
+along its four edges. Pieces are held only until every neighbouring block they may continue into
+is done: then their whole region (the connected component of "same class, adjacent across a
+seam" over the held pieces) is known, is dissolved into one polygon and leaves memory. With
+blocks finishing roughly in submission (row-major) order, what is held is about two block rows
+of border pieces, whatever the scene size. Regions are the same as a whole-scene labelling:
+the seam pairs are those of :class:`geoseg.vectorize.seams.Seams`, found block pair by block
+pair (and across block corners with 8-connectivity).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.vectorize.blocks import to_crs
+from geoseg.vectorize.maskinfo import MaskInfo
+from geoseg.vectorize.rings import dissolve
+from geoseg.vectorize.seams import components
+
+__all__ = ["BorderJoin"]
+
+#: neighbour directions (row step, column step), bit i of a piece's ``need`` mask
+_DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+@dataclass
+class _Block:
+    base: int  # global id = base + local label
+    cls: np.ndarray  # uint8 (n+1,): class of each local label
+    edges: tuple[np.ndarray, ...]  # local labels along top, bottom, left, right
+
+
+class BorderJoin:
+    """Holds border pieces until their regions are complete, then dissolves them.
+
+    Args:
+        nrows, ncols: block lattice. connectivity: 4 or 8. info: the mask.
+        block_size: block side, pixels (seams lie on its multiples).
+    """
+
+    def __init__(self, nrows: int, ncols: int, connectivity: int, info: MaskInfo,
+                 block_size: int):
+        self.nrows, self.ncols = nrows, ncols
+        self.connectivity, self.info, self.block_size = connectivity, info, block_size
+        self.done = np.zeros((nrows, ncols), bool)
+        self.blocks: dict[int, _Block] = {}
+        self.total = 0
+        self.pairs: list[np.ndarray] = []  # (k, 2) global ids, same class, across a seam
+        self.held: list[dict[str, np.ndarray]] = []
+
+    def add(self, index: int, n: int, cls: np.ndarray, edges: tuple[np.ndarray, ...],
+            border: tuple[np.ndarray, np.ndarray, object, np.ndarray]) -> None:
+        """Take one block's result: ``n`` local regions of classes ``cls`` (uint8 ``(n+1,)``),
+        its edge labels, and its border pieces ``(local ids, classes, WKB, stats (k, 4))``."""
+        r, c = divmod(index, self.ncols)
+        blk = _Block(self.total, np.asarray(cls), edges)
+        self.total += n
+        self.blocks[index] = blk
+        self.done[r, c] = True
+        for dr, dc in _DIRS[: 4 if self.connectivity == 4 else 8]:
+            if 0 <= r + dr < self.nrows and 0 <= c + dc < self.ncols and self.done[r + dr, c + dc]:
+                self.pairs.append(self._seam_pairs(index, (r + dr) * self.ncols + c + dc))
+        for dr in (-1, 0, 1):  # forget the edges of blocks whose neighbours are all done
+            for dc in (-1, 0, 1):
+                rr, cc = r + dr, c + dc
+                k = rr * self.ncols + cc
+                if 0 <= rr < self.nrows and 0 <= cc < self.ncols and k in self.blocks \
+                        and self._surrounded(rr, cc):
+                    del self.blocks[k]
+        ids, bcls, wkb, stats = border
+        if len(ids):
+            self.held.append(dict(gid=ids.astype(np.int64) + blk.base, cls=bcls,
+                                  wkb=np.asarray(wkb, dtype=object), stats=stats,
+                                  row=np.full(len(ids), r), col=np.full(len(ids), c),
+                                  need=self._needs(ids, edges)))
+
+    def _surrounded(self, r: int, c: int) -> bool:
+        return bool(self.done[max(r - 1, 0) : r + 2, max(c - 1, 0) : c + 2].all())
+
+    def _needs(self, ids: np.ndarray, edges: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Bit mask per piece of the neighbours (``_DIRS`` order) it may continue into."""
+        top, bottom, left, right = edges
+        need = np.zeros(len(ids), np.int64)
+        for bit, edge in enumerate((top, bottom, left, right)):
+            need |= np.isin(ids, edge).astype(np.int64) << bit
+        if self.connectivity == 8:
+            for bit, pixel in zip(range(4, 8), (top[0], top[-1], bottom[0], bottom[-1]),
+                                  strict=True):
+                need |= (ids == pixel).astype(np.int64) << bit
+        return need
+
+    def _seam_pairs(self, a: int, b: int) -> np.ndarray:
+        """Same-class global id pairs of pixels adjacent across the border of blocks a, b."""
+        (ra, ca), (rb, cb) = divmod(a, self.ncols), divmod(b, self.ncols)
+        if (ra, ca) > (rb, cb):
+            a, b, ra, ca, rb, cb = b, a, rb, cb, ra, ca
+        A, B = self.blocks[a], self.blocks[b]
+        if ra == rb:  # a left of b
+            x, y = A.edges[3], B.edges[2]
+        elif ca == cb:  # a above b
+            x, y = A.edges[1], B.edges[0]
+        elif cb == ca + 1:  # b below-right: corner pixels
+            x, y = A.edges[1][-1:], B.edges[0][:1]
+        else:  # b below-left
+            x, y = A.edges[1][:1], B.edges[0][-1:]
+        pairs = [np.stack([x, y], 1)]
+        if self.connectivity == 8 and len(x) > 1:
+            pairs += [np.stack([x[:-1], y[1:]], 1), np.stack([x[1:], y[:-1]], 1)]
+        p = np.concatenate(pairs).astype(np.int64)
+        p = p[(p[:, 0] > 0) & (p[:, 1] > 0)]
+        p = p[A.cls[p[:, 0]] == B.cls[p[:, 1]]]
+        return np.unique(p + [A.base, B.base], axis=0)
+
+    def ready(self, final: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dissolve the regions whose pieces can no longer grow: ``(class, geometry, stats)``
+        with geometries in the CRS; everything that is left when ``final``."""
+        empty = (np.empty(0, np.uint8), np.empty(0, object), np.empty((0, 4)))
+        if not self.held:
+            return empty
+        h = {k: np.concatenate([p[k] for p in self.held]) for k in self.held[0]}
+        order = np.argsort(h["gid"])
+        h = {k: v[order] for k, v in h.items()}
+        pairs = np.concatenate(self.pairs) if self.pairs else np.empty((0, 2), np.int64)
+        pos = np.searchsorted(h["gid"], pairs)
+        inside = (pos < len(h["gid"])).all(1)
+        inside[inside] = (h["gid"][pos[inside]] == pairs[inside]).all(1)
+        comp = components(len(h["gid"]) - 1, pos[inside])
+        if final:
+            fin = np.ones(len(comp), bool)
+        else:
+            open_ = np.zeros(len(comp), bool)
+            padded = np.pad(self.done, 1, constant_values=True)  # no neighbour = done
+            for bit, (dr, dc) in enumerate(_DIRS):
+                waiting = ~padded[h["row"] + 1 + dr, h["col"] + 1 + dc]
+                open_ |= ((h["need"] >> bit) & 1).astype(bool) & waiting
+            blocked = np.zeros(comp.max() + 1, bool)
+            blocked[comp[open_]] = True
+            fin = ~blocked[comp]
+        if not fin.any():
+            return empty
+        keep = ~fin
+        self.held = [{k: v[keep] for k, v in h.items()}] if keep.any() else []
+        gone = h["gid"][fin]
+        self.pairs = [pairs[~np.isin(pairs[:, 0], gone)]] if len(pairs) else []
+        return self._dissolve(comp[fin], h["cls"][fin], h["wkb"][fin], h["stats"][fin])
+
+    def _dissolve(self, comp: np.ndarray, cls: np.ndarray, wkb: np.ndarray, stats: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        import shapely
+
+        order = np.argsort(comp, kind="stable")
+        starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
+        sizes = np.diff(np.r_[starts, len(order)])
+        group = np.repeat(np.arange(len(starts)), sizes)
+        pieces = shapely.from_wkb(wkb[order])
+        merged = np.empty(len(starts), dtype=object)
+        single = sizes == 1
+        merged[single] = pieces[starts[single]]
+        multi = np.flatnonzero(~single)
+        if len(multi):
+            members = np.isin(group, multi)
+            which = np.searchsorted(multi, group[members])
+            joined, fallback = dissolve(pieces[members], which, len(multi), self.block_size)
+            for j in np.flatnonzero(fallback):  # several shells (8-connectivity): GEOS union
+                g = pieces[group == multi[j]]
+                joined[j] = shapely.simplify(shapely.union_all(g), 0.0)
+            merged[multi] = joined
+        gstats = np.add.reduceat(stats[order], starts, axis=0)
+        return cls[order[starts]], to_crs(merged, self.info, self.connectivity), gstats
