@@ -51,6 +51,7 @@ class BorderJoin:
         self.total = 0
         self.pairs: list[np.ndarray] = []  # (k, 2) global ids, same class, across a seam
         self.held: list[dict[str, np.ndarray]] = []
+        self.fallbacks = 0  # regions GEOS had to union (only expected with 8-connectivity)
 
     def add(self, index: int, n: int, cls: np.ndarray, edges: tuple[np.ndarray, ...],
             border: tuple[np.ndarray, np.ndarray, object, np.ndarray]) -> None:
@@ -165,6 +166,7 @@ class BorderJoin:
             members = np.isin(group, multi)
             which = np.searchsorted(multi, group[members])
             joined, fallback = dissolve(pieces[members], which, len(multi), self.block_size)
+            self.fallbacks += int(fallback.sum())
             for j in np.flatnonzero(fallback):  # several shells (8-connectivity): GEOS union
                 g = pieces[group == multi[j]]
                 joined[j] = shapely.simplify(shapely.union_all(g), 0.0)

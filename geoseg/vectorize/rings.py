@@ -69,8 +69,9 @@ def pinched(polygons: np.ndarray, connectivity: int = 4) -> np.ndarray:
     keep[ring_off[1:] - 1] = False  # the closing vertex repeats the first by design
     xy = xy[keep].astype(np.int64)
     xy -= xy.min(0)
-    key = np.sort(_keys(ids[keep], xy))
-    dup_ids = key[1:][key[1:] == key[:-1]] // _span(xy) ** 2
+    span = _span(xy)
+    key = np.sort(_keys(ids[keep], xy, span))
+    dup_ids = key[1:][key[1:] == key[:-1]] // span**2
     out[ring_poly[dup_ids] if connectivity == 4 else dup_ids] = True
     return out
 
@@ -167,8 +168,9 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
         np.float64), minlength=n_rings)  # twice the signed area: > 0 shell, < 0 hole
     shells = np.bincount(rgroup, weights=area2 > 0, minlength=n_groups)
     fallback |= (np.bincount(group, minlength=n_groups) > 0) & (shells != 1)
-    key = np.sort(_keys(rof, pts))  # a ring through one vertex twice: an 8-connected pinch
-    fallback[rgroup[key[1:][key[1:] == key[:-1]] // _span(pts) ** 2]] = True
+    span = _span(pts)
+    key = np.sort(_keys(rof, pts, span))  # a ring through one vertex twice: 8-connected pinch
+    fallback[rgroup[key[1:][key[1:] == key[:-1]] // span**2]] = True
     # one polygon per good group: shell ring first, then holes
     rorder = np.lexsort((area2 <= 0, rgroup))
     rorder = rorder[~fallback[rgroup[rorder]]]
@@ -225,13 +227,14 @@ def _edges(xy: np.ndarray, ring_off: np.ndarray, ring_group: np.ndarray, block_s
 
 
 def _span(xy: np.ndarray) -> int:
-    """Coordinate range of :func:`_keys`: ``key // span**2`` (no extra bit) is the group."""
+    """Coordinate range for :func:`_keys` covering every vertex in ``xy``."""
     return int(xy.max()) + 2 if len(xy) else 2
 
 
-def _keys(g: np.ndarray, xy: np.ndarray, extra: np.ndarray | None = None) -> np.ndarray:
-    """One int64 per ``(group, x, y[, extra bit])`` row; vertices are ≥ 0 pixel corners."""
-    span = _span(xy)
+def _keys(g: np.ndarray, xy: np.ndarray, span: int, extra: np.ndarray | None = None
+          ) -> np.ndarray:
+    """One int64 per ``(group, x, y[, extra bit])`` row, for vertices ``0 <= x, y < span``;
+    ``key // span**2`` is the group (no extra bit). Keys compare only with the same span."""
     if len(g) and (int(g.max()) + 1) * span * span * 2 >= 2**62:
         raise ValueError("scene too large for 64-bit vertex keys")
     key = (g * span + xy[:, 1]) * span + xy[:, 0]
@@ -241,7 +244,8 @@ def _keys(g: np.ndarray, xy: np.ndarray, extra: np.ndarray | None = None) -> np.
 def _shared(a: np.ndarray, b: np.ndarray, g: np.ndarray, on_seam: np.ndarray) -> np.ndarray:
     """Unit seam edges that occur twice in a group (once each way: shared by two pieces)."""
     idx = np.flatnonzero(on_seam)
-    key = _keys(g[idx], np.minimum(a[idx], b[idx]), (a[idx, 0] == b[idx, 0]).astype(np.int64))
+    lo = np.minimum(a[idx], b[idx])
+    key = _keys(g[idx], lo, _span(lo), (a[idx, 0] == b[idx, 0]).astype(np.int64))
     _, inv, cnt = np.unique(key, return_inverse=True, return_counts=True)
     out = np.zeros(len(a), bool)
     out[idx[cnt[inv] > 1]] = True
@@ -263,7 +267,8 @@ def _successors(a: np.ndarray, b: np.ndarray, g: np.ndarray, nxt: np.ndarray, ke
     n = int(keep.sum())
     ka, kb, kg = a[keep], b[keep], g[keep]
     succ = new[nxt[keep]]
-    ks = _keys(kg, ka)
+    span = max(_span(ka), _span(kb))
+    ks = _keys(kg, ka, span)
     order = np.argsort(ks, kind="stable")
     sk = ks[order]
     same = sk[1:] == sk[:-1]
@@ -271,7 +276,7 @@ def _successors(a: np.ndarray, b: np.ndarray, g: np.ndarray, nxt: np.ndarray, ke
     two_out[order[np.r_[same, False] | np.r_[False, same]]] = True
     # relink edges ending on a seam line (their next may be gone) or where two ways lead out
     special = np.flatnonzero(((kb % block_size) == 0).any(1) | two_out[succ])
-    ke = _keys(kg[special], kb[special])
+    ke = _keys(kg[special], kb[special], span)
     lo = np.searchsorted(sk, ke, "left")
     n_out = np.searchsorted(sk, ke, "right") - lo
     first = order[np.minimum(lo, n - 1)]
