@@ -146,7 +146,17 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
     parts, part_idx = shapely.get_parts(np.asarray(pieces, dtype=object), return_index=True)
     xy, (ring_off, poly_off) = _ragged(shapely.orient_polygons(parts, exterior_cw=False))
     ring_group = np.repeat(group[part_idx], np.diff(poly_off))
-    a, b, g, seam, nat = _edges(xy.astype(np.int64), ring_off, ring_group, block_size)
+    # rings with no vertex on a seam line (most holes) come through unchanged
+    n_vert = np.diff(ring_off)
+    vert_ring = np.repeat(np.arange(len(n_vert)), n_vert)
+    touches = np.bincount(vert_ring[(xy % block_size == 0).any(1)], minlength=len(n_vert)) > 0
+    at_seam = touches[vert_ring]
+    through = (xy[~at_seam], n_vert[~touches], ring_group[~touches])
+    xy, n_vert, ring_group = xy[at_seam].astype(np.int64), n_vert[touches], ring_group[touches]
+    ring_off = np.r_[0, np.cumsum(n_vert)]
+    del vert_ring, at_seam
+    a, b, g, seam, nat = _edges(xy, ring_off, ring_group, block_size)
+    del xy
     keep = ~_shared(a, b, g, seam)
     succ, bad = _successors(a, b, g, nat, keep, block_size)
     a, b, g = a[keep], b[keep], g[keep]
@@ -158,6 +168,12 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
         return merged, fallback
     ring_of, order = _cycles(succ)
     pts, rof, rgroup = _corners(a, b, g, ring_of, order)
+    del a, b, g, succ, ring_of, order
+    span = _span(pts)
+    key = np.sort(_keys(rof, pts, span))  # a ring through one vertex twice: 8-connected pinch
+    fallback[rgroup[key[1:][key[1:] == key[:-1]] // span**2]] = True
+    del key
+    pts, rof, rgroup = _with_rings(pts, rof, rgroup, *through)
     n_rings = len(rgroup)
     kcount = np.bincount(rof, minlength=n_rings)
     kstart = np.r_[0, np.cumsum(kcount)[:-1]]
@@ -168,9 +184,6 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
         np.float64), minlength=n_rings)  # twice the signed area: > 0 shell, < 0 hole
     shells = np.bincount(rgroup, weights=area2 > 0, minlength=n_groups)
     fallback |= (np.bincount(group, minlength=n_groups) > 0) & (shells != 1)
-    span = _span(pts)
-    key = np.sort(_keys(rof, pts, span))  # a ring through one vertex twice: 8-connected pinch
-    fallback[rgroup[key[1:][key[1:] == key[:-1]] // span**2]] = True
     # one polygon per good group: shell ring first, then holes
     rorder = np.lexsort((area2 <= 0, rgroup))
     rorder = rorder[~fallback[rgroup[rorder]]]
@@ -182,6 +195,20 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
         merged[present] = shapely.from_ragged_array(
             shapely.GeometryType.POLYGON, xy_c, (roff, np.r_[0, np.cumsum(per_group)]))
     return merged, fallback
+
+
+def _with_rings(pts: np.ndarray, rof: np.ndarray, rgroup: np.ndarray, xy: np.ndarray,
+                n_vert: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Append closed rings (``xy`` ragged by ``n_vert``, one group each) to the open rings
+    ``pts`` (ring ``rof`` per vertex, group ``rgroup`` per ring)."""
+    if not len(n_vert):
+        return pts, rof, rgroup
+    last = np.cumsum(n_vert) - 1
+    open_ = np.ones(len(xy), bool)
+    open_[last] = False
+    extra = np.repeat(np.arange(len(n_vert)) + len(rgroup), n_vert - 1)
+    return (np.concatenate([pts, xy[open_].astype(pts.dtype)]), np.concatenate([rof, extra]),
+            np.concatenate([rgroup, group]))
 
 
 def _edges(xy: np.ndarray, ring_off: np.ndarray, ring_group: np.ndarray, block_size: int
