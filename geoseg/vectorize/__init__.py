@@ -5,10 +5,14 @@ window, labels the connected regions of each class (``scipy.ndimage.label``, 4- 
 nodata never labelled), polygonizes the *label* raster with ``rasterio.features.shapes`` and
 computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions that
 do not touch an inner block border are finished features and stream to the writer; pieces that
-touch one are sent back to the client, joined across seams with union-find over the seam pixel
-rows/columns (full scene width/height, so 8-connected diagonals across block corners are seen),
-and unioned (``shapely.coverage_union_all``). The layer thus has exactly one (multi)polygon per
-connected region of a class, as if the whole mask had been polygonized at once.
+touch one go back to the client (:mod:`geoseg.vectorize.join`). As blocks finish, the client
+pairs the labels on both sides of each seam (and across block corners with 8-connectivity),
+and as soon as no unfinished block can extend a region, dissolves its pieces into one polygon
+(:func:`geoseg.vectorize.rings.dissolve`: pieces meet only on seams, so the union is edge
+cancellation and relinking in numpy, no GEOS overlay) and lets it go. The layer thus has exactly
+one (multi)polygon per connected region of a class, as if the whole mask had been polygonized at
+once, and the client holds about two block rows of border pieces plus the regions that really
+span many blocks.
 
 Geometries are built in *pixel* coordinates (each block's window offset as its transform), where
 every vertex is an integer and seam edges are bit-identical between neighbours, and mapped to the
