@@ -30,7 +30,7 @@ import numpy as np
 
 from geoseg.writers import check_writable
 
-__all__ = ["GEOMETRY_COLUMN", "ClassStyle", "GpkgWriter", "categorized_qml"]
+__all__ = ["GEOMETRY_COLUMN", "ClassStyle", "GpkgWriter", "categorized_qml", "multipolygon_wkb"]
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,15 @@ class GpkgWriter:
         return self
 
     def write(self, geometry: np.ndarray, **columns: np.ndarray) -> None:
-        """Queue features: ``geometry`` a shapely array in CRS units, one array per field."""
-        import shapely
-
+        """Queue features, one array per field. ``geometry``: shapely (multi)polygons in CRS
+        units, or their MultiPolygon WKB from :func:`multipolygon_wkb` (e.g. made by a worker)."""
         if len(geometry) == 0:
             return
-        self._coords += int(shapely.get_num_coordinates(geometry).sum())
-        self._buffer.append({"geometry": np.asarray(geometry, dtype=object), **columns})
+        wkb = np.asarray(geometry, dtype=object)
+        if not isinstance(wkb[0], bytes):
+            wkb = multipolygon_wkb(wkb)
+        self._coords += sum(map(len, wkb)) // 16  # two float64 per vertex
+        self._buffer.append({"geometry": wkb, **columns})
         self._buffered += len(geometry)
         if self._buffered >= self.batch_size or self._coords >= self.max_coords:
             self.flush()
@@ -183,7 +185,6 @@ class GpkgWriter:
     def flush(self) -> None:
         """Append the buffered features to the temporary file (creating it on first call)."""
         import pyogrio.raw
-        import shapely
 
         if not self._buffer and self._created:
             return
@@ -193,13 +194,12 @@ class GpkgWriter:
         for name, dtype in self.fields:
             parts = [np.asarray(b[name]) for b in self._buffer]
             data.append(np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype))
-        geoms = shapely.multipolygons(shapely.get_parts(geoms), indices=_part_index(geoms))
         kwargs: dict[str, Any] = {}
         if not self._created:
             kwargs = dict(dataset_options={"VERSION": "1.2"},
                           layer_options={"SPATIAL_INDEX": "YES"})
         pyogrio.raw.write(
-            str(self._tmp), shapely.to_wkb(geoms), data, [n for n, _ in self.fields],
+            str(self._tmp), geoms, data, [n for n, _ in self.fields],
             layer=self.layer, driver="GPKG", geometry_type="MultiPolygon", crs=self.crs_wkt,
             append=self._created, **kwargs,
         )
@@ -231,7 +231,11 @@ class GpkgWriter:
             self.abort()
 
 
-def _part_index(geoms: np.ndarray) -> np.ndarray:
+def multipolygon_wkb(geoms: np.ndarray) -> np.ndarray:
+    """ISO WKB (object array of bytes) of (multi)polygons, each as a MultiPolygon, the layer's
+    geometry type. Cheap to pickle, so workers can hand finished features to the writer."""
     import shapely
 
-    return np.repeat(np.arange(len(geoms)), shapely.get_num_geometries(geoms))
+    geoms = np.asarray(geoms, dtype=object)
+    parts = np.repeat(np.arange(len(geoms)), shapely.get_num_geometries(geoms))
+    return shapely.to_wkb(shapely.multipolygons(shapely.get_parts(geoms), indices=parts))

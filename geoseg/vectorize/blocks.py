@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.gpkg import multipolygon_wkb
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import pinched, polygons_from_shapes
@@ -153,7 +154,8 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     stats = np.stack([counts, area, conf_sum, conf_n], 1)
     return dict(
         index=task.index, edges=(top, bottom, left, right), n=n, cls=cls,
-        done=(cls[done], to_crs(geoms[done], info, task.connectivity), stats[done]),
+        done=(cls[done], multipolygon_wkb(to_crs(geoms[done], info, task.connectivity)),
+              stats[done]),
         border=(ids, cls[ids], shapely.to_wkb(geoms[ids]) if len(ids) else [], stats[ids]),
     )
 

@@ -123,6 +123,9 @@ def vectorize_mask(
                 counts[int(c)] = counts.get(int(c), 0) + 1
                 areas[int(c)] = areas.get(int(c), 0.0) + float(a)
             if simplify_m > 0:
+                g = cols["geometry"]
+                if len(g) and isinstance(g[0], bytes):
+                    cols["geometry"] = shapely.from_wkb(g)
                 held.append(cols)
             else:
                 writer.write(**cols)
