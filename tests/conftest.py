@@ -45,7 +45,7 @@ def coherent_field(height: int, width: int, seed: int, bands: int = 4) -> np.nda
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     out = []
-    for k in range(bands):
+    for _ in range(bands):
         fx, fy, px, py = rng.uniform(20, 90, 2).tolist() + rng.uniform(0, 6, 2).tolist()
         out.append(np.sin(x / fx + px) + np.cos(y / fy + py) + 0.1 * rng.normal(size=x.shape))
     return np.stack(out)
@@ -131,7 +131,8 @@ def batch_mask(out: Path, scene: Path) -> Path:
     return out / scene.stem / f"{scene.stem}.tif"
 
 
-def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path, *options: str) -> list[list[str]]:
+def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path,
+                   *options: str) -> list[list[str]]:
     """The `geoseg run` command line mapping ``scenes`` into ``out`` (one command)."""
     return [[*geoseg_cli(), "run", *map(str, scenes), "--model", str(bundle), "--out", str(out),
              *options]]
@@ -156,7 +157,8 @@ def slurm() -> Iterator[dict[str, str]]:
     pid = state / "run" / "slurmctld.pid"
     running = pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
     if not running and os.geteuid() != 0:
-        pytest.skip("no Slurm cluster is up and only root can start one: `sudo bash ci/slurm.sh up`")
+        pytest.skip("no Slurm cluster is up and only root can start one: "
+                    "`sudo bash ci/slurm.sh up`")
     if not running:
         up = subprocess.run(["bash", str(REPO / "ci" / "slurm.sh"), "up"], capture_output=True,
                             text=True, timeout=120)
