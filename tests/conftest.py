@@ -138,6 +138,26 @@ def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path,
              *options]]
 
 
+def gpkg_features(path: Path, layer: str = "landcover") -> list[tuple]:
+    """A GeoPackage layer as sorted ``(class_id, area_m2, normalized WKB)`` rows, for comparing
+    two runs' polygons regardless of feature order and ring start points."""
+    import pyogrio
+    import shapely
+
+    df = pyogrio.read_dataframe(path, layer=layer)
+    geoms = shapely.to_wkb(shapely.normalize(df.geometry.values))
+    return sorted(zip(df.class_id, df.area_m2.round(6), geoms, strict=True))
+
+
+def assert_same_mask(a: Path, b: Path) -> None:
+    """Two mask COGs are the same file: pixels, CRS, transform, profile, tags, bytes."""
+    with rasterio.open(a) as src_a, rasterio.open(b) as src_b:
+        assert (src_a.crs, src_a.transform) == (src_b.crs, src_b.transform), a.name
+        assert np.array_equal(src_a.read(), src_b.read()), a.name
+        assert (src_a.profile, src_a.tags()) == (src_b.profile, src_b.tags()), a.name
+    assert a.read_bytes() == b.read_bytes(), a.name  # same blocks → the very same COG
+
+
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[dict[str, str]]:
     """A Slurm cluster to submit to: SLURM_CONF's, or a single-node one on loopback brought up

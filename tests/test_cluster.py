@@ -32,7 +32,7 @@ from geoseg.errors import ClusterError, ConfigError
 from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
 from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
 
-from .conftest import TINY_UNET, batch_commands, batch_mask, cli_env
+from .conftest import TINY_UNET, assert_same_mask, batch_commands, batch_mask, cli_env
 
 PREDICT = PredictConfig(block_size=128)
 GPU = {"GPU": 1.0}
@@ -203,13 +203,6 @@ def _pixels(path: Path) -> tuple[np.ndarray, dict]:
         return src.read(), {**src.profile, "tags": src.tags()}
 
 
-def _assert_identical(a: Path, b: Path) -> None:
-    (pa, ma), (pb, mb) = _pixels(a), _pixels(b)
-    assert np.array_equal(pa, pb)
-    assert ma == mb
-    assert a.read_bytes() == b.read_bytes()  # same blocks → the very same COG
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, Path]:
     """One scene (24 blocks) and bundle shared by the cluster tests, and its mask computed here."""
@@ -252,7 +245,7 @@ def test_existing_scheduler_matches_local_run(dask_processes, reference, tmp_pat
                             str(reference["config"]), "--scheduler", dask_processes.address)
     done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    assert_same_mask(batch_mask(out, reference["scene"]), reference["local"])
     # each worker loaded the model once, through the plugin
     plugins = dask_processes.client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert all(any(p.startswith("geoseg-model-") for p in names) for names in plugins.values())
@@ -275,7 +268,7 @@ def test_resources_survive_to_the_scheduler(dask_processes, extra_worker, refere
     assert client.run(lambda dask_worker: sorted(dask_worker.plugins), workers=[plain])[plain]
     assert not client.run(
         lambda: __import__("geoseg.predict").predict._CACHE, workers=[plain])[plain]
-    _assert_identical(tmp_path / "m.tif", reference["local"])
+    assert_same_mask(tmp_path / "m.tif", reference["local"])
 
 
 @pytest.mark.slow
@@ -334,7 +327,7 @@ def test_killed_worker_run_completes_identically(dask_processes, extra_worker, r
             run.kill()
             run.wait()
     assert run.returncode == 0, stderr.decode()
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    assert_same_mask(batch_mask(out, reference["scene"]), reference["local"])
 
 
 @pytest.mark.slow
@@ -377,7 +370,7 @@ def test_cluster_slurm_workers_are_jobs(slurm, reference, tmp_path) -> None:
                             str(config), "--cluster", "slurm")
     done = subprocess.run(cmd, env=slurm, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    assert_same_mask(batch_mask(out, reference["scene"]), reference["local"])
     worker_logs = sorted(p.name for p in logs.iterdir())
     assert any(name.startswith("geoseg-test-worker-") for name in worker_logs), worker_logs
 
