@@ -96,11 +96,13 @@ def test_unknown_workflow() -> None:
 
 # --- real submissions to a single-node Slurm cluster ----------------------------------------------
 
-#: This checkout's `geoseg`, put first on the PATH of the submitted jobs.
+#: This checkout's `geoseg`, put first on the PATH of the submitted jobs. Guarded like pip's
+#: console scripts: a local cluster's worker processes are spawned, and re-run this file.
 _SHIM = """#!{python}
 from geoseg.cli import main
 
-main()
+if __name__ == "__main__":
+    main()
 """
 
 
