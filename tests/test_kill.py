@@ -15,9 +15,8 @@ import numpy as np
 import pyogrio
 import pytest
 import rasterio
-import shapely
 
-from .conftest import BANDS, write_raster
+from .conftest import BANDS, gpkg_features, write_raster
 from .test_run import pixels
 
 GEOSEG = str(Path(sys.executable).parent / "geoseg")
@@ -58,12 +57,6 @@ def assert_only_complete_outputs(out: Path) -> list[str]:
     return done
 
 
-def layer(path: Path) -> list[tuple]:
-    df = pyogrio.read_dataframe(path, layer="landcover")
-    geoms = shapely.to_wkb(shapely.normalize(df.geometry.values))
-    return sorted(zip(df.class_id, df.area_m2.round(6), geoms, strict=True))
-
-
 @pytest.mark.slow
 def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_outputs(
         tmp_path, make_bundle) -> None:
@@ -96,4 +89,5 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_outputs(
                     rasterio.open(out / name / f"{name}{suffix}") as b:
                 assert np.array_equal(a.read(), b.read())
                 assert (a.transform, a.crs, a.tags()) == (b.transform, b.crs, b.tags())
-        assert layer(ref / name / f"{name}.gpkg") == layer(out / name / f"{name}.gpkg")
+        assert gpkg_features(ref / name / f"{name}.gpkg") == gpkg_features(
+            out / name / f"{name}.gpkg")
