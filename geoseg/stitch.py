@@ -8,7 +8,7 @@ client and no process ever holds more than one block per running task.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from geoseg.errors import ClusterError
 from geoseg.predict import BlockJob, predict_block
 from geoseg.tiling import SceneGrid
 
-__all__ = ["TaskPolicy", "iter_blocks", "lazy_prediction"]
+__all__ = ["TaskPolicy", "as_finished", "iter_blocks", "lazy_prediction"]
 
 
 @dataclass(frozen=True)
@@ -87,17 +87,34 @@ def iter_blocks(
             within ``policy.stall_timeout`` seconds.
     """
     chunks = array.to_delayed(optimize_graph=False)
-    items = [((i, j), chunks[0, i, j]) for i in range(chunks.shape[1]) for j in range(chunks.shape[2])]
+    rows, cols = chunks.shape[1:]
+    items = [((i, j), chunks[0, i, j]) for i in range(rows) for j in range(cols)]
     if client is None:
         for index, task in items:
             yield index, task.compute(scheduler="synchronous")
         return
-    from distributed import wait
-    from distributed.scheduler import KilledWorker
-
     policy = policy or TaskPolicy()
     futures = client.compute([task for _, task in items], retries=policy.retries)
     where = {future.key: index for future, (index, _) in zip(futures, items, strict=True)}
+    label = lambda future: str(where[future.key])  # noqa: E731
+    for future, block in as_finished(client, futures, policy, "block", label):
+        yield where[future.key], block
+
+
+def as_finished(client: Any, futures: list[Any], policy: TaskPolicy, what: str = "task",
+                label: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, Any]]:
+    """``(future, result)`` of Dask futures as they finish, each released once yielded; all
+    cancelled when the caller stops early or fails. ``what``/``label(future)`` name a task in
+    errors.
+
+    Raises:
+        ClusterError: a task killed ``allowed-failures`` workers, or none finished within
+            ``policy.stall_timeout`` seconds (no worker offering the resources, paused
+            workers, a hung task…) instead of waiting for ever.
+    """
+    from distributed import wait
+    from distributed.scheduler import KilledWorker
+
     pending = set(futures)
     try:
         while pending:
@@ -105,19 +122,21 @@ def iter_blocks(
                 done, pending = wait(pending, policy.stall_timeout, "FIRST_COMPLETED")
             except TimeoutError:
                 raise ClusterError(
-                    f"no block finished in {policy.stall_timeout:g} s ({len(pending)} of "
-                    f"{len(futures)} left): are there workers offering {policy.resources or 'any'}"
-                    " resources? raise cluster.stall_timeout for very slow blocks"
+                    f"no {what} finished in {policy.stall_timeout:g} s ({len(pending)} of "
+                    f"{len(futures)} left): are there running workers offering "
+                    f"{policy.resources or 'any'} resources (not paused for memory)? raise "
+                    f"cluster.stall_timeout for very slow {what}s"
                 ) from None
             for future in done:
                 try:
-                    block = future.result()
+                    result = future.result()
                 except KilledWorker as exc:
+                    name = label(future) if label else str(future.key)
                     raise ClusterError(
-                        f"block {where[future.key]}: {exc} (raise cluster.allowed_failures, or "
-                        "give workers more memory)"
+                        f"{what} {name}: {exc} (raise cluster.allowed_failures, or give "
+                        "workers more memory)"
                     ) from exc
-                yield where[future.key], block
+                yield future, result
                 future.release()
     finally:
         client.cancel(futures)

@@ -309,3 +309,19 @@ def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn):
     for seed in (0, 1):
         shuffled, _ = joined(np.random.default_rng(seed).permutation(len(wins)))
         assert shuffled == in_order
+
+
+def test_a_cluster_with_no_running_worker_fails_the_stage_instead_of_hanging(mask_path, tmp_path):
+    """Vectorize tasks share the prediction's stall timeout (a paused worker once hung a run)."""
+    from distributed import Client, LocalCluster
+
+    from geoseg.errors import ClusterError
+    from geoseg.stitch import TaskPolicy
+
+    out = tmp_path / "never.gpkg"
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:
+        for area in (0.0, 5000.0):  # the polygonize pass, and the sieve's first pass
+            with pytest.raises(ClusterError, match="no vectorize block finished in 1 s"):
+                vectorize_mask(mask_path, out, client=client, min_area_m2=area,
+                               policy=TaskPolicy(stall_timeout=1.0))
+    assert not out.exists() and not list(tmp_path.glob("*.partial*"))

@@ -156,7 +156,8 @@ def process_scene(
                                  min_area_m2=v.min_area_m2, simplify_m=v.simplify_m,
                                  connectivity=v.connectivity, layer=v.layer,
                                  block_size=v.block_size, client=client, overwrite=True,
-                                 progress=lambda d, n: progress("vectorize", d, n))
+                                 progress=lambda d, n: progress("vectorize", d, n),
+                                 policy=policy)
             outputs["vectors"] = vec.path
             timings["vectorize"] = time.perf_counter() - t
         t = time.perf_counter()

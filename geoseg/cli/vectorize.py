@@ -45,7 +45,7 @@ def vectorize(mask: Path, out: Path, min_area: float, simplify: float, connectiv
     Fields: class_id, class_name, area_m2 and, when MASK.confidence.tif exists,
     mean_confidence (percent). Polygons are merged across block borders.
     """
-    from geoseg.cluster import connect
+    from geoseg.cluster import connect, task_policy
     from geoseg.vectorize import vectorize_mask
 
     cfg = ClusterConfig(scheduler=scheduler, workers=workers)
@@ -53,7 +53,7 @@ def vectorize(mask: Path, out: Path, min_area: float, simplify: float, connectiv
         result = vectorize_mask(
             mask, out, min_area_m2=min_area, simplify_m=simplify,
             connectivity=int(connectivity), layer=layer, block_size=block_size, client=client,
-            overwrite=overwrite,
+            overwrite=overwrite, policy=task_policy(cfg, gpu_workers=False),
         )
     click.echo(f"{result.path}: layer {result.layer}, {result.n_features} polygons, "
                f"{len(result.class_features)} classes, {result.blocks} blocks, "

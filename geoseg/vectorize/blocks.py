@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from geoseg.gpkg import multipolygon_wkb
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import pinched, polygons_from_shapes
+
+if TYPE_CHECKING:
+    from geoseg.stitch import TaskPolicy
 
 __all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
            "to_crs"]
@@ -202,14 +205,19 @@ def block_windows(height: int, width: int, size: int) -> tuple[list[Window], int
 
 
 def run_blocks(fn: Callable[[BlockTask], dict[str, Any]], tasks: list[BlockTask],
-         client: Any) -> Iterator[dict[str, Any]]:
-    """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here."""
+               client: Any, policy: TaskPolicy | None = None) -> Iterator[dict[str, Any]]:
+    """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here.
+
+    On a cluster the tasks get ``policy``'s retries and stall timeout (a paused or missing
+    worker fails the run instead of hanging it), not its resources: vectorizing needs no GPU.
+    """
     if client is None:
         yield from map(fn, tasks)
         return
-    from distributed import as_completed
+    from geoseg.stitch import TaskPolicy, as_finished
 
-    futures = [client.submit(fn, t, pure=False) for t in tasks]
-    for fut in as_completed(futures):
-        yield fut.result()
-        fut.release()
+    policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
+        if policy else TaskPolicy()
+    futures = [client.submit(fn, t, pure=False, retries=policy.retries) for t in tasks]
+    for _, result in as_finished(client, futures, policy, "vectorize block"):
+        yield result

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, r
 from geoseg.vectorize.join import BorderJoin
 from geoseg.vectorize.maskinfo import read_mask_info
 from geoseg.vectorize.seams import sieve_plan
+
+if TYPE_CHECKING:
+    from geoseg.stitch import TaskPolicy
 
 __all__ = ["ProgressCallback", "VectorizeResult", "vectorize_mask"]
 
@@ -70,6 +73,7 @@ def vectorize_mask(
     client: Any = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    policy: TaskPolicy | None = None,
 ) -> VectorizeResult:
     """Polygonize a geoseg mask COG into a GeoPackage layer, one polygon per region.
 
@@ -84,6 +88,7 @@ def vectorize_mask(
         layer: layer name. block_size: block side, pixels.
         client: a ``distributed.Client`` to run blocks on, or None for this process.
         overwrite: replace ``out_gpkg``. progress: called with ``(done, total)`` block steps.
+        policy: retries and stall timeout of the block tasks on a cluster (resources unused).
 
     Fields: ``class_id`` int32, ``class_name`` str, ``area_m2`` float64 (geodesic for a
     geographic CRS), ``mean_confidence`` float64 percent (only with a ``.confidence.tif``).
@@ -136,9 +141,10 @@ def vectorize_mask(
                 pixel = float(np.mean(info.row_area_m2))
                 log.warning("geographic CRS: sieve threshold uses the mean pixel area %.1f m²",
                             pixel)
-            tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick)
+            tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick,
+                               policy)
         join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size)
-        for r in run_blocks(polygonize_task, tasks, client):
+        for r in run_blocks(polygonize_task, tasks, client, policy):
             join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
             emit(_features(*r["done"], names, with_conf))
             emit(_features(*join.ready(), names, with_conf))

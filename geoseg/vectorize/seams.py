@@ -69,12 +69,12 @@ def components(n: int, pairs: np.ndarray) -> np.ndarray:
 
 
 def sieve_plan(tasks: list[BlockTask], ncols: int, threshold: float, connectivity: int,
-                client: Any, progress: Callable[[], None]) -> list[BlockTask]:
+                client: Any, progress: Callable[[], None], policy: Any = None) -> list[BlockTask]:
     """First pass of the exact global sieve: the tasks again, each with its class remap."""
     seams = Seams(len(tasks), ncols)
     parts: dict[int, dict[str, Any]] = {}
     tasks = [replace(t, sieve_pixels=threshold) for t in tasks]
-    for r in run_blocks(sieve_stats_task, tasks, client):
+    for r in run_blocks(sieve_stats_task, tasks, client, policy):
         parts[r["index"]] = r
         progress()
     order = range(len(tasks))
