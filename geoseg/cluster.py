@@ -8,6 +8,10 @@ offering the resource ``GPU=1``, which every prediction task needs; so a GPU run
 time and holds one copy of the model. A local cluster does this itself; Slurm jobs get it from
 ``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one
 ``dask worker --resources GPU=1`` per GPU.
+
+Allocator: the workers of clusters geoseg starts (local, Slurm/PBS jobs) run under jemalloc
+where their node has it (``cluster.allocator``, :mod:`geoseg.allocator`, a nanny preload);
+workers of an existing scheduler get it with ``dask worker … --preload-nanny geoseg.allocator``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from geoseg.allocator import ENV_CHOICE, resolve_allocator
 from geoseg.config import ClusterConfig, PBSConfig, SlurmConfig
 from geoseg.errors import ConfigError
 from geoseg.stitch import TaskPolicy
@@ -40,6 +45,9 @@ log = logging.getLogger(__name__)
 
 #: ``scheduler`` value that runs every task in the calling process (no distributed).
 SYNCHRONOUS = "synchronous"
+
+#: Nanny preload that gives worker processes the configured memory allocator.
+ALLOCATOR_PRELOAD = "geoseg.allocator"
 
 #: The resource every prediction task needs on clusters of GPU workers geoseg starts.
 GPU_RESOURCE = {"GPU": 1.0}
@@ -168,6 +176,11 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     extra_args = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
     if policy.resources:
         extra_args += ["--resources", _resource_arg(policy.resources)]
+    prologue = list(cfg.job.setup)
+    if cfg.allocator != "system":  # the nanny looks for jemalloc on its node
+        extra_args += ["--preload-nanny", ALLOCATOR_PRELOAD]
+    if cfg.allocator == "jemalloc":  # ... and fails to start without it
+        prologue.append(f"export {ENV_CHOICE}=jemalloc")
     directives = list(jobs.directives)
     kwargs: dict[str, Any] = {
         "cores": jobs.cpus,
@@ -179,7 +192,7 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
         "python": jobs.python or sys.executable,
         "interface": jobs.interface,
         "log_directory": jobs.log_directory,
-        "job_script_prologue": list(cfg.job.setup),
+        "job_script_prologue": prologue,
         "worker_extra_args": extra_args,
         "scheduler_options": {"dashboard_address": ":0"},
     }
@@ -211,6 +224,26 @@ def _check_resources(client: Any, resources: dict[str, float], address: str) -> 
         )
 
 
+def _allocator_options(cfg: ClusterConfig, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Nanny options giving the worker processes ``cfg.allocator`` (:mod:`geoseg.allocator`)."""
+    return {"preload_nanny": [ALLOCATOR_PRELOAD],
+            "env": {**(env or {}), ENV_CHOICE: cfg.allocator}}
+
+
+@contextmanager
+def _restored_environ(*names: str) -> Iterator[None]:
+    """Put ``names`` back as they were: nannies set their pre-spawn environment in this process."""
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
     from distributed import LocalCluster
 
@@ -223,6 +256,7 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
             memory_limit=cfg.memory_limit,
             resources=dict(cfg.resources) or None,
             dashboard_address=":0",
+            **_allocator_options(cfg),
         )
     from distributed import Nanny, Scheduler, SpecCluster
     from distributed.system import MEMORY_LIMIT
@@ -239,7 +273,7 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
                 "nthreads": cfg.threads_per_worker,
                 "memory_limit": memory,
                 "resources": dict(cfg.resources) or dict(GPU_RESOURCE),
-                "env": {"CUDA_VISIBLE_DEVICES": gpu},
+                **_allocator_options(cfg, {"CUDA_VISIBLE_DEVICES": gpu}),
             },
         }
         for gpu in gpu_ids
@@ -293,8 +327,10 @@ def connect(cfg: ClusterConfig, device: str = "auto") -> Iterator[Any]:
             _check_resources(client, dict(cfg.resources), cfg.scheduler)
             yield client
         return
-    with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": cfg.allowed_failures}), \
+            _restored_environ("LD_PRELOAD", "MALLOC_CONF"):
         if cfg.kind == "local":
+            resolve_allocator(cfg.allocator)  # fail here, not in a nanny, if jemalloc is missing
             gpu_ids = visible_gpus(cfg, device)
             cluster = _local_cluster(cfg, gpu_ids)
             what = f"{len(gpu_ids)} GPU workers" if gpu_ids else "local cluster"

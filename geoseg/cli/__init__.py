@@ -10,7 +10,11 @@ from typing import Any
 
 import click
 
-__all__ = ["main"]
+__all__ = ["OWN_PROCESS", "main"]
+
+#: ``ctx.obj`` key set when the command line is this process's own ``sys.argv``: only then may
+#: a command re-execute the process (:mod:`geoseg.cli.allocator`).
+OWN_PROCESS = "own_process"
 
 #: command name → "module:attribute" (loaded lazily so `geoseg --help` is fast).
 _COMMANDS = {
@@ -47,6 +51,11 @@ class _Group(click.Group):
             if exc.name == module:
                 return None
             raise
+
+    def main(self, args: Any = None, *rest: Any, **extra: Any) -> Any:
+        if args is None:  # this process's own command line (not a test runner's argument list)
+            extra.setdefault("obj", {})[OWN_PROCESS] = True
+        return super().main(args, *rest, **extra)
 
     def invoke(self, ctx: click.Context) -> Any:
         from geoseg.errors import GeoSegError

@@ -17,6 +17,7 @@ _SECTIONS = {
     "vectorize": "vectorize", "min_area": "vectorize", "simplify": "vectorize",
     "connectivity": "vectorize", "layer": "vectorize",
     "on_error": "run", "workers": "cluster", "scheduler": "cluster", "cluster_kind": "cluster",
+    "allocator": "cluster",
 }
 #: option name → key in its section, where they differ.
 _KEYS = {"vectorize": "enabled", "min_area": "min_area_m2", "simplify": "simplify_m",
@@ -47,6 +48,9 @@ _OPTIONS = [
     click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous'."),
     click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm", "pbs"]),
                  help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local]."),
+    click.option("--allocator", type=click.Choice(["auto", "jemalloc", "system"]),
+                 help="Memory allocator of the processes running the model; auto: jemalloc "
+                      "where installed [auto]."),
 ]
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from geoseg.cli.allocator import rerun_under_allocator
 from geoseg.cli.render import console, progress_bar
 
 
@@ -30,6 +31,9 @@ from geoseg.cli.render import console, progress_bar
 @click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous' (no cluster).")
 @click.option("--cluster", "kind", type=click.Choice(["local", "slurm", "pbs"]),
               help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local].")
+@click.option("--allocator", type=click.Choice(["auto", "jemalloc", "system"]),
+              help="Memory allocator of the processes running the model; auto: jemalloc where "
+                   "installed [auto].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, overwrite: bool,
             **options: object) -> None:
@@ -52,7 +56,7 @@ def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, over
     from geoseg.config import load_config
     from geoseg.pipeline import plan_prediction, run_prediction
 
-    cluster_keys = ("workers", "scheduler", "kind")
+    cluster_keys = ("workers", "scheduler", "kind", "allocator")
     cfg = load_config(
         config_path,
         {
@@ -60,6 +64,7 @@ def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, over
             "cluster": {k: options[k] for k in cluster_keys},
         },
     )
+    rerun_under_allocator(cfg.cluster)
     gpus = gpu_workers(cfg.cluster, cfg.predict.device)
     threads = torch_threads(cfg.cluster, gpus)
     plan = plan_prediction(scene, bundle, out, cfg.predict, overwrite, threads)  # fail early

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from geoseg.cli.allocator import rerun_under_allocator
 from geoseg.cli.options import config_options, overrides_from, parse_split
 from geoseg.cli.render import console, new_progress
 
@@ -51,8 +52,10 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
       geoseg run scenes/ -m model.safetensors -o maps/ --split 0/8   # one job of eight
     """
     from geoseg.batch import plan_batch, run_planned
+    from geoseg.config import load_config
 
     cfg_overrides = overrides_from(options)
+    rerun_under_allocator(load_config(config_path, cfg_overrides).cluster)
     plan = plan_batch(inputs, bundle_path, out_dir, config_path, cfg_overrides,
                       parse_split(split))
     console.print(f"{len(plan.todo)} scene(s) to process of {len(plan.sources)} found "

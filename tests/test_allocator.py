@@ -1,0 +1,148 @@
+"""The allocator of model processes: jemalloc in the workers geoseg starts and in synchronous runs.
+
+Real processes only: a worker has jemalloc when its own ``/proc/self/maps`` maps the library.
+Tests needing the library skip where it is not installed (Debian: ``apt-get install libjemalloc2``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from geoseg.allocator import (
+    ENV_CHOICE,
+    MALLOC_CONF,
+    REEXEC_GUARD,
+    allocator_environ,
+    find_jemalloc,
+    preloaded_jemalloc,
+    reexec_environ,
+    resolve_allocator,
+)
+from geoseg.cluster import connect, jobqueue_kwargs
+from geoseg.config import ClusterConfig, load_config
+from geoseg.errors import ConfigError
+
+from .conftest import REPO, TINY_UNET, cli_env, geoseg_cli
+
+JEMALLOC = find_jemalloc()
+needs_jemalloc = pytest.mark.skipif(JEMALLOC is None, reason="libjemalloc.so.2 not installed")
+
+
+def _worker_allocators(client) -> set[str | None]:
+    return set(client.run(preloaded_jemalloc).values())
+
+
+def test_config_names_the_bad_allocator() -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.allocator: Input should be 'auto', "
+                                          r"'jemalloc' or 'system'"):
+        load_config(None, {"cluster": {"allocator": "tcmalloc"}})
+    assert ClusterConfig().allocator == "auto"
+    with pytest.raises(ConfigError, match="choose one of auto, jemalloc, system"):
+        resolve_allocator("tcmalloc")
+
+
+def test_environment_keeps_other_preloads_and_drops_jemalloc_for_system() -> None:
+    base = {"LD_PRELOAD": "/opt/libfoo.so:/somewhere/libjemalloc.so.2 /opt/libbar.so"}
+    assert allocator_environ("system", base) == {"LD_PRELOAD": "/opt/libfoo.so:/opt/libbar.so"}
+    assert allocator_environ("system", {}) == {"LD_PRELOAD": ""}
+    if JEMALLOC is None:
+        assert allocator_environ("auto", base) == allocator_environ("system", base)
+        with pytest.raises(ConfigError, match="apt-get install libjemalloc2"):
+            allocator_environ("jemalloc", base)
+        return
+    env = allocator_environ("auto", base)
+    assert env == {"LD_PRELOAD": f"{JEMALLOC}:/opt/libfoo.so:/opt/libbar.so",
+                   "MALLOC_CONF": MALLOC_CONF}
+    mine = allocator_environ("jemalloc", {"MALLOC_CONF": "narenas:2"})
+    assert mine == {"LD_PRELOAD": JEMALLOC, "MALLOC_CONF": "narenas:2"}  # the user's is kept
+
+
+@needs_jemalloc
+def test_reexec_environment_is_given_once() -> None:
+    env = reexec_environ("auto", {"PATH": "/usr/bin"})
+    assert env is not None and env[REEXEC_GUARD] == "1" and env["PATH"] == "/usr/bin"
+    assert env["LD_PRELOAD"] == JEMALLOC
+    assert reexec_environ("auto", env) is None  # a re-executed process never re-executes
+    assert reexec_environ("system", {}) is None
+
+
+@needs_jemalloc
+def test_local_cluster_workers_run_under_jemalloc_and_system_leaves_it_out() -> None:
+    before = {k: os.environ.get(k) for k in ("LD_PRELOAD", "MALLOC_CONF")}
+    with connect(ClusterConfig(workers=2), device="cpu") as client:
+        assert _worker_allocators(client) == {JEMALLOC}
+        confs = set(client.run(lambda: os.environ.get("MALLOC_CONF")).values())
+        assert confs == {MALLOC_CONF}
+        client.restart()  # the nanny respawns its worker with the same environment
+        assert _worker_allocators(client) == {JEMALLOC}
+    # the nannies' pre-spawn environment does not stay behind in this process
+    assert {k: os.environ.get(k) for k in before} == before
+    with connect(ClusterConfig(workers=1, allocator="system"), device="cpu") as client:
+        assert _worker_allocators(client) == {None}
+
+
+def test_explicit_jemalloc_fails_before_any_worker_starts_when_missing() -> None:
+    if JEMALLOC is not None:
+        pytest.skip("libjemalloc.so.2 is installed here")
+    with pytest.raises(ConfigError, match="allocator jemalloc"), \
+            connect(ClusterConfig(workers=1, allocator="jemalloc"), device="cpu"):
+        pass
+
+
+def test_batch_job_workers_load_the_allocator_preload() -> None:
+    cfg = load_config(None, {"cluster": {"kind": "slurm", "job": {"setup": ["module load x"]}}})
+    kw = jobqueue_kwargs(cfg.cluster)
+    args = kw["worker_extra_args"]
+    assert args[args.index("--preload-nanny") + 1] == "geoseg.allocator"
+    assert kw["job_script_prologue"] == ["module load x"]  # auto: jemalloc if the node has it
+    cfg.cluster.allocator = "jemalloc"  # required: the nanny fails on a node without it
+    assert jobqueue_kwargs(cfg.cluster)["job_script_prologue"] == [
+        "module load x", f"export {ENV_CHOICE}=jemalloc"]
+    cfg.cluster.allocator = "system"
+    assert "--preload-nanny" not in jobqueue_kwargs(cfg.cluster)["worker_extra_args"]
+
+
+@needs_jemalloc
+@pytest.mark.parametrize(("allocator", "expected"), [("auto", "jemalloc"), ("system", "system")])
+def test_synchronous_command_reexecutes_itself_under_jemalloc(
+    make_scene, make_bundle, tmp_path: Path, allocator: str, expected: str
+) -> None:
+    scene, bundle = make_scene(height=64, width=96), make_bundle(TINY_UNET)
+    out = tmp_path / f"mask-{allocator}.tif"
+    env = cli_env()
+    env.pop("LD_PRELOAD", None)
+    done = subprocess.run(
+        [*geoseg_cli(), "-v", "predict", str(scene), "-m", str(bundle), "-o", str(out),
+         "--scheduler", "synchronous", "--allocator", allocator],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
+    line = next(x for x in done.stderr.splitlines() if "the model runs in this process" in x)
+    if expected == "jemalloc":
+        assert line.endswith(f"allocator: {JEMALLOC} (re-executed)"), line
+        assert done.stderr.count("re-running under jemalloc") == 1
+    else:
+        assert line.endswith("allocator: system"), line
+
+
+@pytest.mark.slow
+@needs_jemalloc
+def test_slurm_worker_jobs_run_under_jemalloc(slurm, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("dask_jobqueue")
+    import sys
+
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    cfg = load_config(None, {"cluster": {
+        "kind": "slurm", "allocator": "jemalloc",
+        "slurm": {"cpus": 1, "memory": "2GiB", "walltime": "00:10:00", "jobs": 1,
+                  "interface": "lo", "python": sys.executable,
+                  "log_directory": str(tmp_path / "logs")},
+        "job": {"name": "geoseg-alloc", "setup": [f"export PYTHONPATH={cli_env()['PYTHONPATH']}"]},
+    }}).cluster
+    with connect(cfg, device="cpu") as client:
+        client.wait_for_workers(1, timeout=180)
+        assert _worker_allocators(client) == {JEMALLOC}
