@@ -66,6 +66,8 @@ def _k8s_context(cfg: Config) -> dict[str, Any]:
     if resources:
         args += ["--resources", ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))]
     args += ["--local-directory", "/tmp/dask"]
+    if cfg.cluster.allocator != "system":  # jemalloc where the image has it (geoseg.allocator)
+        args += ["--preload-nanny", "geoseg.allocator"]
     common = ""
     if k8s.service_account:
         common += f"      serviceAccountName: {k8s.service_account}\n"
