@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from geoseg.blockcache import bounded_block_cache
 from geoseg.errors import OutputExistsError
 from geoseg.tiling import Window
 
@@ -72,6 +73,7 @@ class StreamingCOGWriter:
         self._stage = self.path.with_name(f".{self.path.name}.{token}.stage.tif")
         self._cog = self.path.with_name(f".{self.path.name}.{token}.partial.tif")
         self._dataset: Any = None
+        self._cache: Any = None
 
     def __enter__(self) -> StreamingCOGWriter:
         import rasterio
@@ -80,6 +82,8 @@ class StreamingCOGWriter:
 
         check_writable(self.path, self.overwrite)
         s = self.spec
+        self._cache = bounded_block_cache()  # the staging file's dirty blocks, then the COG copy
+        self._cache.__enter__()
         self._dataset = rasterio.open(
             self._stage,
             "w",
@@ -155,5 +159,10 @@ class StreamingCOGWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is not None or self._dataset is not None:
-            self.abort()
+        try:
+            if exc_type is not None or self._dataset is not None:
+                self.abort()
+        finally:
+            if self._cache is not None:
+                self._cache.__exit__(exc_type, exc, tb)
+                self._cache = None

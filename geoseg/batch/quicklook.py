@@ -1,18 +1,21 @@
 """Small pictures for the run report: a scene in natural colours beside its class mask.
 
 Reads are decimated by GDAL (overviews or resolution levels where the files have them), so a
-quick-look of a huge scene costs a few MB, never the full scene.
+quick-look of a huge scene costs a few MB, never the full scene. A file without them is decoded
+strip by strip, each block once, through a block cache of two rows of blocks
+(:mod:`geoseg.blockcache`): memory grows with the scene's width, not its area.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from geoseg.batch.discover import band_key
+from geoseg.blockcache import BLOCK_CACHE_MIB, bounded_block_cache
 from geoseg.scene import BandRef, Scene, open_on_grid
 
 __all__ = ["mask_quicklook", "pick_rgb", "quicklook_shape", "scene_quicklook", "write_png"]
@@ -42,27 +45,64 @@ def pick_rgb(bands: Sequence[BandRef]) -> tuple[BandRef, ...]:
     return tuple(bands[:3]) if len(bands) >= 3 else (bands[0],) * 3
 
 
-def _read_small(scene: Scene, band: BandRef, shape: tuple[int, int]) -> np.ndarray:
-    """One band decimated to ``shape``: float32 with NaN where there is no data."""
-    from rasterio.enums import Resampling
+#: Source rows decoded per read of a quick-look (about one row of a file's tiles).
+_STRIP_ROWS = 512
 
-    with open_on_grid(band.path, band.warp, band.fill, scene.crs_wkt, scene.transform,
-                      scene.shape) as ds:
-        nodata = ds.nodata if ds.nodata is not None else band.fill
-        data = ds.read(band.index, out_shape=shape, resampling=Resampling.average)
-        mask = ds.read_masks(band.index, out_shape=shape) > 0
-    out = data.astype(np.float32)
-    bad = ~mask | ~np.isfinite(out)
-    if nodata is not None:
-        bad |= data == nodata
-    out[bad] = np.nan
-    return out
+
+def _strips(height: int, out_height: int) -> Iterator[tuple[float, float, int, int]]:
+    """``(row0, row1, out0, out1)``: source rows ``row0:row1`` (fractional, exactly the
+    footprint of picture rows ``out0:out1``) in strips of about :data:`_STRIP_ROWS` rows."""
+    scale = height / out_height
+    step = max(1, int(_STRIP_ROWS // scale))
+    for out0 in range(0, out_height, step):
+        out1 = min(out_height, out0 + step)
+        yield out0 * scale, out1 * scale, out0, out1
+
+
+def _read_small(scene: Scene, bands: Sequence[BandRef], shape: tuple[int, int]) -> list[np.ndarray]:
+    """The bands decimated to ``shape`` (average): float32 planes, NaN where there is no data.
+
+    A file is read strip by strip, all its bands at once, through a block cache that holds two
+    rows of its blocks: each block is decoded once, and memory is set by the scene's width.
+    """
+    from rasterio.enums import Resampling
+    from rasterio.windows import Window
+
+    planes: dict[int, np.ndarray] = {}
+    groups: dict[tuple[str, bool, float | None], list[int]] = {}
+    for pos, band in enumerate(bands):
+        groups.setdefault((band.path, band.warp, band.fill), []).append(pos)
+    for (path, warp, fill), positions in groups.items():
+        indexes = sorted({bands[p].index for p in positions})
+        with open_on_grid(path, warp, fill, scene.crs_wkt, scene.transform, scene.shape) as ds:
+            rows = max(ds.block_shapes[0][0], _STRIP_ROWS)
+            cache = 2 * rows * ds.width * ds.count * np.dtype(ds.dtypes[0]).itemsize
+            nodata = ds.nodata if ds.nodata is not None else fill
+            data = np.empty((len(indexes), *shape), np.float32)
+            bad = np.empty((len(indexes), *shape), bool)
+            with bounded_block_cache(max(cache / 2**20, BLOCK_CACHE_MIB)):
+                for row0, row1, out0, out1 in _strips(ds.height, shape[0]):
+                    # a fractional window: GDAL averages the same footprints as in one read
+                    win = Window(0, row0, ds.width, row1 - row0)  # type: ignore[call-arg]
+                    out_shape = (len(indexes), out1 - out0, shape[1])
+                    raw = ds.read(indexes, window=win, out_shape=out_shape,
+                                  resampling=Resampling.average)
+                    masks = ds.read_masks(indexes, window=win, out_shape=out_shape)
+                    part = raw.astype(np.float32)
+                    nope = (masks == 0) | ~np.isfinite(part)
+                    if nodata is not None:
+                        nope |= raw == nodata
+                    data[:, out0:out1], bad[:, out0:out1] = part, nope
+        data[bad] = np.nan
+        for pos in positions:
+            planes[pos] = data[indexes.index(bands[pos].index)]
+    return [planes[pos] for pos in range(len(bands))]
 
 
 def scene_quicklook(scene: Scene, bands: Sequence[BandRef], size: int) -> np.ndarray:
     """``(h, w, 4)`` uint8 RGBA: a 2–98 % stretch per band, transparent where no data."""
     shape = quicklook_shape(scene.height, scene.width, size)
-    planes = [_read_small(scene, b, shape) for b in pick_rgb(bands)]
+    planes = _read_small(scene, pick_rgb(bands), shape)
     rgba = np.zeros((*shape, 4), np.uint8)
     valid = np.ones(shape, bool)
     for k, plane in enumerate(planes):
@@ -81,7 +121,7 @@ def mask_quicklook(mask_path: Path, size: int) -> np.ndarray:
     import rasterio
     from rasterio.enums import Resampling
 
-    with rasterio.open(mask_path) as src:
+    with bounded_block_cache(), rasterio.open(mask_path) as src:
         shape = quicklook_shape(src.height, src.width, size)
         data = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         cmap = src.colormap(1)
