@@ -1,23 +1,31 @@
 """Throughput: geoseg end-to-end against the model-only ceiling and the naive loop, in one run.
 
-    python -m benchmarks.throughput [--quick] [--size 2048] [--halos 0 64 128] [--no-cluster]
-                                    [--no-jemalloc]
+    python -m benchmarks.throughput [--quick] [--size 2048] [--block 1024] [--halos 0 64 128]
+                                    [--batches 1 2 4 8] [--no-cluster] [--no-jemalloc]
 
 On a synthetic 4-band uint16 DEFLATE tiled GeoTIFF and one bundle (U-Net/ResNet-34, random
-init, tile 512, halo 128 unless ``--halos`` says otherwise), all with torch threads = CPU count:
+init, tile 512, halo 128 unless ``--halos`` says otherwise), every variant on all CPU cores:
 
 1. **ceiling**: the bundle's forward pass under ``torch.inference_mode()`` on pre-loaded tensors
    of exactly the tiles geoseg runs (each block's tiles, halo included and trimmed at the scene
    edge, grouped into batches of ``batch_size`` the way :mod:`geoseg.predict` groups them);
 2. **geoseg**: :func:`geoseg.pipeline.predict_scene` from file to finished COG, in this process
-   (``client=None``) and on a one-worker ``LocalCluster`` (the ``geoseg run`` default here);
+   (``client=None``), and on local clusters started by :func:`geoseg.cluster.connect` (what
+   ``geoseg run`` uses) with 1 worker × all cores of torch threads and N workers × 1 thread
+   (scaling; the block size gives every worker blocks to do);
 3. **naive**: for each tile of the same lattice, a boundless rasterio window read, normalize,
    forward at batch 1, ``torch.argmax``, write the core into a tiled GeoTIFF;
 4. **overlap**: geoseg end-to-end at each halo against ``(core + 2·halo)² / core²``;
-5. **jemalloc**: ceiling, geoseg and naive again in a subprocess with ``LD_PRELOAD`` jemalloc.
+5. **jemalloc**: the same again with jemalloc. This process runs on glibc malloc; its local
+   clusters get jemalloc through geoseg's own mechanism (``cluster.allocator: jemalloc``, a
+   nanny preload; the workers' ``/proc/self/maps`` is checked and recorded), and ceiling,
+   in-process geoseg and naive run in a child process started with the environment of
+   :func:`geoseg.allocator.allocator_environ`;
+6. **batch size**: the ceiling at each of ``--batches`` under both allocators (CPU default).
 
 Mpx/s always counts scene pixels (each output pixel once), so halo work lowers it.
-Results go to ``benchmarks/results/throughput.json`` and ``throughput.md``.
+Results go to ``benchmarks/results/throughput.json`` and ``throughput.md``
+(``throughput-quick.*`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -31,16 +39,15 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from benchmarks.memory import write_scene
 
 RESULTS = Path(__file__).parent / "results"
-JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
-JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-TILE, BATCH, BLOCK = 512, 4, 2048
-THREADS = os.cpu_count() or 1
+TILE, BATCH = 512, 4
+THREADS = len(os.sched_getaffinity(0))
 
 
 def make_bundle(path: Path) -> None:
@@ -53,17 +60,18 @@ def make_bundle(path: Path) -> None:
                 tile_size=TILE, halo=128)
 
 
-def config(halo: int):
+def config(halo: int, block: int, batch: int = BATCH):
     from geoseg.config import PredictConfig
 
-    return PredictConfig(tile_size=TILE, halo=halo, block_size=BLOCK, batch_size=BATCH,
+    return PredictConfig(tile_size=TILE, halo=halo, block_size=block, batch_size=batch,
                          device="cpu")
 
 
-def plan(scene: Path, bundle: Path, halo: int, out: Path):
+def plan(scene: Path, bundle: Path, halo: int, block: int, out: Path, batch: int = BATCH):
     from geoseg.pipeline import plan_prediction
 
-    return plan_prediction(scene, bundle, out, config(halo), overwrite=True, threads=THREADS)
+    return plan_prediction(scene, bundle, out, config(halo, block, batch), overwrite=True,
+                           threads=THREADS)
 
 
 def tile_stats(p) -> dict:
@@ -87,31 +95,33 @@ def load_model(bundle: Path):
     return load_bundle(bundle).build().eval()
 
 
-def ceiling(scene: Path, bundle: Path, halo: int, tmp: Path) -> float:
+def ceiling(scene: Path, bundle: Path, halo: int, block: int, tmp: Path,
+            batch: int = BATCH) -> float:
     """Seconds of forward passes over exactly the batches geoseg runs, inputs pre-loaded."""
     import torch
 
     from geoseg.predict import _batches
 
-    p = plan(scene, bundle, halo, tmp / "unused.tif")
+    p = plan(scene, bundle, halo, block, tmp / "unused.tif", batch)
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randn(len(b), 4, *b[0].window.shape, generator=gen)
-               for block in p.grid.blocks() for b in _batches(list(block.tiles), BATCH)]
+               for blk in p.grid.blocks() for b in _batches(list(blk.tiles), batch)]
     model = load_model(bundle)
     with torch.inference_mode():
-        model(batches[0][:1])  # warm-up (first call allocates and picks kernels)
+        model(batches[0])  # warm-up (first call allocates and picks kernels)
         start = time.perf_counter()
         for x in batches:
             model(x)
         return time.perf_counter() - start
 
 
-def geoseg_e2e(scene: Path, bundle: Path, halo: int, tmp: Path, client=None) -> float:
+def geoseg_e2e(scene: Path, bundle: Path, halo: int, block: int, tmp: Path, client=None,
+               threads: int = THREADS) -> float:
     from geoseg.pipeline import predict_scene
 
     start = time.perf_counter()
-    predict_scene(scene, bundle, tmp / f"geoseg-h{halo}.tif", config(halo), client=client,
-                  overwrite=True, threads=THREADS)
+    predict_scene(scene, bundle, tmp / f"geoseg-h{halo}.tif", config(halo, block),
+                  client=client, overwrite=True, threads=threads)
     return time.perf_counter() - start
 
 
@@ -147,34 +157,56 @@ def naive(scene: Path, bundle: Path, halo: int, tmp: Path) -> float:
     return time.perf_counter() - start
 
 
-def warm_geoseg(bundle: Path, tmp: Path, halo: int, client=None) -> None:
-    """Build and cache the model (in this process or on the workers) on a tiny scene."""
+def warm_geoseg(bundle: Path, tmp: Path, halo: int, client=None, threads: int = THREADS) -> None:
+    """Build and cache the model (here or on every worker) and run it once per worker.
+
+    The warm-up scene has four blocks of one tile each, so every worker of a small cluster
+    runs a first forward pass (allocation, kernel choice) before the timed run.
+    """
     small = tmp / "warm.tif"
     if not small.exists():
-        write_scene(small, 256)
-    geoseg_e2e(small, bundle, halo, tmp, client)
+        write_scene(small, 2 * TILE - 2 * halo)
+    geoseg_e2e(small, bundle, halo, TILE - 2 * halo, tmp, client, threads)
 
 
-def child(size: int, halo: int) -> None:
-    """Run in a subprocess (e.g. under LD_PRELOAD jemalloc): print one JSON line of seconds."""
+def cluster_run(scene: Path, bundle: Path, halo: int, block: int, tmp: Path, workers: int,
+                allocator: str) -> dict[str, Any]:
+    """geoseg on a local cluster started by geoseg's own ``connect`` (seconds, layout)."""
+    from geoseg.allocator import preloaded_jemalloc
+    from geoseg.cluster import connect, torch_threads
+    from geoseg.config import ClusterConfig
+
+    cfg = ClusterConfig(workers=workers, allocator=allocator)
+    threads = torch_threads(cfg) or THREADS
+    with connect(cfg, device="cpu") as client:
+        seen = sorted({a or "system" for a in client.run(preloaded_jemalloc).values()})
+        warm_geoseg(bundle, tmp, halo, client, threads)
+        seconds = geoseg_e2e(scene, bundle, halo, block, tmp, client, threads)
+    return {"workers": workers, "threads": threads, "allocator": allocator,
+            "worker_allocator": ", ".join(seen), "seconds": round(seconds, 2)}
+
+
+def child(size: int, halo: int, block: int, batches: list[int]) -> None:
+    """Run in a subprocess (e.g. under jemalloc): print one JSON line of seconds."""
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         bundle, scene = tmp / "b.safetensors", tmp / "scene.tif"
         make_bundle(bundle)
         write_scene(scene, size)
-        out = {"ceiling": ceiling(scene, bundle, halo, tmp)}
+        out: dict[str, Any] = {"ceiling": ceiling(scene, bundle, halo, block, tmp)}
         warm_geoseg(bundle, tmp, halo)
-        out["geoseg"] = geoseg_e2e(scene, bundle, halo, tmp)
+        out["geoseg"] = geoseg_e2e(scene, bundle, halo, block, tmp)
         out["naive"] = naive(scene, bundle, halo, tmp)
+        out["batches"] = {str(b): ceiling(scene, bundle, halo, block, tmp, b) for b in batches}
     print(json.dumps(out), flush=True)  # noqa: T201
 
 
-def run_child(size: int, halo: int, jemalloc: bool) -> dict:
-    env = dict(os.environ)
-    if jemalloc:
-        env.update(LD_PRELOAD=JEMALLOC, MALLOC_CONF=JEMALLOC_CONF)
+def run_child(size: int, halo: int, block: int, batches: list[int]) -> dict:
+    from geoseg.allocator import allocator_environ
+
+    env = dict(os.environ, **allocator_environ("jemalloc"))
     cmd = [sys.executable, "-m", "benchmarks.throughput", "--child", "--size", str(size),
-           "--halos", str(halo)]
+           "--halos", str(halo), "--block", str(block), "--batches", *map(str, batches)]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])
 
@@ -182,28 +214,43 @@ def run_child(size: int, halo: int, jemalloc: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="768² scene, halos 0 and 128")
+    parser.add_argument("--quick", action="store_true",
+                        help="768² scene, block 512, halos 0 and 128, batches 1 and 4")
     parser.add_argument("--size", type=int, default=None, help="scene side, px (default 2048)")
+    parser.add_argument("--block", type=int, default=None,
+                        help="block side, px (default 1024: four blocks, so two workers share "
+                             "the work)")
     parser.add_argument("--halos", type=int, nargs="+", default=None,
                         help="halos for the overlap cost; the last is the main one")
-    parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster run")
-    parser.add_argument("--no-jemalloc", action="store_true", help="skip the jemalloc run")
+    parser.add_argument("--batches", type=int, nargs="+", default=None,
+                        help="batch sizes of the ceiling sweep (default 1 2 4 8)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="workers of the many-workers row (default: one per core)")
+    parser.add_argument("--no-cluster", action="store_true", help="skip the LocalCluster rows")
+    parser.add_argument("--no-jemalloc", action="store_true", help="skip the jemalloc rows")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     size = args.size or (768 if args.quick else 2048)
+    block = args.block or (512 if args.quick else 1024)
     halos = args.halos or ([0, 128] if args.quick else [0, 64, 128])
+    batches = args.batches or ([1, 4] if args.quick else [1, 2, 4, 8])
     if args.child:
-        child(size, halos[-1])
+        child(size, halos[-1], block, batches)
         return
     import torch
+
+    from geoseg.allocator import allocator_environ, find_jemalloc, preloaded_jemalloc
 
     torch.set_num_threads(THREADS)
     main_halo = halos[-1]
     mpx = size * size / 1e6
     rate = lambda s: round(mpx / s, 3)  # noqa: E731
     log = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731, T201
-    out: dict = {"benchmark": "throughput", "scene_px": size, "scene_mpx": round(mpx, 3),
-                 "halo_rows": [], "main": {}}
+    out: dict[str, Any] = {"benchmark": "throughput", "scene_px": size,
+                           "scene_mpx": round(mpx, 3), "block": block, "halo_rows": [],
+                           "main": {}, "clusters": [], "batches": {},
+                           "this_process_allocator": preloaded_jemalloc() or "system"}
+    jemalloc = None if args.no_jemalloc else find_jemalloc()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         bundle, scene = tmp / "unet-r34.safetensors", tmp / "scene.tif"
@@ -211,9 +258,9 @@ def main() -> None:
         write_scene(scene, size)
         warm_geoseg(bundle, tmp, main_halo)
         for halo in halos:
-            row = {"halo": halo, **tile_stats(plan(scene, bundle, halo, tmp / "x.tif"))}
-            c = ceiling(scene, bundle, halo, tmp)
-            g = geoseg_e2e(scene, bundle, halo, tmp)
+            row = {"halo": halo, **tile_stats(plan(scene, bundle, halo, block, tmp / "x.tif"))}
+            c = ceiling(scene, bundle, halo, block, tmp)
+            g = geoseg_e2e(scene, bundle, halo, block, tmp)
             row.update(ceiling_s=round(c, 2), ceiling_mpx_s=rate(c), geoseg_s=round(g, 2),
                        geoseg_mpx_s=rate(g), geoseg_over_ceiling=round(c / g, 3))
             out["halo_rows"].append(row)
@@ -227,82 +274,122 @@ def main() -> None:
         main.update(naive_s=round(n, 2), naive_mpx_s=rate(n),
                     geoseg_over_naive=round(n / main["geoseg_s"], 3))
         log(naive_s=round(n, 2))
-        if not args.no_cluster:
-            from distributed import Client, LocalCluster
-
-            with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                              dashboard_address=None) as cluster, Client(cluster) as client:
-                warm_geoseg(bundle, tmp, main_halo, client)
-                g = geoseg_e2e(scene, bundle, main_halo, tmp, client)
-            main.update(cluster_s=round(g, 2), cluster_mpx_s=rate(g),
-                        cluster_over_ceiling=round(main["ceiling_s"] / g, 3),
-                        cluster_over_naive=round(n / g, 3))
-            log(cluster_s=round(g, 2))
         out["main"] = main
-    if not args.no_jemalloc and Path(JEMALLOC).exists():
-        j = run_child(size, main_halo, jemalloc=True)
+        for b in batches:
+            out["batches"].setdefault(str(b), {})["glibc_s"] = round(
+                ceiling(scene, bundle, main_halo, block, tmp, b), 2)
+        log(batches=out["batches"])
+        if not args.no_cluster:
+            many = args.workers or THREADS
+            layouts = [(1, "system"), (many, "system")]
+            if jemalloc:
+                layouts += [(1, "jemalloc"), (many, "jemalloc")]
+            for workers, allocator in layouts:
+                row = cluster_run(scene, bundle, main_halo, block, tmp, workers, allocator)
+                out["clusters"].append(row)
+                log(cluster=row)
+    if jemalloc:
+        j = run_child(size, main_halo, block, batches)
+        for b, s in j.pop("batches").items():
+            out["batches"][b]["jemalloc_s"] = round(s, 2)
         out["jemalloc"] = {
-            "env": f"LD_PRELOAD={JEMALLOC} MALLOC_CONF={JEMALLOC_CONF}",
+            "env": " ".join(f"{k}={v}" for k, v in allocator_environ("jemalloc", {}).items()),
             **{f"{k}_s": round(v, 2) for k, v in j.items()},
             **{f"{k}_mpx_s": rate(v) for k, v in j.items()},
-            "speedup_ceiling": round(main["ceiling_s"] / j["ceiling"], 3),
-            "speedup_geoseg": round(main["geoseg_s"] / j["geoseg"], 3),
-            "speedup_naive": round(main["naive_s"] / j["naive"], 3),
-            "geoseg_over_ceiling": round(j["ceiling"] / j["geoseg"], 3),
-            "geoseg_over_naive": round(j["naive"] / j["geoseg"], 3),
-            "geoseg_jemalloc_over_naive_glibc": round(main["naive_s"] / j["geoseg"], 3),
         }
         log(jemalloc=out["jemalloc"])
     write_results(out, halos, args)
 
 
+def _ratio(a: float | None, b: float | None) -> float | str:
+    return round(a / b, 3) if a and b else ""
+
+
 def write_results(out: dict, halos: list[int], args) -> None:
     import torch
 
-    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU, no GPU"
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU, " + (
+        torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+    block = out["block"]
     out.update(
         machine=machine, torch=torch.__version__, threads=THREADS,
         model="unet/resnet34 (random init), 4 bands uint16, 6 classes",
-        config=f"tile {TILE}, halo {halos[-1]}, block {BLOCK}, batch {BATCH}, fp32, "
+        config=f"tile {TILE}, halo {halos[-1]}, block {block}, batch {BATCH}, fp32, "
                "device cpu, trim stitching",
         scene=f"{out['scene_px']}² 4-band uint16 DEFLATE tiled (512) GeoTIFF, synthetic",
     )
     RESULTS.mkdir(exist_ok=True)
     name = "throughput-quick" if args.quick else "throughput"
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
-    m = out["main"]
-    lines = [
-        f"Machine: {machine}; torch {out['torch']}, {THREADS} threads in every variant; "
-        f"model {out['model']}; {out['config']}; scene {out['scene']}. glibc malloc unless "
-        "noted. Mpx/s counts scene pixels once.",
-        "",
-        "| variant | seconds | Mpx/s | vs ceiling | vs naive |",
-        "|---|---|---|---|---|",
-        f"| model-only ceiling (same tiles, batch {BATCH}) | {m['ceiling_s']} | "
-        f"{m['ceiling_mpx_s']} | 1 | {round(m['naive_s'] / m['ceiling_s'], 3)} |",
-        f"| geoseg, client=None | {m['geoseg_s']} | {m['geoseg_mpx_s']} | "
-        f"{m['geoseg_over_ceiling']} | {m['geoseg_over_naive']} |",
+    m, j = out["main"], out.get("jemalloc", {})
+    by = {(c["workers"], c["allocator"]): c for c in out["clusters"]}
+    ceilings = {"glibc": m["ceiling_s"], "jemalloc": j.get("ceiling_s")}
+    naives = {"glibc": m["naive_s"], "jemalloc": j.get("naive_s")}
+    rows: list[tuple[str, str, float]] = [
+        (f"model-only ceiling (same tiles, batch {BATCH})", "glibc", m["ceiling_s"]),
+        ("geoseg, in-process (client=None)", "glibc", m["geoseg_s"]),
     ]
-    if "cluster_s" in m:
-        lines.append(f"| geoseg, LocalCluster 1 worker × {THREADS} torch threads | "
-                     f"{m['cluster_s']} | {m['cluster_mpx_s']} | {m['cluster_over_ceiling']} | "
-                     f"{m['cluster_over_naive']} |")
-    lines.append(f"| naive loop (batch 1, boundless 512 reads, torch.argmax) | {m['naive_s']} | "
-                 f"{m['naive_mpx_s']} | {round(m['ceiling_s'] / m['naive_s'], 3)} | 1 |")
-    j = out.get("jemalloc")
+    for c in out["clusters"]:
+        if c["allocator"] == "system":
+            rows.append((f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} "
+                         f"torch thread(s) (workers: {c['worker_allocator']})", "glibc",
+                         c["seconds"]))
+    rows.append(("naive loop (batch 1, boundless 512 reads, torch.argmax)", "glibc",
+                 m["naive_s"]))
     if j:
-        lines += [
-            f"| jemalloc: ceiling | {j['ceiling_s']} | {j['ceiling_mpx_s']} | "
-            f"{round(m['ceiling_s'] / j['ceiling_s'], 3)} (vs glibc ceiling) | |",
-            f"| jemalloc: geoseg, client=None | {j['geoseg_s']} | {j['geoseg_mpx_s']} | "
-            f"{j['geoseg_over_ceiling']} (jemalloc ceiling) | {j['geoseg_over_naive']} "
-            f"(jemalloc naive); {j['geoseg_jemalloc_over_naive_glibc']} (glibc naive) |",
-            f"| jemalloc: naive | {j['naive_s']} | {j['naive_mpx_s']} | | |",
-        ]
+        rows += [(f"model-only ceiling (same tiles, batch {BATCH})", "jemalloc", j["ceiling_s"]),
+                 ("geoseg, in-process (client=None)", "jemalloc", j["geoseg_s"])]
+        for c in out["clusters"]:
+            if c["allocator"] == "jemalloc":
+                rows.append((f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} "
+                             f"torch thread(s) (workers: {c['worker_allocator']})", "jemalloc",
+                             c["seconds"]))
+        rows.append(("naive loop (batch 1, boundless 512 reads, torch.argmax)", "jemalloc",
+                     j["naive_s"]))
+    lines = [
+        f"Machine: {machine}; torch {out['torch']}, {THREADS} torch threads per process unless "
+        f"noted; model {out['model']}; {out['config']}; scene {out['scene']}. This process: "
+        f"{out['this_process_allocator']}; jemalloc rows: {j.get('env', 'skipped')}. Mpx/s "
+        "counts scene pixels once; ratios are against the ceiling and naive loop of the same "
+        "allocator.",
+        "",
+        "| variant | allocator | seconds | Mpx/s | vs ceiling | vs naive |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, alloc, s in rows:
+        lines.append(f"| {label} | {alloc} | {s} | {round(out['scene_mpx'] / s, 3)} | "
+                     f"{_ratio(ceilings[alloc], s)} | {_ratio(naives[alloc], s)} |")
+    if j:
+        lines += ["", "jemalloc speed-up (computed, glibc s / jemalloc s): ceiling "
+                  f"{_ratio(m['ceiling_s'], j['ceiling_s'])}, geoseg in-process "
+                  f"{_ratio(m['geoseg_s'], j['geoseg_s'])}, naive "
+                  f"{_ratio(m['naive_s'], j['naive_s'])}; geoseg under jemalloc vs the glibc "
+                  f"naive loop {_ratio(m['naive_s'], j['geoseg_s'])}."]
+    many = sorted({w for w, _ in by if w > 1})
+    for alloc_key, label in (("system", "glibc"), ("jemalloc", "jemalloc")):
+        one = by.get((1, alloc_key))
+        for w in many:
+            other = by.get((w, alloc_key))
+            if one and other:
+                lines.append(f"Scaling ({label}, computed): {w} workers × {other['threads']} "
+                             f"thread vs 1 worker × {one['threads']} threads: "
+                             f"{_ratio(one['seconds'], other['seconds'])} × the speed.")
     lines += [
         "",
-        "Overlap cost (tile 512 fixed; core = 512 − 2·halo; arithmetic = (core+2·halo)²/core²; "
-        "`seen/px` = model pixels per output pixel on this scene, edge tiles trimmed):",
+        "Batch size (model-only ceiling on the same tiles, seconds; lower is better):",
+        "",
+        "| batch | glibc s | glibc Mpx/s | jemalloc s | jemalloc Mpx/s |",
+        "|---|---|---|---|---|",
+    ]
+    for b, v in out["batches"].items():
+        g, jm = v.get("glibc_s"), v.get("jemalloc_s")
+        lines.append(f"| {b} | {g} | {_ratio(out['scene_mpx'], g)} | {jm or ''} | "
+                     f"{_ratio(out['scene_mpx'], jm)} |")
+    lines += [
+        "",
+        "Overlap cost (glibc, in-process; tile 512 fixed; core = 512 − 2·halo; arithmetic = "
+        "(core+2·halo)²/core²; `seen/px` = model pixels per output pixel on this scene, edge "
+        "tiles trimmed):",
         "",
         "| halo | tiles | seen/px | arithmetic | ceiling s | geoseg s | geoseg Mpx/s | "
         "geoseg/ceiling | measured overhead (vs halo "
@@ -316,8 +403,8 @@ def write_results(out: dict, halos: list[int], args) -> None:
                      f"{r['measured_overhead']} |")
     bound = "the model's forward pass (compute-bound)" if m["geoseg_over_ceiling"] >= 0.9 else \
         "something besides the model (I/O, writing or scheduling)"
-    lines += ["", f"Limit hit (computed): in-process geoseg runs at {m['geoseg_over_ceiling']} × the "
-              f"model-only ceiling, so its time is set by {bound}.", "", "ANALYSIS"]
+    lines += ["", f"Limit hit (computed): in-process geoseg runs at {m['geoseg_over_ceiling']} × "
+              f"the model-only ceiling, so its time is set by {bound}."]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
