@@ -85,6 +85,17 @@ def test_local_cluster_workers_run_under_jemalloc_and_system_leaves_it_out() -> 
         assert _worker_allocators(client) == {None}
 
 
+@needs_jemalloc
+def test_gpu_layout_workers_run_under_jemalloc(monkeypatch: pytest.MonkeyPatch) -> None:
+    # one worker per visible GPU (pinned by CUDA_VISIBLE_DEVICES); starting one needs no GPU
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    with connect(ClusterConfig(), device="auto") as client:
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1.0}]
+        assert _worker_allocators(client) == {JEMALLOC}
+        assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {"0"}
+
+
 def test_explicit_jemalloc_fails_before_any_worker_starts_when_missing() -> None:
     if JEMALLOC is not None:
         pytest.skip("libjemalloc.so.2 is installed here")
