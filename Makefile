@@ -7,7 +7,7 @@ GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
 DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install test test-fast demo demo-model bench bench-memory clean
+.PHONY: install test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory clean
 
 install: $(VENV)/.installed
 
@@ -34,8 +34,14 @@ demo: install
 demo-model: install
 	$(PY) scripts/make_demo_model.py --work demo-train --out $(DEMO_MODEL)
 
-bench: install
+# all benchmarks, one after the other on a quiet machine (about 45 min on 2 cores)
+bench: bench-throughput bench-vectorize bench-memory
+
+bench-throughput: install
 	$(PY) -m benchmarks.throughput
+
+bench-vectorize: install
+	$(PY) -m benchmarks.vectorize
 
 bench-memory: install
 	$(PY) -m benchmarks.memory

@@ -44,10 +44,11 @@ def mask(seed: int, shape=(150, 170), classes: int = 4, sigma: float = 3.0) -> n
     return np.digitize(field, cuts).astype(np.uint8)
 
 
-def test_polygons_from_shapes_matches_shapely_shape() -> None:
+@pytest.mark.parametrize("chunk", [7, 20_000])
+def test_polygons_from_shapes_matches_shapely_shape(chunk: int) -> None:
     data = mask(1)
     shapes = list(rasterio.features.shapes(data, connectivity=4))
-    values, polys = polygons_from_shapes(shapes)
+    values, polys = polygons_from_shapes(shapes, chunk)
     expected = [shapely.geometry.shape(g) for g, _ in shapes]
     assert np.array_equal(values, [v for _, v in shapes])
     assert shapely.equals_exact(polys, np.array(expected, dtype=object), 0).all()

@@ -21,6 +21,7 @@ vertices whether or not it was cut by a block border.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -29,28 +30,28 @@ import numpy as np
 __all__ = ["dissolve", "drop_collinear", "pinched", "polygons_from_shapes"]
 
 
-def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]]
+def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]], chunk: int = 20_000
                          ) -> tuple[np.ndarray, np.ndarray]:
-    """``(values float64 (n,), polygons object (n,))`` from ``rasterio.features.shapes`` output."""
-    import itertools
-
+    """``(values float64 (n,), polygons object (n,))`` from ``rasterio.features.shapes`` output,
+    converted ``chunk`` polygons at a time (GeoJSON-like coordinates are ~100 bytes a vertex as
+    Python objects, so a salt-and-pepper block is never held whole in that form)."""
     import shapely
 
-    values: list[float] = []
-    rings: list[Any] = []
-    per_poly: list[int] = []
-    for geom, value in shapes:
-        coords = geom["coordinates"]
-        values.append(value)
-        per_poly.append(len(coords))
-        rings.extend(coords)
+    values: list[np.ndarray] = []
+    polys: list[np.ndarray] = []
+    it = iter(shapes)
+    while batch := list(itertools.islice(it, chunk)):
+        rings = [ring for geom, _ in batch for ring in geom["coordinates"]]
+        per_poly = [len(geom["coordinates"]) for geom, _ in batch]
+        lens = np.fromiter(map(len, rings), np.int64, len(rings))
+        xy = np.array(list(itertools.chain.from_iterable(rings)), np.float64).reshape(-1, 2)
+        offsets = (np.r_[0, np.cumsum(lens)], np.r_[0, np.cumsum(per_poly)])
+        polys.append(shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets))
+        values.append(np.array([v for _, v in batch], np.float64))
+        del batch, rings, xy
     if not values:
         return np.empty(0), np.empty(0, dtype=object)
-    lens = np.fromiter(map(len, rings), np.int64, len(rings))
-    xy = np.array(list(itertools.chain.from_iterable(rings)), np.float64).reshape(-1, 2)
-    offsets = (np.r_[0, np.cumsum(lens)], np.r_[0, np.cumsum(per_poly)])
-    geoms = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy, offsets)
-    return np.asarray(values, np.float64), geoms
+    return np.concatenate(values), np.concatenate(polys)
 
 
 def pinched(polygons: np.ndarray, connectivity: int = 4) -> np.ndarray:
