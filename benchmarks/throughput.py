@@ -325,27 +325,17 @@ def write_results(out: dict, halos: list[int], args) -> None:
     by = {(c["workers"], c["allocator"]): c for c in out["clusters"]}
     ceilings = {"glibc": m["ceiling_s"], "jemalloc": j.get("ceiling_s")}
     naives = {"glibc": m["naive_s"], "jemalloc": j.get("naive_s")}
-    rows: list[tuple[str, str, float]] = [
-        (f"model-only ceiling (same tiles, batch {BATCH})", "glibc", m["ceiling_s"]),
-        ("geoseg, in-process (client=None)", "glibc", m["geoseg_s"]),
-    ]
-    for c in out["clusters"]:
-        if c["allocator"] == "system":
-            rows.append((f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} "
-                         f"torch thread(s) (workers: {c['worker_allocator']})", "glibc",
-                         c["seconds"]))
-    rows.append(("naive loop (batch 1, boundless 512 reads, torch.argmax)", "glibc",
-                 m["naive_s"]))
-    if j:
-        rows += [(f"model-only ceiling (same tiles, batch {BATCH})", "jemalloc", j["ceiling_s"]),
-                 ("geoseg, in-process (client=None)", "jemalloc", j["geoseg_s"])]
-        for c in out["clusters"]:
-            if c["allocator"] == "jemalloc":
-                rows.append((f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} "
-                             f"torch thread(s) (workers: {c['worker_allocator']})", "jemalloc",
-                             c["seconds"]))
-        rows.append(("naive loop (batch 1, boundless 512 reads, torch.argmax)", "jemalloc",
-                     j["naive_s"]))
+    rows: list[tuple[str, str, float]] = []
+    for label, res, workers in (("glibc", m, "system"), ("jemalloc", j, "jemalloc")):
+        if not res:
+            continue
+        rows += [(f"model-only ceiling (same tiles, batch {BATCH})", label, res["ceiling_s"]),
+                 ("geoseg, in-process (client=None)", label, res["geoseg_s"])]
+        rows += [(f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} torch "
+                  f"thread(s) (workers: {c['worker_allocator']})", label, c["seconds"])
+                 for c in out["clusters"] if c["allocator"] == workers]
+        rows.append(("naive loop (batch 1, boundless 512 reads, torch.argmax)", label,
+                     res["naive_s"]))
     lines = [
         f"Machine: {machine}; torch {out['torch']}, {THREADS} torch threads per process unless "
         f"noted; model {out['model']}; {out['config']}; scene {out['scene']}. This process: "

@@ -9,7 +9,7 @@ import shapely
 from rasterio.transform import Affine
 from scipy import ndimage
 
-from geoseg.vectorize.rings import dissolve, drop_collinear, pinched, polygons_from_shapes
+from geoseg.vectorize.rings import dissolve, pinched, polygons_from_shapes
 
 
 def regions(data: np.ndarray, connectivity: int) -> np.ndarray:
@@ -109,10 +109,7 @@ def test_eight_connected_diagonal_join_is_handed_back() -> None:
     assert fallback[k] and merged[k] is None
 
 
-def test_drop_collinear_and_pinched() -> None:
-    square = shapely.Polygon([(0, 0), (1, 0), (2, 0), (2, 2), (0, 2), (0, 1)])
-    out = drop_collinear(np.array([square], dtype=object))[0]
-    assert shapely.get_num_coordinates(out) == 5 and out.equals(square)
+def test_pinched() -> None:
     # a ring through (1, 1) twice (invalid) and a hole touching the shell (valid)
     bow = shapely.Polygon([(0, 0), (1, 0), (1, 1), (2, 1), (2, 2), (1, 2), (1, 1), (0, 1)])
     hole = shapely.Polygon([(0, 0), (3, 0), (3, 2), (2, 2), (2, 3), (0, 3)],

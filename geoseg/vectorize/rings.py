@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dissolve", "drop_collinear", "pinched", "polygons_from_shapes"]
+__all__ = ["dissolve", "pinched", "polygons_from_shapes"]
 
 
 def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]], chunk: int = 20_000
@@ -84,30 +84,6 @@ def _ragged(polygons: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndar
     if kind != shapely.GeometryType.POLYGON:
         raise ValueError(f"expected polygons, got {kind!r}")
     return xy, (np.asarray(offsets[0], np.int64), np.asarray(offsets[1], np.int64))
-
-
-def drop_collinear(polygons: np.ndarray) -> np.ndarray:
-    """The same polygons without vertices in the middle of straight runs (pixel polygons)."""
-    import shapely
-
-    if len(polygons) == 0:
-        return np.asarray(polygons, dtype=object)
-    xy, (ring_off, poly_off) = _ragged(polygons)
-    ring = np.repeat(np.arange(len(ring_off) - 1), np.diff(ring_off))
-    is_last = np.zeros(len(xy), bool)
-    is_last[ring_off[1:] - 1] = True
-    start = np.flatnonzero(~is_last)  # every edge: start vertex index, end = start + 1
-    d = np.sign(xy[start + 1] - xy[start])
-    prev = np.empty_like(d)
-    prev[1:] = d[:-1]
-    first = np.zeros(len(start), bool)
-    first_edge = ring_off[:-1] - np.arange(len(ring_off) - 1)  # ring r's first edge index
-    first[first_edge] = True
-    last_edge = np.r_[first_edge[1:], len(start)] - 1
-    prev[first_edge] = d[last_edge]
-    keep = start[(d != prev).any(1)]
-    xy2, ring_off2 = _close(xy[keep], ring[keep], len(ring_off) - 1)
-    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy2, (ring_off2, poly_off))
 
 
 def _close(xy: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[np.ndarray, np.ndarray]:
