@@ -32,7 +32,8 @@ class PredictConfig(_Section):
     """How a scene is cut, run through the model and stitched."""
 
     tile_size: int | None = Field(
-        None, gt=0, description="model input tile side in pixels (default: the bundle's)"
+        None, gt=0, description="model input tile side in pixels (default: the bundle's for "
+        "DeepLabV3+ and other whole-tile-pooling models; else at least 1024 and 4 × halo)"
     )
     halo: int | None = Field(
         None, ge=0, description="context pixels per tile side, dropped after prediction "
@@ -42,7 +43,10 @@ class PredictConfig(_Section):
         2048, gt=0, description="side of one Dask block in pixels (rounded up to a whole "
         "number of tile cores); sets memory per task"
     )
-    batch_size: int = Field(4, gt=0, description="tiles per forward pass")
+    batch_size: int | None = Field(
+        None, gt=0, description="tiles per forward pass (default: about 1 Mpx per pass, "
+        "i.e. 1 tile of 1024², 4 of 512²)"
+    )
     stitch: Literal["trim", "blend"] = Field(
         "trim", description="trim: keep each tile's core; blend: cosine-weighted probabilities"
     )

@@ -17,7 +17,7 @@ import numpy as np
 from geoseg.config import PredictConfig
 from geoseg.errors import ConfigError, SceneError
 from geoseg.models.bundle import Bundle, load_bundle
-from geoseg.models.registry import NON_LOCAL_ARCHITECTURES
+from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import Scene, open_scene, select_bands
 from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
@@ -77,11 +77,27 @@ def output_paths(mask: Path, cfg: PredictConfig) -> dict[str, Path]:
     return paths
 
 
+#: Model pixels per forward pass when no batch size is configured: 4 tiles of 512², 1 of 1024².
+AUTO_BATCH_PIXELS = 4 * 512 * 512
+
+
+def batch_size(cfg: PredictConfig, lattice: TileLattice) -> int:
+    """Tiles per forward pass: ``cfg.batch_size``, else about :data:`AUTO_BATCH_PIXELS` model px."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    return max(1, AUTO_BATCH_PIXELS // lattice.tile_size**2)
+
+
 def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> SceneGrid:
-    """The block grid for ``scene``: tile size and halo from ``cfg`` or the bundle, fitted."""
+    """The block grid for ``scene``: tile size and halo from ``cfg`` or the bundle, fitted.
+
+    Without a configured tile size, local architectures run at
+    :func:`~geoseg.models.registry.inference_tile_size` (at least 1024 px), the others at the
+    bundle's tile size.
+    """
     meta = bundle.meta
-    tile_size = cfg.tile_size or meta.tile_size
     halo = meta.halo if cfg.halo is None else cfg.halo
+    tile_size = cfg.tile_size or inference_tile_size(meta.arch, meta.tile_size, halo)
     lattice = TileLattice.fit(tile_size, halo, align)
     if (lattice.tile_size, lattice.halo) != (tile_size, halo):
         log.info(
@@ -193,7 +209,7 @@ def plan_scene_prediction(
         stats=meta.bands,
         model=ref,
         outputs=OutputSpec(len(meta.classes), cfg.confidence, cfg.probabilities),
-        batch_size=cfg.batch_size,
+        batch_size=batch_size(cfg, grid.lattice),
         blend=cfg.stitch == "blend",
         halo=grid.lattice.halo,
         crs_wkt=scene.crs_wkt,

@@ -34,10 +34,31 @@ def test_unet_mask_does_not_depend_on_tiling(make_scene, make_bundle, tmp_path) 
         dict(tile_size=1024, block_size=700, batch_size=1),  # tiles larger than blocks
         dict(tile_size=256, block_size=300, batch_size=8),
     ]
+    configs.append({})  # the defaults: the auto tile (1024 here) and batch (1)
     masks = [run(scene, bundle, tmp_path / f"m{i}.tif", **c) for i, c in enumerate(configs)]
     assert len(np.unique(masks[0])) >= 3  # a real, varied mask, not a constant
     for config, mask in zip(configs[1:], masks[1:]):
         assert np.array_equal(mask, masks[0]), f"{config}: {(mask != masks[0]).sum()} px differ"
+
+
+@pytest.mark.parametrize(
+    ("spec", "bundle_tile", "cfg", "tile", "batch"),
+    [
+        (TINY_UNET, 256, {}, 1024, 1),                            # halo 72: at least 1024
+        (TINY_UNET, 1536, {}, 1536, 1),                           # never below the bundle's
+        (TINY_UNET, 256, {"halo": 400}, 1600, 1),                 # at least 4 · halo
+        (TINY_UNET, 256, {"tile_size": 512}, 512, 4),             # configured: kept, 1 Mpx batch
+        (TINY_UNET, 256, {"tile_size": 512, "batch_size": 3}, 512, 3),
+        (TINY_DEEPLAB, 256, {}, 256, 16),                         # whole-tile pooling: bundle's
+    ],
+)
+def test_default_tile_and_batch_size(make_scene, make_bundle, tmp_path, spec, bundle_tile, cfg,
+                                     tile, batch) -> None:
+    from geoseg.pipeline import plan_prediction
+
+    plan = plan_prediction(make_scene(), make_bundle(spec, tile_size=bundle_tile),
+                           tmp_path / "m.tif", PredictConfig(**cfg))
+    assert (plan.grid.lattice.tile_size, plan.job.batch_size) == (tile, batch)
 
 
 def test_deeplab_mask_does_not_depend_on_block_size(make_scene, make_bundle, tmp_path) -> None:

@@ -243,7 +243,8 @@ def test_splits_cover_every_scene_once(scenes, bundle, tmp_path) -> None:
 
 
 def test_inspect_lists_scenes_bands_blocks_and_memory(scenes, bundle) -> None:
-    code, output = geoseg("inspect", scenes, "-m", bundle, "--json", "--block-size", "128")
+    code, output = geoseg("inspect", scenes, "-m", bundle, "--json", "--block-size", "128",
+                          "--tile-size", "256")
     assert code == 0, output
     rows = {r["scene"]: r for r in json.loads(output)["scenes"]}
     tile = rows["T18XYZ_20200101T101010"]

@@ -35,7 +35,7 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
     from geoseg.batch import plan_batch
     from geoseg.batch.estimate import worker_peak_bytes
     from geoseg.batch.sources import open_source
-    from geoseg.pipeline import plan_scene
+    from geoseg.pipeline import batch_size, plan_scene
     from geoseg.scene import select_bands
 
     plan = plan_batch(inputs, bundle_path, None, config_path, overrides_from(options),
@@ -49,7 +49,8 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
             bands = select_bands(scene, bundle.meta.band_names, str(source.path))
             grid = plan_scene(scene, bundle, cfg.predict, bundle.align)
             itemsize = {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}[scene.dtype]
-            peak = worker_peak_bytes(bundle, grid, cfg.predict.batch_size, len(bands), itemsize,
+            batch = batch_size(cfg.predict, grid.lattice)
+            peak = worker_peak_bytes(bundle, grid, batch, len(bands), itemsize,
                                      cfg.predict.stitch == "blend",
                                      1 + int(cfg.predict.confidence))
             row.update(

@@ -19,6 +19,7 @@ __all__ = [
     "RECOMMENDED_HALO",
     "build_model",
     "model_align",
+    "inference_tile_size",
     "recommended_halo",
 ]
 
@@ -45,10 +46,29 @@ NON_LOCAL_ARCHITECTURES: frozenset[str] = frozenset(
     {"deeplabv3", "deeplabv3plus", "pspnet", "pan", "upernet", "segformer", "dpt"}
 )
 
+#: Inference tile side (px) for local architectures when none is configured. The model's cost
+#: per pixel is flat in the tile size (U-Net/ResNet-34 on 2 CPU cores: 0.74 Mpx/s at 512² and at
+#: 1024²), but the halo is paid per tile: at a 128 px halo a 512 tile spends 4 × the core's
+#: pixels, a 1024 tile 1.78 ×. See ``benchmarks/throughput.py`` and the README.
+AUTO_TILE_SIZE = 1024
+
 #: Halo (pixels, each side) at which the mask was measured identical across tile and block
-#: sizes for random-init ResNet encoders; see ``benchmarks/halo_invariance.py`` and the README.
+#: sizes for random-init ResNet encoders; see ``tests/test_predict.py`` and the README.
 RECOMMENDED_HALO: dict[str, int] = {"unet": 128, "deeplabv3plus": 128}
 _DEFAULT_HALO = 128
+
+
+def inference_tile_size(arch: str, bundle_tile: int, halo: int) -> int:
+    """The tile side (px) geoseg runs ``arch`` at when no tile size is configured.
+
+    Architectures that pool over the whole tile (:data:`NON_LOCAL_ARCHITECTURES`) keep the
+    bundle's tile, since their mask depends on it. Local ones get at least
+    :data:`AUTO_TILE_SIZE` and at least ``4 · halo`` (a core of half the tile), never less than
+    the bundle's tile: fewer, larger tiles pay the halo less often.
+    """
+    if arch.lower() in NON_LOCAL_ARCHITECTURES:
+        return bundle_tile
+    return max(bundle_tile, AUTO_TILE_SIZE, 4 * halo)
 
 
 def recommended_halo(arch: str) -> int:
