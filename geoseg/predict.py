@@ -209,19 +209,23 @@ def _forward(loaded: _Loaded, ref: ModelRef, batch: np.ndarray) -> torch.Tensor:
 
 
 def _encode(scores: torch.Tensor, spec: OutputSpec, are_probs: bool) -> np.ndarray:
-    """``(count, h, w)`` uint8 outputs from ``(K, h, w)`` logits or probabilities."""
+    """``(N, count, h, w)`` uint8 outputs from ``(N, K, h, w)`` logits or probabilities.
+
+    Runs on the scores' device and copies only the uint8 result back, once per batch (one
+    device sync per batch, not per tile).
+    """
     import torch
 
-    if not spec.needs_softmax:
-        return scores.max(dim=0).indices.to(torch.uint8).cpu().numpy()[None]  # cheap argmax
-    p = scores if are_probs else scores.softmax(dim=0)
-    conf, cls = p.max(dim=0)
-    parts = [cls.to(torch.uint8)[None]]
+    if not spec.needs_softmax:  # cheap argmax, no softmax
+        return scores.max(dim=1).indices.to(torch.uint8)[:, None].cpu().numpy()
+    p = scores if are_probs else scores.softmax(dim=1)
+    conf, cls = p.max(dim=1)
+    parts = [cls.to(torch.uint8)[:, None]]
     if spec.confidence:
-        parts.append((conf * 100.0).round_().to(torch.uint8)[None])
+        parts.append((conf * 100.0).round_().to(torch.uint8)[:, None])
     if spec.probabilities:
         parts.append((p * 100.0).round_().to(torch.uint8))
-    return torch.cat(parts).cpu().numpy()
+    return torch.cat(parts, dim=1).cpu().numpy()
 
 
 def _batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
@@ -256,7 +260,7 @@ def predict_block(block: Block, job: BlockJob) -> np.ndarray:
         import torch
 
         probs = _predict_blended(block, job, x, valid)[(slice(None), *core_in_read)]
-        out[:] = _encode(torch.from_numpy(np.ascontiguousarray(probs)), spec, True)
+        out[:] = _encode(torch.from_numpy(np.ascontiguousarray(probs))[None], spec, True)[0]
     else:
         _predict_trimmed(block, job, x, valid, out)
     out[:, ~valid[core_in_read]] = NODATA
@@ -283,11 +287,11 @@ def _predict_trimmed(
     loaded = get_model(job.model)
     spec = job.outputs
     for batch in _batches(_live_tiles(block, valid, "core"), job.batch_size):
-        logits = _forward(loaded, job.model, _stack(x, block, batch))
+        encoded = _encode(_forward(loaded, job.model, _stack(x, block, batch)), spec, False)
         for n, tile in enumerate(batch):
             src = tile.core.relative_to(tile.window).slices()
             dst = tile.core.relative_to(block.core).slices()
-            out[(slice(None), *dst)] = _encode(logits[(n, slice(None), *src)], spec, False)
+            out[(slice(None), *dst)] = encoded[(n, slice(None), *src)]
 
 
 def _predict_blended(block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
