@@ -261,30 +261,43 @@ def test_gpkg_is_version_1_2_with_spatial_index_and_qgis_style(layers):
     assert 'type="categorizedSymbol"' in qml and all(c["name"] in qml for c in CLASSES)
 
 
+def normalized(geoms) -> list[bytes]:
+    return sorted(shapely.to_wkb(shapely.normalize(np.asarray(geoms, dtype=object))))
+
+
 @pytest.mark.slow
-def test_distributed_local_cluster_gives_the_same_layer(tmp_path):
-    from distributed import Client, LocalCluster
+def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
+    """Blocks on two worker processes, and every region cut by a block border dissolved by a
+    worker (the threshold for doing that is lowered to 0 bytes): the same polygons."""
+    from distributed import Client, LocalCluster, get_task_stream
+    from geoseg.vectorize import join
 
     data = coherent_mask(seed=7)
     path = write_mask(tmp_path / "d.tif", data)
     local = vectorize_mask(path, tmp_path / "local.gpkg", block_size=256, min_area_m2=1000)
+    monkeypatch.setattr(join, "REMOTE_DISSOLVE_BYTES", 0)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client, \
+            get_task_stream(client) as tasks:
         dist = vectorize_mask(path, tmp_path / "dist.gpkg", block_size=256, min_area_m2=1000,
                               client=client)
     assert dist.n_features == local.n_features and dist.blocks == 16
+    assert sum("dissolve_region" in t["key"] for t in tasks.data) > 10
     (g1, c1), (g2, c2) = read_layer(local.path), read_layer(dist.path)
+    assert normalized(g1) == normalized(g2)
     t = from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
     assert np.array_equal(rasterize(g1, c1["class_id"], t), rasterize(g2, c2["class_id"], t))
     assert dist.class_area_m2 == pytest.approx(local.class_area_m2)
 
 
 @pytest.mark.parametrize("conn", [4, 8])
-def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn):
+def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn, monkeypatch):
     """The client joins border pieces as blocks arrive (a cluster returns them in any order)
-    and lets go of each region as soon as no unfinished block can extend it."""
+    and lets go of each region as soon as no unfinished block can extend it; regions handed
+    to ``remote`` (on a cluster: a worker) come back the same."""
+    from geoseg.vectorize import join as join_module
     from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task
-    from geoseg.vectorize.join import BorderJoin
+    from geoseg.vectorize.join import BorderJoin, dissolve_region
     from geoseg.vectorize.maskinfo import read_mask_info
 
     info = read_mask_info(mask_path)
@@ -302,13 +315,25 @@ def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn):
         geoms += list(join.ready(final=True)[1])
         if conn == 4:  # the array dissolve handled every region, GEOS none
             assert join.fallbacks == 0
-        return sorted(shapely.to_wkb(shapely.normalize(np.array(geoms, dtype=object)))), held
+        return normalized(geoms), held
 
     in_order, held = joined(range(len(wins)))
     assert max(held) < n_border / 3  # regions leave memory well before the end
     for seed in (0, 1):
         shuffled, _ = joined(np.random.default_rng(seed).permutation(len(wins)))
         assert shuffled == in_order
+
+    def remote(wkb):
+        return dissolve_region(wkb, 100, info, conn)
+
+    monkeypatch.setattr(join_module, "REMOTE_DISSOLVE_BYTES", 2000)
+    join = BorderJoin(len(wins) // ncols, ncols, conn, info, 100, remote)
+    geoms = []
+    for r in results:
+        join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
+        geoms += list(join.ready()[1])
+    geoms += list(join.ready(final=True)[1])
+    assert join.remote_regions > 5 and normalized(geoms) == in_order
 
 
 def test_a_cluster_with_no_running_worker_fails_the_stage_instead_of_hanging(mask_path, tmp_path):

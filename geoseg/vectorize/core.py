@@ -15,8 +15,8 @@ import numpy as np
 from geoseg.errors import ConfigError
 from geoseg.gpkg import GpkgWriter
 from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, run_blocks
-from geoseg.vectorize.join import BorderJoin
-from geoseg.vectorize.maskinfo import read_mask_info
+from geoseg.vectorize.join import BorderJoin, RemoteDissolve, dissolve_region
+from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
 from geoseg.vectorize.seams import sieve_plan
 
 if TYPE_CHECKING:
@@ -47,6 +47,25 @@ class VectorizeResult:
     class_area_m2: dict[int, float]
     seconds: float
     blocks: int = 0
+
+
+def _remote_dissolve(client: Any, policy: TaskPolicy | None, block_size: int, info: MaskInfo,
+                     connectivity: int) -> RemoteDissolve:
+    """Dissolve one large region as a Dask task (with the block tasks' retries and stall
+    timeout), so that its transient arrays stay out of the client."""
+    from geoseg.stitch import TaskPolicy, as_finished
+
+    policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
+        if policy else TaskPolicy()
+
+    def remote(wkb: Any) -> tuple[bytes, bool]:
+        future = client.submit(dissolve_region, wkb, block_size, info, connectivity,
+                               pure=False, retries=policy.retries)
+        for _, result in as_finished(client, [future], policy, "region dissolve"):
+            return result
+        raise AssertionError("unreachable: as_finished yields every future")
+
+    return remote
 
 
 def _features(cls: np.ndarray, geoms: np.ndarray, stats: np.ndarray,
@@ -143,7 +162,9 @@ def vectorize_mask(
                             pixel)
             tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick,
                                policy)
-        join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size)
+        join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size,
+                          _remote_dissolve(client, policy, block_size, info, connectivity)
+                          if client is not None else None)
         for r in run_blocks(polygonize_task, tasks, client, policy):
             join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
             emit(_features(*r["done"], names, with_conf))

@@ -12,6 +12,7 @@ pair (and across block corners with 8-connectivity).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +22,16 @@ from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import dissolve
 from geoseg.vectorize.seams import components
 
-__all__ = ["BorderJoin"]
+__all__ = ["REMOTE_DISSOLVE_BYTES", "BorderJoin", "RemoteDissolve", "dissolve_region"]
+
+#: A region whose held pieces add up to more WKB than this (bytes; 16 bytes a vertex) is
+#: dissolved by a worker when :class:`BorderJoin` has a ``remote``: the dissolve's transient
+#: arrays (~100 bytes a vertex) then never land in the client. A region spanning a whole
+#: 16384² scene had 2.4 M vertices (38 MB of WKB) and added 326 MB to the client's peak.
+REMOTE_DISSOLVE_BYTES = 4 * 2**20
+
+#: ``remote(pieces WKB) -> (dissolved WKB in the CRS, GEOS fallback used)``, run on a worker.
+RemoteDissolve = Callable[[Sequence[bytes]], tuple[bytes, bool]]
 
 #: neighbour directions (row step, column step), bit i of a piece's ``need`` mask
 _DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -40,12 +50,16 @@ class BorderJoin:
     Args:
         nrows, ncols: block lattice. connectivity: 4 or 8. info: the mask.
         block_size: block side, pixels (seams lie on its multiples).
+        remote: dissolves one region elsewhere (a Dask worker; see :func:`dissolve_region`);
+            used for regions over :data:`REMOTE_DISSOLVE_BYTES` of pieces.
     """
 
     def __init__(self, nrows: int, ncols: int, connectivity: int, info: MaskInfo,
-                 block_size: int):
+                 block_size: int, remote: RemoteDissolve | None = None):
         self.nrows, self.ncols = nrows, ncols
         self.connectivity, self.info, self.block_size = connectivity, info, block_size
+        self.remote = remote
+        self.remote_regions = 0  # regions dissolved by ``remote``
         self.done = np.zeros((nrows, ncols), bool)
         self.blocks: dict[int, _Block] = {}
         self.total = 0
@@ -157,11 +171,19 @@ class BorderJoin:
         starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         group = np.repeat(np.arange(len(starts)), sizes)
-        pieces = shapely.from_wkb(wkb[order])
+        wkb = wkb[order]
+        far = np.zeros(len(starts), bool)
+        if self.remote is not None:
+            nbytes = np.bincount(group, weights=np.fromiter(map(len, wkb), np.float64, len(wkb)),
+                                 minlength=len(starts))
+            far = (nbytes > REMOTE_DISSOLVE_BYTES) & (sizes > 1)
+        near = ~far[group]
+        pieces = np.empty(len(wkb), dtype=object)
+        pieces[near] = shapely.from_wkb(wkb[near])
         merged = np.empty(len(starts), dtype=object)
         single = sizes == 1
         merged[single] = pieces[starts[single]]
-        multi = np.flatnonzero(~single)
+        multi = np.flatnonzero(~single & ~far)
         if len(multi):
             members = np.isin(group, multi)
             which = np.searchsorted(multi, group[members])
@@ -171,5 +193,29 @@ class BorderJoin:
                 g = pieces[group == multi[j]]
                 joined[j] = shapely.simplify(shapely.union_all(g), 0.0)
             merged[multi] = joined
+        del pieces
+        out = np.empty(len(starts), dtype=object)
+        out[~far] = to_crs(merged[~far], self.info, self.connectivity)
+        for j in np.flatnonzero(far):
+            geom, fell_back = self.remote(list(wkb[group == j]))  # type: ignore[misc]
+            out[j] = shapely.from_wkb(geom)
+            self.fallbacks += int(fell_back)
+            self.remote_regions += 1
         gstats = np.add.reduceat(stats[order], starts, axis=0)
-        return cls[order[starts]], to_crs(merged, self.info, self.connectivity), gstats
+        return cls[order[starts]], out, gstats
+
+
+def dissolve_region(wkb: Sequence[bytes], block_size: int, info: MaskInfo, connectivity: int
+                    ) -> tuple[bytes, bool]:
+    """Dissolve the pixel-space pieces of one region (WKB) into one geometry in the CRS.
+
+    Returns ``(WKB, fallback)``: ``fallback`` when the pieces needed a GEOS union (several
+    shells, only with 8-connectivity). Runs as a Dask task for :class:`BorderJoin`'s ``remote``.
+    """
+    import shapely
+
+    pieces = shapely.from_wkb(np.asarray(wkb, dtype=object))
+    joined, fallback = dissolve(pieces, np.zeros(len(pieces), np.int64), 1, block_size)
+    geom = shapely.simplify(shapely.union_all(pieces), 0.0) if fallback[0] else joined[0]
+    return shapely.to_wkb(to_crs(np.array([geom], dtype=object), info, connectivity)[0]), \
+        bool(fallback[0])
