@@ -330,9 +330,33 @@ def _read_file(
     transform: tuple[float, ...],
     shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(pixels (C, h, w), masks (C, h, w) uint8)`` of ``inside`` (within the scene grid)."""
+    """``(pixels (C, h, w), masks (C, h, w))`` of ``inside`` (within the scene grid); a mask is
+    nonzero where its band has data."""
     from rasterio.windows import Window as RioWindow
 
     rio_window = RioWindow(inside.col, inside.row, inside.width, inside.height)  # type: ignore[call-arg]
     with open_on_grid(path, warp, fill, crs_wkt, transform, shape) as ds:
-        return ds.read(indexes, window=rio_window), ds.read_masks(indexes, window=rio_window)
+        pixels = ds.read(indexes, window=rio_window)
+        masks = _masks_from_pixels(ds, indexes, pixels)
+        if masks is None:
+            masks = ds.read_masks(indexes, window=rio_window)
+        return pixels, masks
+
+
+def _masks_from_pixels(ds: Any, indexes: list[int], pixels: np.ndarray) -> np.ndarray | None:
+    """The band masks GDAL would give, computed from ``pixels`` when it derives them from an
+    integer band's nodata value alone (or has none): ``read_masks`` would decode the window a
+    second time (measured: 14 Mpx/s against 48 Mpx/s for the read itself, 4-band uint16
+    DEFLATE). None when the masks must be read: internal masks, alpha bands, float bands."""
+    from rasterio.enums import MaskFlags
+
+    if pixels.dtype.kind not in "iu":
+        return None
+    flags = [ds.mask_flag_enums[i - 1] for i in indexes]
+    if not all(f in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in flags):
+        return None
+    masks = np.ones(pixels.shape, dtype=bool)
+    for k, (i, f) in enumerate(zip(indexes, flags, strict=True)):
+        if f == [MaskFlags.nodata]:
+            np.not_equal(pixels[k], ds.nodatavals[i - 1], out=masks[k])
+    return masks

@@ -91,3 +91,29 @@ def test_nan_is_nodata(tmp_path: Path) -> None:
     scene = open_scene(tmp_path / "nan.tif")
     _, valid = read_window(scene.bands, Window(0, 0, 16, 16), 16, 16)
     assert not valid[2, 3] and valid.sum() == 255
+
+
+def test_nodata_masks_come_from_the_pixels_and_agree_with_gdal(make_scene) -> None:
+    """Integer bands whose mask is their nodata value are masked from the pixels already read
+    (no second decode by ``read_masks``), exactly as GDAL masks them."""
+    from geoseg.scene import _masks_from_pixels
+
+    with rasterio.open(make_scene(nodata_box=(0, 0, 60, 90))) as src:
+        pixels = src.read()
+        fast = _masks_from_pixels(src, [1, 2, 3, 4], pixels)
+        assert fast is not None and 0 < fast.mean() < 1
+        assert np.array_equal(fast, src.read_masks() != 0)
+
+
+def test_internal_mask_masks_pixels(tmp_path: Path) -> None:
+    path = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(
+            path, "w", driver="GTiff", width=16, height=16, count=1, dtype="uint16",
+            crs="EPSG:4326", transform=from_origin(10, 50, 0.001, 0.001)) as dst:
+        dst.write(np.full((1, 16, 16), 7, dtype="uint16"))
+        mask = np.full((16, 16), 255, dtype="uint8")
+        mask[:4] = 0
+        dst.write_mask(mask)
+    scene = open_scene(path)
+    _, valid = read_window(scene.bands, Window(0, 0, 16, 16), 16, 16)
+    assert not valid[:4].any() and valid[4:].all()
