@@ -37,6 +37,7 @@ __all__ = [
     "local_worker_layout",
     "parse_walltime",
     "task_policy",
+    "worker_resources",
     "torch_threads",
     "worker_lifetime",
 ]
@@ -104,12 +105,25 @@ def torch_threads(cfg: ClusterConfig, gpus: int = 0) -> int | None:
     return max(1, jobs.cpus // jobs.processes)
 
 
+def worker_resources(cfg: ClusterConfig, gpu_workers: bool = False) -> dict[str, float]:
+    """The resources each worker of a cluster geoseg starts offers: ``cfg.resources``, else
+    :data:`GPU_RESOURCE` on GPU workers, else none."""
+    return dict(cfg.resources) or (dict(GPU_RESOURCE) if gpu_workers else {})
+
+
 def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
     """The resources, retries and stall timeout of prediction tasks under ``cfg``.
 
-    ``gpu_workers``: the cluster geoseg starts has GPU workers offering ``GPU=1``.
+    ``gpu_workers``: the cluster geoseg starts has GPU workers offering ``GPU=1``; each task
+    then needs ``GPU=1/cfg.gpu_tasks``, so that many tasks share a GPU and one reads its block
+    while another runs the model. ``cfg.resources`` given by the user are used as they are.
     """
-    resources = dict(cfg.resources) or (dict(GPU_RESOURCE) if gpu_workers else {})
+    if cfg.resources:
+        resources = dict(cfg.resources)
+    elif gpu_workers:
+        resources = {k: v / cfg.gpu_tasks for k, v in GPU_RESOURCE.items()}
+    else:
+        resources = {}
     return TaskPolicy(resources, cfg.retries, cfg.stall_timeout)
 
 
@@ -171,11 +185,11 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
             f"processes: 1; got {jobs.gpus} and {jobs.processes}); ask for more jobs instead: "
             "the scheduler packs them onto multi-GPU nodes, one worker per GPU"
         )
-    policy = task_policy(cfg, gpu_workers=jobs.gpus > 0)
+    offered = worker_resources(cfg, gpu_workers=jobs.gpus > 0)
     lifetime, stagger = worker_lifetime(jobs)
     extra_args = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
-    if policy.resources:
-        extra_args += ["--resources", _resource_arg(policy.resources)]
+    if offered:
+        extra_args += ["--resources", _resource_arg(offered)]
     prologue = list(cfg.job.setup)
     if cfg.allocator != "system":  # the nanny looks for jemalloc on its node
         extra_args += ["--preload-nanny", ALLOCATOR_PRELOAD]
@@ -270,9 +284,9 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
         f"gpu{gpu}": {
             "cls": Nanny,
             "options": {
-                "nthreads": cfg.threads_per_worker,
+                "nthreads": max(cfg.threads_per_worker, cfg.gpu_tasks),
                 "memory_limit": memory,
-                "resources": dict(cfg.resources) or dict(GPU_RESOURCE),
+                "resources": worker_resources(cfg, gpu_workers=True),
                 **_allocator_options(cfg, {"CUDA_VISIBLE_DEVICES": gpu}),
             },
         }

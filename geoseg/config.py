@@ -222,6 +222,11 @@ class ClusterConfig(_Section):
         None, ge=0, description="GPUs of the local cluster, one worker per GPU pinned with "
         "CUDA_VISIBLE_DEVICES (default: every visible GPU when predict.device is not cpu)"
     )
+    gpu_tasks: int = Field(
+        2, ge=1, description="prediction tasks a GPU worker geoseg starts runs at once: while "
+        "one runs the model, the others read, decode and normalize their blocks (each task holds "
+        "its block, so memory grows with it). Local GPU workers get at least this many threads"
+    )
     resources: dict[str, float] = Field(
         default_factory=dict, description="Dask resources every prediction task needs, e.g. "
         "{GPU: 1}; workers must offer them (dask worker --resources GPU=1). Default: {GPU: 1} "

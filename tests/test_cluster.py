@@ -99,8 +99,40 @@ def test_cluster_typo_names_the_field() -> None:
 
 def test_policy_defaults() -> None:
     assert task_policy(ClusterConfig()).resources == {}
-    assert task_policy(ClusterConfig(), gpu_workers=True).resources == GPU
+    assert task_policy(ClusterConfig(), gpu_workers=True).resources == {"GPU": 0.5}  # 2 a GPU
+    assert task_policy(ClusterConfig(gpu_tasks=1), gpu_workers=True).resources == GPU
     assert task_policy(ClusterConfig(resources={"GPU": 2})).resources == {"GPU": 2}
+
+
+def _most_at_once(intervals: list[tuple[float, float]], slack: float = 0.03) -> int:
+    """Most intervals open at one time; each counts as closed ``slack`` s before its stop (a
+    worker stamps a task's stop a few ms after it hands the thread to the next one)."""
+    events = sorted([(start, 1) for start, _ in intervals]
+                    + [(stop - slack, -1) for _, stop in intervals])
+    running = most = 0
+    for _, step in events:  # a stop sorts before a start at the same instant
+        running += step
+        most = max(most, running)
+    return most
+
+
+@pytest.mark.parametrize("gpu_tasks", [1, 2])
+def test_gpu_tasks_share_a_gpu_worker(make_scene, make_bundle, tmp_path, gpu_tasks) -> None:
+    """A worker offering GPU=1 runs ``gpu_tasks`` prediction tasks at once (one reads while
+    another runs the model), and never more, whatever its thread count."""
+    from distributed import Client, LocalCluster, get_task_stream
+
+    plan = plan_prediction(make_scene(height=300, width=400), make_bundle(TINY_UNET),
+                           tmp_path / "m.tif", PredictConfig(block_size=64, tile_size=256))
+    policy = task_policy(ClusterConfig(gpu_tasks=gpu_tasks), gpu_workers=True)
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, resources=GPU,
+                      dashboard_address=":0") as cluster, Client(cluster) as client, \
+            get_task_stream(client) as stream:
+        run_prediction(plan, client, policy=policy)
+    spans = [(ss["start"], ss["stop"]) for t in stream.data if "geoseg-predict" in str(t["key"])
+             for ss in t["startstops"] if ss["action"] == "compute"]
+    assert len(spans) == len(plan.grid) > 6
+    assert _most_at_once(spans) == gpu_tasks
 
 
 def test_block_tasks_carry_paths_not_pixels(make_scene, make_bundle, tmp_path) -> None:
