@@ -16,8 +16,8 @@ cluster's scheduler and nannies.
 Rows:
 * the size sweep with a fast model, the shipped demo bundle (U-Net/MobileNetV2, depth 3, tile
   512, halo 48), so that 16384² takes minutes, not the ~25 min of a ResNet-34 on 2 cores;
-* U-Net/ResNet-34 (random init, tile 512, halo 128) at ``--r34-sizes`` with the default CPU
-  block and batch size: the per-worker peak of a real-size model (target < 2 GiB);
+* U-Net/ResNet-34 (random init, bundle tile 512, halo 128) at ``--r34-sizes`` with geoseg's
+  default block, tile and batch size: the per-worker peak of a real-size model (target < 2 GiB);
 * the same ResNet-34 row at the smallest size with ``allocator: system`` (glibc), to show what
   jemalloc costs or saves in memory.
 
@@ -296,9 +296,10 @@ def main() -> None:
         "benchmark": "memory",
         "machine": machine(),
         "setup": (f"`geoseg run` path (plan_batch + run_planned) on a local cluster of "
-                  f"{args.workers} worker processes started by geoseg, device cpu, default "
-                  f"block {d.block_size} and batch {d.batch_size}, the bundle's tile and halo "
-                  "(demo: 512/48; ResNet-34: 512/128), vectorize on; synthetic 4-band uint16 "
+                  f"{args.workers} worker processes started by geoseg, device cpu, geoseg's "
+                  f"defaults: block {d.block_size}, tile at least 1024 (bundles: demo 512/48, "
+                  "ResNet-34 512/128 tile/halo), batch about 1 Mpx (1 tile of 1024²), "
+                  "vectorize on; synthetic 4-band uint16 "
                   "DEFLATE tiled scenes. Peak = VmHWM of each process; the client process also "
                   "runs the scheduler and the nannies; one fresh client process and cluster "
                   "per row."),

@@ -42,6 +42,7 @@ __all__ = [
     "find_jemalloc",
     "preloaded_jemalloc",
     "reexec_environ",
+    "release_free_memory",
     "resolve_allocator",
 ]
 
@@ -100,6 +101,36 @@ def preloaded_jemalloc() -> str | None:
         if len(parts) == 6 and "jemalloc" in Path(parts[5]).name:
             return parts[5]
     return None
+
+
+#: ``mallctl`` name purging every jemalloc arena (``MALLCTL_ARENAS_ALL`` is 4096 in jemalloc 5).
+_PURGE_ALL = b"arena.4096.purge"
+
+
+def release_free_memory() -> str:
+    """Give the pages this process's allocator keeps for reuse back to the system.
+
+    jemalloc as geoseg sets it up never returns freed pages by itself, and Python's
+    small-object arenas (``mmap``-ed directly) cannot reuse them. A worker that vectorizes
+    after predicting would stack its polygons on top of the forward passes' high-water mark;
+    :func:`geoseg.vectorize.vectorize_mask` calls this on every worker first.
+
+    Returns:
+        what was released: ``"jemalloc"`` (every arena purged), ``"glibc"`` (``malloc_trim``)
+        or ``"none"``.
+    """
+    if preloaded_jemalloc():
+        mallctl = ctypes.CDLL(None).mallctl
+        mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_size_t]
+        mallctl.restype = ctypes.c_int
+        if mallctl(_PURGE_ALL, None, None, None, 0) == 0:
+            return "jemalloc"
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        return "none"
+    return "glibc"
 
 
 def resolve_allocator(choice: str) -> str | None:

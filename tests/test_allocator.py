@@ -20,6 +20,7 @@ from geoseg.allocator import (
     find_jemalloc,
     preloaded_jemalloc,
     reexec_environ,
+    release_free_memory,
     resolve_allocator,
 )
 from geoseg.cluster import connect, jobqueue_kwargs
@@ -92,8 +93,34 @@ def test_gpu_layout_workers_run_under_jemalloc(monkeypatch: pytest.MonkeyPatch) 
     with connect(ClusterConfig(), device="auto") as client:
         workers = client.scheduler_info()["workers"].values()
         assert [w["resources"] for w in workers] == [{"GPU": 1.0}]
+        assert [w["nthreads"] for w in workers] == [2]  # cluster.gpu_tasks: one reads ahead
         assert _worker_allocators(client) == {JEMALLOC}
         assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {"0"}
+
+
+@needs_jemalloc
+def test_workers_hand_back_what_jemalloc_keeps() -> None:
+    """jemalloc keeps freed pages (geoseg's MALLOC_CONF); release_free_memory returns them."""
+
+    def freed_then_released() -> tuple[int, int, str]:
+        import numpy as np
+
+        from geoseg.allocator import release_free_memory
+
+        def rss_mib() -> int:
+            status = Path("/proc/self/status").read_text()
+            return int(status.split("VmRSS:")[1].split()[0]) // 1024
+
+        arrays = [np.ones(10_000_000) for _ in range(10)]  # 800 MB, then freed
+        del arrays
+        before = rss_mib()
+        what = release_free_memory()
+        return before, rss_mib(), what
+
+    with connect(ClusterConfig(workers=1), device="cpu") as client:
+        [(before, after, what)] = client.run(freed_then_released).values()
+    assert what == "jemalloc" and before - after > 600, (before, after)
+    assert release_free_memory() == ("jemalloc" if preloaded_jemalloc() else "glibc")
 
 
 def test_explicit_jemalloc_fails_before_any_worker_starts_when_missing() -> None:
