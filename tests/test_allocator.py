@@ -94,8 +94,11 @@ def test_gpu_layout_workers_run_under_jemalloc(monkeypatch: pytest.MonkeyPatch) 
         workers = client.scheduler_info()["workers"].values()
         assert [w["resources"] for w in workers] == [{"GPU": 1.0}]
         assert [w["nthreads"] for w in workers] == [2]  # cluster.gpu_tasks: one reads ahead
+        cores = str(len(os.sched_getaffinity(0)))  # GDAL decodes a read with every core
+        assert set(client.run(lambda: os.environ["GDAL_NUM_THREADS"]).values()) == {cores}
         assert _worker_allocators(client) == {JEMALLOC}
         assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {"0"}
+    assert "GDAL_NUM_THREADS" not in os.environ
 
 
 @needs_jemalloc

@@ -71,7 +71,7 @@ def test_slurm_worker_jobs_from_config() -> None:
     args = kw["worker_extra_args"]
     assert args[args.index("--resources") + 1] == "GPU=1"  # one GPU per worker
     assert args[args.index("--lifetime") + 1] == f"{7200 - 720 - 360}s"
-    assert kw["job_script_prologue"] == ["module load cuda"]
+    assert kw["job_script_prologue"] == ["module load cuda", "export GDAL_NUM_THREADS=8"]
     for gpus, processes in ((2, 1), (1, 2)):  # a worker process per GPU: one-GPU jobs only
         cfg.slurm.gpus, cfg.slurm.processes = gpus, processes
         with pytest.raises(ConfigError, match="one GPU and one worker process each"):
