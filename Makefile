@@ -7,7 +7,7 @@ GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
 DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory clean
+.PHONY: install test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,10 @@ bench-vectorize: install
 
 bench-memory: install
 	$(PY) -m benchmarks.memory
+
+# one GPU and its node's cores: U-Net and DeepLabV3+ ResNet-34, bf16/fp16 (about 8 min on an H100)
+bench-gpu: install
+	$(PY) -m benchmarks.gpu
 
 clean:
 	rm -rf $(DEMO) demo-train .pytest_cache

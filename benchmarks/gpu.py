@@ -1,0 +1,316 @@
+"""GPU throughput: model-only ceiling, geoseg end to end, the naive loop and the node's CPU limit.
+
+    python -m benchmarks.gpu [--quick] [--size 8192] [--archs unet deeplabv3plus]
+                             [--precisions bf16 fp16] [--gpu-tasks 1 2] [--device cuda]
+
+Made for one GPU plus its node's cores (``make bench-gpu``; ``--device cpu --quick`` runs the
+same code on a CPU, as a smoke test). On a synthetic 4-band uint16 DEFLATE tiled GeoTIFF and
+random-init ResNet-34 bundles (U-Net and DeepLabV3+, tile 512, halo 128):
+
+1. **ceiling**: the forward pass alone on tensors already on the device, at tile 512 and batch
+   ``--batch`` (and U-Net at geoseg's default tile), channels-last, under autocast;
+2. **geoseg**: :func:`geoseg.pipeline.predict_scene` from file to finished COG on the local
+   cluster ``geoseg run`` starts (one worker per GPU, ``cluster.gpu_tasks`` prediction tasks at
+   once so that blocks are read while another runs the model), block 4096; the GPU's busy
+   percentage is sampled with ``nvidia-smi`` every 100 ms;
+3. **naive**: boundless rasterio window reads at tile 512, batch 1, forward under autocast,
+   ``argmax`` on the device, window writes;
+4. **CPU-stage limit**: the same geoseg path with a model that costs the GPU next to nothing
+   (U-Net/ResNet-18, encoder depth 3, 8-channel decoder): reading, decoding, normalizing,
+   copies to the device, encoding and writing the COG; and vectorizing the mask on a local
+   cluster of one single-threaded worker per core.
+
+Mpx/s counts scene pixels (each output pixel once) unless it says "model px".
+Results go to ``benchmarks/results/gpu.json`` and ``gpu.md`` (``gpu-quick.*`` with ``--quick``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.memory import write_scene
+from benchmarks.throughput import tile_stats
+
+RESULTS = Path(__file__).parent / "results"
+TILE, HALO = 512, 128
+CORES = len(os.sched_getaffinity(0))
+
+
+def make_bundle(path: Path, arch: str, encoder: str = "resnet34", **arch_kwargs: Any) -> None:
+    from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
+
+    init_bundle(path, arch=arch, encoder=encoder, arch_kwargs=arch_kwargs or None,
+                bands=tuple(BandSpec(name=f"b{i}", mean=1000, std=300) for i in range(4)),
+                input_dtype="uint16",
+                classes=tuple(ClassSpec(id=i, name=f"c{i}", color=(40 * i, 0, 0))
+                              for i in range(6)),
+                tile_size=TILE, halo=HALO)
+
+
+def predict_config(device: str, precision: str, tile: int | None, batch: int):
+    from geoseg.config import PredictConfig
+
+    return PredictConfig(tile_size=tile, halo=HALO, block_size=4096, batch_size=batch,
+                         device=device, precision=precision if device != "cpu" else "fp32",
+                         channels_last=True)
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def ceiling(bundle: Path, device: str, precision: str, tile: int, batch: int,
+            seconds: float) -> float:
+    """Model px per second of the forward pass on device-resident input."""
+    import torch
+
+    from geoseg.models.bundle import load_bundle
+
+    model = load_bundle(bundle).build().to(device).eval()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 4, tile, tile, device=device).contiguous(
+        memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    auto = torch.autocast("cuda", dtype=dtype) if dtype and device != "cpu" else \
+        torch.autocast("cpu", enabled=False)
+    with torch.inference_mode(), auto:
+        for _ in range(3):
+            model(x)
+        _sync(device)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            model(x)
+            n += 1
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    del model, x
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return n * batch * tile * tile / elapsed
+
+
+class GpuBusy:
+    """Samples ``nvidia-smi``'s GPU utilization every 100 ms while in the ``with`` block."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> GpuBusy:
+        try:
+            self._proc = subprocess.Popen(
+                ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                 "-i", "0", "-lms", "100"], stdout=subprocess.PIPE, text=True)
+        except OSError:
+            return self
+        threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        for line in self._proc.stdout:
+            if line.strip().isdigit():
+                self.samples.append(float(line))
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait()
+
+    @property
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
+def geoseg_run(scene: Path, bundle: Path, out: Path, device: str, precision: str,
+               tile: int | None, batch: int, gpu_tasks: int) -> dict[str, Any]:
+    """geoseg on the local cluster ``geoseg run`` starts: seconds, GPU busy %, tile stats."""
+    from geoseg.cluster import connect, gpu_workers, task_policy, torch_threads
+    from geoseg.config import ClusterConfig
+    from geoseg.pipeline import plan_prediction, run_prediction
+
+    cfg = ClusterConfig(workers=None if device != "cpu" else 1, threads_per_worker=4,
+                        gpu_tasks=gpu_tasks)
+    gpus = gpu_workers(cfg, device)
+    pcfg = predict_config(device, precision, tile, batch)
+    with connect(cfg, device=device) as client:
+        policy = task_policy(cfg, gpu_workers=gpus > 0)
+        threads = torch_threads(cfg, gpus) or CORES
+        warm = out.with_name("warm.tif")
+        run_prediction(plan_prediction(scene, bundle, warm, pcfg, overwrite=True,
+                                       threads=threads), client, policy=policy)
+        plan = plan_prediction(scene, bundle, out, pcfg, overwrite=True, threads=threads)
+        with GpuBusy() as busy:
+            start = time.perf_counter()
+            run_prediction(plan, client, policy=policy)
+            seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "gpu_busy_pct": busy.mean, "gpu_tasks": gpu_tasks,
+            **tile_stats(plan)}
+
+
+def naive(scene: Path, bundle: Path, out: Path, device: str, precision: str) -> float:
+    """Seconds of the loop anyone would write, at the bundle's tile, batch 1."""
+    import numpy as np
+    import rasterio
+    import torch
+    from rasterio.windows import Window
+
+    from geoseg.models.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    mean = np.array([s.mean for s in b.meta.bands], np.float32)[:, None, None]
+    std = np.array([s.std for s in b.meta.bands], np.float32)[:, None, None]
+    model = b.build().to(device).eval()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    auto = torch.autocast("cuda", dtype=dtype) if dtype and device != "cpu" else \
+        torch.autocast("cpu", enabled=False)
+    core = TILE - 2 * HALO
+    start = time.perf_counter()
+    with rasterio.open(scene) as src:
+        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1,
+                       dtype="uint8", crs=src.crs, transform=src.transform, tiled=True,
+                       blockxsize=512, blockysize=512, compress="deflate", nodata=255)
+        with rasterio.open(out, "w", **profile) as dst, torch.inference_mode(), auto:
+            for row in range(0, src.height, core):
+                for col in range(0, src.width, core):
+                    raw = src.read(window=Window(col - HALO, row - HALO, TILE, TILE),
+                                   boundless=True, fill_value=0)
+                    x = torch.from_numpy((raw.astype(np.float32) - mean) / std)[None]
+                    cls = model(x.to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                    h, w = min(core, src.height - row), min(core, src.width - col)
+                    dst.write(cls[HALO:HALO + h, HALO:HALO + w], 1,
+                              window=Window(col, row, w, h))
+    return time.perf_counter() - start
+
+
+def vectorize_rate(mask: Path, out: Path) -> float:
+    """Seconds to vectorize ``mask`` on a local cluster of one 1-thread worker per core."""
+    from distributed import Client, LocalCluster
+
+    from geoseg.vectorize import vectorize_mask
+
+    with LocalCluster(n_workers=CORES, threads_per_worker=1, dashboard_address=":0") as c, \
+            Client(c) as client:
+        start = time.perf_counter()
+        vectorize_mask(mask, out, client=client, overwrite=True)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="1024² scene, U-Net only, one precision, 1 s ceilings")
+    parser.add_argument("--size", type=int, default=None, help="scene side, px (default 8192)")
+    parser.add_argument("--archs", nargs="+", default=None,
+                        help="architectures (default: unet deeplabv3plus)")
+    parser.add_argument("--precisions", nargs="+", default=None,
+                        help="autocast precisions (default: bf16 fp16)")
+    parser.add_argument("--gpu-tasks", type=int, nargs="+", default=[1, 2],
+                        help="cluster.gpu_tasks of the geoseg rows (default: 1 2)")
+    parser.add_argument("--batch", type=int, default=16, help="tiles of 512² per forward pass")
+    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test)")
+    args = parser.parse_args()
+    size = args.size or (1024 if args.quick else 8192)
+    archs = args.archs or (["unet"] if args.quick else ["unet", "deeplabv3plus"])
+    precisions = args.precisions or (["bf16"] if args.quick else ["bf16", "fp16"])
+    seconds = 1.0 if args.quick else 5.0
+    device = args.device
+    mpx = size * size / 1e6
+    log = lambda **kw: print(json.dumps(kw), flush=True)  # noqa: E731, T201
+    out: dict[str, Any] = {"benchmark": "gpu", "scene_px": size, "device": device,
+                           "cores": CORES, "rows": [], "cpu_stage": {}}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        scene = tmp / "scene.tif"
+        write_scene(scene, size)
+        tiny = tmp / "tiny.safetensors"
+        make_bundle(tiny, "unet", "resnet18", encoder_depth=3, decoder_channels=[8, 8, 8])
+        limit = geoseg_run(scene, tiny, tmp / "tiny.tif", device, "fp32", TILE,
+                           args.batch, max(args.gpu_tasks))
+        v = vectorize_rate(tmp / "tiny.tif", tmp / "tiny.gpkg")
+        out["cpu_stage"] = {"predict_s": limit["seconds"], "predict_mpx_s": round(
+            mpx / limit["seconds"], 2), "gpu_busy_pct": limit["gpu_busy_pct"],
+            "vectorize_s": round(v, 2), "vectorize_mpx_s": round(mpx / v, 2)}
+        log(cpu_stage=out["cpu_stage"])
+        for arch in archs:
+            bundle = tmp / f"{arch}.safetensors"
+            make_bundle(bundle, arch)
+            tiles = [TILE] + ([None] if arch == "unet" else [])  # None: geoseg's default
+            for precision in precisions:
+                for tile in tiles:
+                    t = tile or 1024
+                    batch = max(1, args.batch * TILE * TILE // (t * t))
+                    model_px = ceiling(bundle, device, precision, t, batch, seconds)
+                    for gpu_tasks in args.gpu_tasks:
+                        g = geoseg_run(scene, bundle, tmp / f"{arch}.tif", device, precision,
+                                       tile, batch, gpu_tasks)
+                        row = {"arch": arch, "precision": precision, "batch": batch,
+                               "ceiling_model_mpx_s": round(model_px / 1e6, 1),
+                               "ceiling_scene_mpx_s": round(
+                                   model_px / 1e6 / g["seen_per_output_px"], 1),
+                               "geoseg_mpx_s": round(mpx / g["seconds"], 2), **g}
+                        row["geoseg_over_ceiling"] = round(
+                            row["geoseg_mpx_s"] / row["ceiling_scene_mpx_s"], 3)
+                        row["geoseg_over_cpu_limit"] = round(
+                            row["geoseg_mpx_s"] / out["cpu_stage"]["predict_mpx_s"], 3)
+                        out["rows"].append(row)
+                        log(**row)
+                n = naive(scene, bundle, tmp / "naive.tif", device, precision)
+                out.setdefault("naive", []).append(
+                    {"arch": arch, "precision": precision, "seconds": round(n, 2),
+                     "mpx_s": round(mpx / n, 2)})
+                log(naive=out["naive"][-1])
+    write_results(out, args)
+
+
+def write_results(out: dict[str, Any], args: argparse.Namespace) -> None:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    machine = f"{platform.node()} {platform.machine()}, {os.cpu_count()} CPU, {gpu}"
+    out.update(machine=machine, torch=torch.__version__)
+    RESULTS.mkdir(exist_ok=True)
+    name = "gpu-quick" if args.quick else "gpu"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    c = out["cpu_stage"]
+    naive = {(n["arch"], n["precision"]): n["mpx_s"] for n in out.get("naive", [])}
+    lines = [
+        f"Machine: {machine}; torch {out['torch']}; device {out['device']}; scene "
+        f"{out['scene_px']}² 4-band uint16 DEFLATE tiled (512), synthetic; ResNet-34 random "
+        f"init, halo {HALO}, block 4096, channels-last; geoseg on the local cluster `geoseg run` "
+        "starts (one worker per GPU, 4 threads).",
+        "",
+        f"CPU-stage limit (a near-free model, same path): predict to COG {c['predict_mpx_s']} "
+        f"Mpx/s (GPU busy {c['gpu_busy_pct']} %); vectorizing on {out['cores']} 1-thread "
+        f"workers {c['vectorize_mpx_s']} Mpx/s.",
+        "",
+        "| arch | precision | tile | batch | gpu_tasks | ceiling model Mpx/s | ceiling scene "
+        "Mpx/s | geoseg Mpx/s | vs ceiling | vs CPU-stage limit | GPU busy % | naive Mpx/s | "
+        "vs naive |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out["rows"]:
+        nv = naive.get((r["arch"], r["precision"]))
+        lines.append(
+            f"| {r['arch']} | {r['precision']} | {r['tile']} | {r['batch']} | {r['gpu_tasks']} | "
+            f"{r['ceiling_model_mpx_s']} | {r['ceiling_scene_mpx_s']} | {r['geoseg_mpx_s']} | "
+            f"{r['geoseg_over_ceiling']} | {r['geoseg_over_cpu_limit']} | {r['gpu_busy_pct']} | "
+            f"{nv} | {round(r['geoseg_mpx_s'] / nv, 2) if nv else ''} |")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
