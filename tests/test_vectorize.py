@@ -262,7 +262,11 @@ def test_gpkg_is_version_1_2_with_spatial_index_and_qgis_style(layers):
 
 
 def normalized(geoms) -> list[bytes]:
-    return sorted(shapely.to_wkb(shapely.normalize(np.asarray(geoms, dtype=object))))
+    """Geometries (shapely or WKB) as sorted WKB of their normal form."""
+    geoms = np.asarray(geoms, dtype=object)
+    if len(geoms) and isinstance(geoms[0], bytes):
+        geoms = shapely.from_wkb(geoms)
+    return sorted(shapely.to_wkb(shapely.normalize(geoms)))
 
 
 @pytest.mark.slow
@@ -270,6 +274,7 @@ def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
     """Blocks on two worker processes, and every region cut by a block border dissolved by a
     worker (the threshold for doing that is lowered to 0 bytes): the same polygons."""
     from distributed import Client, LocalCluster, get_task_stream
+
     from geoseg.vectorize import join
 
     data = coherent_mask(seed=7)

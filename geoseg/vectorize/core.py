@@ -69,7 +69,9 @@ def _remote_dissolve(client: Any, policy: TaskPolicy | None, block_size: int, in
         if policy else TaskPolicy()
 
     def remote(wkb: Any) -> tuple[bytes, bool]:
-        future = client.submit(dissolve_region, wkb, block_size, info, connectivity,
+        # scattered, not embedded in the task graph: no graph serialization copies of the pieces
+        pieces = client.scatter(np.asarray(wkb, dtype=object), hash=False)
+        future = client.submit(dissolve_region, pieces, block_size, info, connectivity,
                                pure=False, retries=policy.retries)
         for _, result in as_finished(client, [future], policy, "region dissolve"):
             return result

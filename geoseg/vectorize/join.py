@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geoseg.gpkg import multipolygon_wkb
 from geoseg.vectorize.blocks import to_crs
 from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import dissolve
@@ -30,7 +31,8 @@ __all__ = ["REMOTE_DISSOLVE_BYTES", "BorderJoin", "RemoteDissolve", "dissolve_re
 #: 16384² scene had 2.4 M vertices (38 MB of WKB) and added 326 MB to the client's peak.
 REMOTE_DISSOLVE_BYTES = 4 * 2**20
 
-#: ``remote(pieces WKB) -> (dissolved WKB in the CRS, GEOS fallback used)``, run on a worker.
+#: ``remote(pieces WKB) -> (dissolved MultiPolygon WKB in the CRS, GEOS fallback used)``, run
+#: on a worker.
 RemoteDissolve = Callable[[Sequence[bytes]], tuple[bytes, bool]]
 
 #: neighbour directions (row step, column step), bit i of a piece's ``need`` mask
@@ -132,7 +134,8 @@ class BorderJoin:
 
     def ready(self, final: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dissolve the regions whose pieces can no longer grow: ``(class, geometry, stats)``
-        with geometries in the CRS; everything that is left when ``final``."""
+        with geometries as MultiPolygon WKB in the CRS (what :class:`geoseg.gpkg.GpkgWriter`
+        takes); everything that is left when ``final``."""
         empty = (np.empty(0, np.uint8), np.empty(0, object), np.empty((0, 4)))
         if not self.held:
             return empty
@@ -195,10 +198,11 @@ class BorderJoin:
             merged[multi] = joined
         del pieces
         out = np.empty(len(starts), dtype=object)
-        out[~far] = to_crs(merged[~far], self.info, self.connectivity)
+        if (~far).any():
+            out[~far] = multipolygon_wkb(to_crs(merged[~far], self.info, self.connectivity))
+        del merged
         for j in np.flatnonzero(far):
-            geom, fell_back = self.remote(list(wkb[group == j]))  # type: ignore[misc]
-            out[j] = shapely.from_wkb(geom)
+            out[j], fell_back = self.remote(list(wkb[group == j]))  # type: ignore[misc]
             self.fallbacks += int(fell_back)
             self.remote_regions += 1
         gstats = np.add.reduceat(stats[order], starts, axis=0)
@@ -209,13 +213,14 @@ def dissolve_region(wkb: Sequence[bytes], block_size: int, info: MaskInfo, conne
                     ) -> tuple[bytes, bool]:
     """Dissolve the pixel-space pieces of one region (WKB) into one geometry in the CRS.
 
-    Returns ``(WKB, fallback)``: ``fallback`` when the pieces needed a GEOS union (several
-    shells, only with 8-connectivity). Runs as a Dask task for :class:`BorderJoin`'s ``remote``.
+    Returns ``(MultiPolygon WKB, fallback)``: ``fallback`` when the pieces needed a GEOS union
+    (several shells, only with 8-connectivity). Runs as a Dask task for :class:`BorderJoin`'s
+    ``remote``.
     """
     import shapely
 
     pieces = shapely.from_wkb(np.asarray(wkb, dtype=object))
     joined, fallback = dissolve(pieces, np.zeros(len(pieces), np.int64), 1, block_size)
     geom = shapely.simplify(shapely.union_all(pieces), 0.0) if fallback[0] else joined[0]
-    return shapely.to_wkb(to_crs(np.array([geom], dtype=object), info, connectivity)[0]), \
-        bool(fallback[0])
+    crs_geom = to_crs(np.array([geom], dtype=object), info, connectivity)
+    return multipolygon_wkb(crs_geom)[0], bool(fallback[0])
