@@ -37,9 +37,9 @@ __all__ = [
     "local_worker_layout",
     "parse_walltime",
     "task_policy",
-    "worker_resources",
     "torch_threads",
     "worker_lifetime",
+    "worker_resources",
 ]
 
 log = logging.getLogger(__name__)

@@ -18,11 +18,13 @@ from geoseg.cli.render import console, progress_bar
               help="Mask to write (Cloud-Optimized GeoTIFF, uint8 class ids, 255 = nodata).")
 @click.option("-c", "--config", "config_path", type=click.Path(exists=True, path_type=Path),
               help="YAML config (see configs/); options given here override it.")
-@click.option("--tile-size", type=int, help="Model input tile side, px [at least 1024 and 4 × halo; "
-              "DeepLabV3+ etc.: the bundle's].")
+@click.option("--tile-size", type=int,
+              help="Model input tile side, px [≥ 1024 and 4 × halo; DeepLabV3+ etc.: the "
+                   "bundle's].")
 @click.option("--halo", type=int, help="Context px per tile side, dropped after prediction [bundle's].")
 @click.option("--block-size", type=int, help="Dask block side, px; sets memory per task [2048].")
-@click.option("--batch-size", type=int, help="Tiles per forward pass [about 1 Mpx: 1 tile of 1024², 4 of 512²].")
+@click.option("--batch-size", type=int,
+              help="Tiles per forward pass [about 1 Mpx: 1 of 1024², 4 of 512²].")
 @click.option("--stitch", type=click.Choice(["trim", "blend"]), help="Halo trimming or cosine-weighted blending [trim].")
 @click.option("--device", help="auto, cpu, cuda, cuda:N [auto].")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), help="Autocast on CUDA [fp32].")

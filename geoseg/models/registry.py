@@ -18,8 +18,8 @@ __all__ = [
     "NON_LOCAL_ARCHITECTURES",
     "RECOMMENDED_HALO",
     "build_model",
-    "model_align",
     "inference_tile_size",
+    "model_align",
     "recommended_halo",
 ]
 
