@@ -7,6 +7,7 @@ never introduce seams (no per-tile statistics, no guessing of scales from pixel 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,7 +15,10 @@ from geoseg.errors import SceneError
 from geoseg.models.bundle import BandSpec
 from geoseg.scene import BandRef
 
-__all__ = ["band_statistics", "normalize"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["band_statistics", "normalize", "normalize_batch"]
 
 
 def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> np.ndarray:
@@ -37,6 +41,34 @@ def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> 
     out *= scale
     np.copyto(out, np.float32(0), where=~valid[None, :, :])  # also clears NaN/inf
     return out
+
+
+def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec],
+                    device: torch.device | str) -> torch.Tensor:
+    """:func:`normalize` for a batch of tiles, on ``device``: the raw pixels travel in their own
+    dtype (uint16: half the bytes of float32) and are scaled there, with the same float32
+    arithmetic, so the result is the same to the bit.
+
+    Args:
+        raw: ``(N, C, h, w)`` pixels in the scene's dtype.
+        valid: ``(N, h, w)`` bool.
+        bands: the bundle's band specs, ``C`` of them.
+        device: where the model runs.
+
+    Returns:
+        ``(N, C, h, w)`` float32 tensor on ``device``; 0 where not valid.
+    """
+    import torch
+
+    if raw.ndim != 4 or raw.shape[1] != len(bands):
+        raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
+    mean = torch.tensor([b.mean for b in bands], dtype=torch.float32, device=device)
+    scale = torch.tensor([1.0 / b.std for b in bands], dtype=torch.float32, device=device)
+    x = torch.from_numpy(raw).to(device, non_blocking=True).to(torch.float32)
+    x -= mean[None, :, None, None]
+    x *= scale[None, :, None, None]
+    invalid = ~torch.from_numpy(valid).to(device, non_blocking=True)
+    return x.masked_fill_(invalid[:, None], 0.0)  # also clears NaN/inf
 
 
 def band_statistics(

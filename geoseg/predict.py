@@ -191,11 +191,16 @@ def _blend_weights(tile: Tile, halo: int) -> np.ndarray:
     return rows[:, None] * cols[None, :]
 
 
-def _forward(loaded: _Loaded, ref: ModelRef, batch: np.ndarray) -> torch.Tensor:
-    """Logits ``(N, K, H, W)`` float32 on the model's device for a ``(N, C, H, W)`` batch."""
+def _forward(loaded: _Loaded, job: BlockJob, raw: np.ndarray, valid: np.ndarray
+             ) -> torch.Tensor:
+    """Logits ``(N, K, H, W)`` float32 on the model's device for a ``(N, C, H, W)`` batch of raw
+    pixels (``valid``: ``(N, H, W)`` bool), normalized on that device."""
     import torch
 
-    x = torch.from_numpy(batch).to(loaded.device, non_blocking=True)
+    from geoseg.normalize import normalize_batch
+
+    ref = job.model
+    x = normalize_batch(raw, valid, job.stats, loaded.device)
     if ref.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
@@ -252,17 +257,13 @@ def predict_block(block: Block, job: BlockJob) -> np.ndarray:
     core_in_read = block.core.relative_to(block.read).slices()
     if not valid[core_in_read].any():
         return out
-    from geoseg.normalize import normalize
-
-    x = normalize(raw, valid, job.stats)
-    del raw
     if job.blend:
         import torch
 
-        probs = _predict_blended(block, job, x, valid)[(slice(None), *core_in_read)]
+        probs = _predict_blended(block, job, raw, valid)[(slice(None), *core_in_read)]
         out[:] = _encode(torch.from_numpy(np.ascontiguousarray(probs))[None], spec, True)[0]
     else:
-        _predict_trimmed(block, job, x, valid, out)
+        _predict_trimmed(block, job, raw, valid, out)
     out[:, ~valid[core_in_read]] = NODATA
     return out
 
@@ -276,25 +277,29 @@ def _live_tiles(block: Block, valid: np.ndarray, region: str) -> list[Tile]:
     return keep
 
 
-def _stack(x: np.ndarray, block: Block, batch: list[Tile]) -> np.ndarray:
-    return np.stack([x[(slice(None), *t.window.relative_to(block.read).slices())] for t in batch])
+def _stack(a: np.ndarray, block: Block, batch: list[Tile]) -> np.ndarray:
+    """The batch's tile windows cut from ``a`` (``(..., H, W)`` over the block's read window),
+    stacked: ``(N, ..., h, w)``."""
+    return np.stack([a[(..., *t.window.relative_to(block.read).slices())] for t in batch])
 
 
 def _predict_trimmed(
-    block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarray, out: np.ndarray
+    block: Block, job: BlockJob, raw: np.ndarray, valid: np.ndarray, out: np.ndarray
 ) -> None:
     """Halo trimming: each output pixel comes from the one tile whose core holds it."""
     loaded = get_model(job.model)
     spec = job.outputs
     for batch in _batches(_live_tiles(block, valid, "core"), job.batch_size):
-        encoded = _encode(_forward(loaded, job.model, _stack(x, block, batch)), spec, False)
+        logits = _forward(loaded, job, _stack(raw, block, batch), _stack(valid, block, batch))
+        encoded = _encode(logits, spec, False)
         for n, tile in enumerate(batch):
             src = tile.core.relative_to(tile.window).slices()
             dst = tile.core.relative_to(block.core).slices()
             out[(slice(None), *dst)] = encoded[(n, slice(None), *src)]
 
 
-def _predict_blended(block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def _predict_blended(block: Block, job: BlockJob, raw: np.ndarray, valid: np.ndarray
+                     ) -> np.ndarray:
     """Weighted blending: softmax probabilities of every overlapping tile, cosine-weighted.
 
     Returns ``(K, H, W)`` float32 blended probabilities over the block's read window.
@@ -306,7 +311,8 @@ def _predict_blended(block: Block, job: BlockJob, x: np.ndarray, valid: np.ndarr
     acc = np.zeros((k, *block.read.shape), dtype=np.float32)
     wsum = np.zeros(block.read.shape, dtype=np.float32)
     for batch in _batches(_live_tiles(block, valid, "window"), job.batch_size):
-        probs = _forward(loaded, job.model, _stack(x, block, batch)).softmax(dim=1)
+        logits = _forward(loaded, job, _stack(raw, block, batch), _stack(valid, block, batch))
+        probs = logits.softmax(dim=1)
         for n, tile in enumerate(batch):
             w = _blend_weights(tile, job.halo)
             dst = tile.window.relative_to(block.read).slices()

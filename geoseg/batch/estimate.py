@@ -60,7 +60,9 @@ def worker_peak_bytes(bundle: Bundle, grid: SceneGrid, batch_size: int, n_bands:
     tile = grid.lattice.tile_size
     read = grid.block_size + 2 * grid.lattice.halo
     n_classes = len(bundle.meta.classes)
-    buffers = n_bands * read * read * (itemsize + 4) + outputs * grid.block_size ** 2
+    # the block's raw pixels and validity; tiles are normalized per batch (float32)
+    buffers = read * read * (n_bands * itemsize + 1) + outputs * grid.block_size ** 2
+    buffers += 2 * batch_size * n_bands * tile * tile * 4
     if blend:
         buffers += (n_classes + 1) * read * read * 4
     activations = 3 * batch_size * per_px * tile * tile
