@@ -240,8 +240,9 @@ def write_results(out: dict[str, Any], name: str) -> None:
     big = max(out["rows"], key=lambda r: r["largest_polygon"]["vertices"])
     lines += ["", f"Largest polygon (computed): {big['largest_polygon']['vertices']} vertices, "
               f"{big['largest_polygon']['wkb_mb']} MB of WKB ({big['model']}, {big['size']}²): "
-              "one region touching every block is dissolved by the client when its last block "
-              "is done."]
+              "one region touching every block. Its pieces wait in the client until its last "
+              "block is done; a worker dissolves them (regions over 4 MB of pieces) and the "
+              "client writes the result."]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 

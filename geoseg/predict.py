@@ -312,12 +312,13 @@ def _predict_blended(block: Block, job: BlockJob, raw: np.ndarray, valid: np.nda
     wsum = np.zeros(block.read.shape, dtype=np.float32)
     for batch in _batches(_live_tiles(block, valid, "window"), job.batch_size):
         logits = _forward(loaded, job, _stack(raw, block, batch), _stack(valid, block, batch))
-        probs = logits.softmax(dim=1)
+        weights = np.stack([_blend_weights(tile, job.halo) for tile in batch])
+        w = torch.from_numpy(weights).to(logits.device)[:, None]
+        weighted = (logits.softmax(dim=1) * w).cpu().numpy()  # one copy back per batch
         for n, tile in enumerate(batch):
-            w = _blend_weights(tile, job.halo)
             dst = tile.window.relative_to(block.read).slices()
-            acc[(slice(None), *dst)] += (probs[n] * torch.from_numpy(w).to(probs.device)).cpu().numpy()
-            wsum[dst] += w
+            acc[(slice(None), *dst)] += weighted[n]
+            wsum[dst] += weights[n]
     np.maximum(wsum, np.float32(1e-12), out=wsum)
     acc /= wsum[None]
     return acc
