@@ -64,7 +64,10 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
         raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
     mean = torch.tensor([b.mean for b in bands], dtype=torch.float32, device=device)
     scale = torch.tensor([1.0 / b.std for b in bands], dtype=torch.float32, device=device)
-    x = torch.from_numpy(raw).to(device, non_blocking=True).to(torch.float32)
+    src = torch.from_numpy(raw)
+    x = src.to(device, non_blocking=True).to(torch.float32)
+    if x.data_ptr() == src.data_ptr():  # float32 already on the CPU: never scale the caller's
+        x = x.clone()
     x -= mean[None, :, None, None]
     x *= scale[None, :, None, None]
     invalid = ~torch.from_numpy(valid).to(device, non_blocking=True)

@@ -28,7 +28,9 @@ def _batch(dtype: str) -> tuple[np.ndarray, np.ndarray]:
 def test_batch_normalization_is_bit_identical(dtype: str, device: str) -> None:
     raw, valid = _batch(dtype)
     expected = np.stack([normalize(raw[n], valid[n], BANDS) for n in range(len(raw))])
+    before = raw.copy()
     got = normalize_batch(raw, valid, BANDS, device)
+    assert np.array_equal(raw, before, equal_nan=True)  # the input is left alone
     assert got.dtype == torch.float32 and got.device.type == device
     assert np.array_equal(got.cpu().numpy(), expected)
     assert (got.cpu().numpy()[np.broadcast_to(~valid[:, None], raw.shape)] == 0).all()
