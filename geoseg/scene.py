@@ -355,8 +355,12 @@ def _masks_from_pixels(ds: Any, indexes: list[int], pixels: np.ndarray) -> np.nd
     flags = [ds.mask_flag_enums[i - 1] for i in indexes]
     if not all(f in ([MaskFlags.all_valid], [MaskFlags.nodata]) for f in flags):
         return None
+    nodata = [ds.nodatavals[i - 1] for i in indexes]
+    if any(f == [MaskFlags.nodata] and not float(v).is_integer() for f, v in zip(
+            flags, nodata, strict=True)):
+        return None  # GDAL truncates a fractional nodata value on integer bands
     masks = np.ones(pixels.shape, dtype=bool)
-    for k, (i, f) in enumerate(zip(indexes, flags, strict=True)):
+    for k, (f, v) in enumerate(zip(flags, nodata, strict=True)):
         if f == [MaskFlags.nodata]:
-            np.not_equal(pixels[k], ds.nodatavals[i - 1], out=masks[k])
+            np.not_equal(pixels[k], v, out=masks[k])
     return masks

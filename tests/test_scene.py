@@ -117,3 +117,19 @@ def test_internal_mask_masks_pixels(tmp_path: Path) -> None:
     scene = open_scene(path)
     _, valid = read_window(scene.bands, Window(0, 0, 16, 16), 16, 16)
     assert not valid[:4].any() and valid[4:].all()
+
+
+def test_fractional_nodata_on_integer_band_masks_like_gdal(tmp_path: Path) -> None:
+    """GDAL truncates a fractional nodata value on integer bands (3.7 masks the value 3)."""
+    data = np.full((1, 8, 8), 5, dtype="uint8")
+    data[0, 2, :] = 3
+    path = tmp_path / "frac.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8",
+                       crs="EPSG:4326", transform=from_origin(10, 50, 0.001, 0.001),
+                       nodata=3.7) as dst:
+        dst.write(data)
+    with rasterio.open(path) as src:
+        gdal = src.read_masks(1) != 0
+    scene = open_scene(path)
+    _, valid = read_window(scene.bands, Window(0, 0, 8, 8), 8, 8)
+    assert np.array_equal(valid, gdal) and not valid[2].any() and valid[3:].all()
