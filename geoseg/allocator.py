@@ -119,13 +119,18 @@ def release_free_memory() -> str:
         what was released: ``"jemalloc"`` (every arena purged), ``"glibc"`` (``malloc_trim``)
         or ``"none"``.
     """
-    if preloaded_jemalloc():
-        mallctl = ctypes.CDLL(None).mallctl
-        mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_size_t]
-        mallctl.restype = ctypes.c_int
-        if mallctl(_PURGE_ALL, None, None, None, 0) == 0:
-            return "jemalloc"
+    library = preloaded_jemalloc()
+    if library:
+        try:
+            mallctl = ctypes.CDLL(library).mallctl
+        except (OSError, AttributeError):  # a jemalloc without the unprefixed API
+            mallctl = None
+        if mallctl is not None:
+            mallctl.argtypes = [ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
+                                ctypes.c_void_p, ctypes.c_size_t]
+            mallctl.restype = ctypes.c_int
+            if mallctl(_PURGE_ALL, None, None, None, 0) == 0:
+                return "jemalloc"
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
