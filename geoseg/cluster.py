@@ -125,8 +125,8 @@ def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
     """
     if cfg.resources:
         resources = dict(cfg.resources)
-    elif gpu_workers:
-        resources = {k: v / cfg.gpu_tasks for k, v in GPU_RESOURCE.items()}
+    elif gpu_workers:  # a hair under 1/k, so that k of them always fit in float arithmetic
+        resources = {k: v / cfg.gpu_tasks - 1e-9 for k, v in GPU_RESOURCE.items()}
     else:
         resources = {}
     return TaskPolicy(resources, cfg.retries, cfg.stall_timeout)

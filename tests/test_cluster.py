@@ -99,8 +99,17 @@ def test_cluster_typo_names_the_field() -> None:
 
 def test_policy_defaults() -> None:
     assert task_policy(ClusterConfig()).resources == {}
-    assert task_policy(ClusterConfig(), gpu_workers=True).resources == {"GPU": 0.5}  # 2 a GPU
-    assert task_policy(ClusterConfig(gpu_tasks=1), gpu_workers=True).resources == GPU
+    assert task_policy(ClusterConfig(), gpu_workers=True).resources == {
+        "GPU": pytest.approx(0.5)}  # two tasks a GPU
+    assert task_policy(ClusterConfig(gpu_tasks=1), gpu_workers=True).resources == {
+        "GPU": pytest.approx(1.0)}
+    for k in range(1, 17):  # a worker offering GPU=1 fits exactly k tasks (Dask's arithmetic)
+        need = task_policy(ClusterConfig(gpu_tasks=k), gpu_workers=True).resources["GPU"]
+        free = 1.0
+        for _ in range(k):
+            assert free >= need, k
+            free -= need
+        assert free < need, k
     assert task_policy(ClusterConfig(resources={"GPU": 2})).resources == {"GPU": 2}
 
 
