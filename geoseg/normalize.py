@@ -6,6 +6,7 @@ never introduce seams (no per-tile statistics, no guessing of scales from pixel 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,17 @@ def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> 
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _affine(stats: tuple[tuple[float, float], ...], device: str) -> tuple[torch.Tensor, ...]:
+    """Per-band mean and 1/std as float32 tensors on ``device``, made once: a fresh copy to a
+    GPU on every batch would wait for the work already queued there."""
+    import torch
+
+    mean = torch.tensor([m for m, _ in stats], dtype=torch.float32, device=device)
+    scale = torch.tensor([1.0 / s for _, s in stats], dtype=torch.float32, device=device)
+    return mean, scale
+
+
 def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec],
                     device: torch.device | str) -> torch.Tensor:
     """:func:`normalize` for a batch of tiles, on ``device``: the raw pixels travel in their own
@@ -62,8 +74,7 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
 
     if raw.ndim != 4 or raw.shape[1] != len(bands):
         raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
-    mean = torch.tensor([b.mean for b in bands], dtype=torch.float32, device=device)
-    scale = torch.tensor([1.0 / b.std for b in bands], dtype=torch.float32, device=device)
+    mean, scale = _affine(tuple((b.mean, b.std) for b in bands), str(device))
     src = torch.from_numpy(raw)
     x = src.to(device, non_blocking=True).to(torch.float32)
     if x.data_ptr() == src.data_ptr():  # float32 already on the CPU: never scale the caller's
