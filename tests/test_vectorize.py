@@ -331,14 +331,23 @@ def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn, mo
     def remote(wkb):
         return dissolve_region(wkb, 100, info, conn)
 
+    def lost(wkb):
+        raise ConnectionError("the worker went away")
+
+    def with_remote(fn):
+        join = BorderJoin(len(wins) // ncols, ncols, conn, info, 100, fn)
+        geoms = []
+        for r in results:
+            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
+            geoms += list(join.ready()[1])
+        geoms += list(join.ready(final=True)[1])
+        return join, normalized(geoms)
+
     monkeypatch.setattr(join_module, "REMOTE_DISSOLVE_BYTES", 2000)
-    join = BorderJoin(len(wins) // ncols, ncols, conn, info, 100, remote)
-    geoms = []
-    for r in results:
-        join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
-        geoms += list(join.ready()[1])
-    geoms += list(join.ready(final=True)[1])
-    assert join.remote_regions > 5 and normalized(geoms) == in_order
+    join, geoms = with_remote(remote)
+    assert join.remote_regions > 5 and geoms == in_order
+    join, geoms = with_remote(lost)  # a failed remote dissolve is done here instead
+    assert join.remote_regions == 0 and geoms == in_order
 
 
 def test_a_cluster_with_no_running_worker_fails_the_stage_instead_of_hanging(mask_path, tmp_path):

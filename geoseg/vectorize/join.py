@@ -12,6 +12,7 @@ pair (and across block corners with 8-connectivity).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from geoseg.vectorize.rings import dissolve
 from geoseg.vectorize.seams import components
 
 __all__ = ["REMOTE_DISSOLVE_BYTES", "BorderJoin", "RemoteDissolve", "dissolve_region"]
+
+log = logging.getLogger(__name__)
 
 #: A region whose held pieces add up to more WKB than this (bytes; 16 bytes a vertex) is
 #: dissolved by a worker when :class:`BorderJoin` has a ``remote``: the dissolve's transient
@@ -202,9 +205,16 @@ class BorderJoin:
             out[~far] = multipolygon_wkb(to_crs(merged[~far], self.info, self.connectivity))
         del merged
         for j in np.flatnonzero(far):
-            out[j], fell_back = self.remote(list(wkb[group == j]))  # type: ignore[misc]
+            pieces_j = list(wkb[group == j])
+            try:
+                out[j], fell_back = self.remote(pieces_j)  # type: ignore[misc]
+                self.remote_regions += 1
+            except Exception as exc:  # noqa: BLE001 - the cluster failed it: do it here
+                log.warning("dissolving a region of %d pieces on a worker failed (%s); "
+                            "dissolving it in this process", len(pieces_j), exc)
+                out[j], fell_back = dissolve_region(pieces_j, self.block_size, self.info,
+                                                    self.connectivity)
             self.fallbacks += int(fell_back)
-            self.remote_regions += 1
         gstats = np.add.reduceat(stats[order], starts, axis=0)
         return cls[order[starts]], out, gstats
 
