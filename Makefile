@@ -46,7 +46,7 @@ bench-vectorize: install
 bench-memory: install
 	$(PY) -m benchmarks.memory
 
-# one GPU and its node's cores: U-Net and DeepLabV3+ ResNet-34, bf16/fp16 (about 8 min on an H100)
+# one GPU and its node's cores: U-Net and DeepLabV3+ ResNet-34, bf16/fp16 (never run on a GPU yet)
 bench-gpu: install
 	$(PY) -m benchmarks.gpu
 
