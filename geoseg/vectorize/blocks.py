@@ -204,8 +204,9 @@ def block_windows(height: int, width: int, size: int) -> tuple[list[Window], int
     return wins, len(cols)
 
 
-def run_blocks(fn: Callable[[BlockTask], dict[str, Any]], tasks: list[BlockTask],
-               client: Any, policy: TaskPolicy | None = None) -> Iterator[dict[str, Any]]:
+def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
+               policy: TaskPolicy | None = None, what: str = "vectorize block"
+               ) -> Iterator[Any]:
     """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here.
 
     On a cluster the tasks get ``policy``'s retries and stall timeout (a paused or missing
@@ -219,5 +220,5 @@ def run_blocks(fn: Callable[[BlockTask], dict[str, Any]], tasks: list[BlockTask]
     policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
         if policy else TaskPolicy()
     futures = [client.submit(fn, t, pure=False, retries=policy.retries) for t in tasks]
-    for _, result in as_finished(client, futures, policy, "vectorize block"):
+    for _, result in as_finished(client, futures, policy, what):
         yield result

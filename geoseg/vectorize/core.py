@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -63,19 +64,13 @@ def _remote_dissolve(client: Any, policy: TaskPolicy | None, block_size: int, in
                      connectivity: int) -> RemoteDissolve:
     """Dissolve one large region as a Dask task (with the block tasks' retries and stall
     timeout), so that its transient arrays stay out of the client."""
-    from geoseg.stitch import TaskPolicy, as_finished
-
-    policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
-        if policy else TaskPolicy()
+    task = functools.partial(dissolve_region, block_size=block_size, info=info,
+                             connectivity=connectivity)
 
     def remote(wkb: Any) -> tuple[bytes, bool]:
         # scattered, not embedded in the task graph: no graph serialization copies of the pieces
         pieces = client.scatter(np.asarray(wkb, dtype=object), hash=False)
-        future = client.submit(dissolve_region, pieces, block_size, info, connectivity,
-                               pure=False, retries=policy.retries)
-        for _, result in as_finished(client, [future], policy, "region dissolve"):
-            return result
-        raise AssertionError("unreachable: as_finished yields every future")
+        return next(run_blocks(task, [pieces], client, policy, "region dissolve"))
 
     return remote
 
