@@ -38,22 +38,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.memory import write_scene
-from benchmarks.throughput import tile_stats
+from benchmarks.throughput import autocast, make_bundle, naive, tile_stats
 
 RESULTS = Path(__file__).parent / "results"
 TILE, HALO = 512, 128
 CORES = len(os.sched_getaffinity(0))
-
-
-def make_bundle(path: Path, arch: str, encoder: str = "resnet34", **arch_kwargs: Any) -> None:
-    from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
-
-    init_bundle(path, arch=arch, encoder=encoder, arch_kwargs=arch_kwargs or None,
-                bands=tuple(BandSpec(name=f"b{i}", mean=1000, std=300) for i in range(4)),
-                input_dtype="uint16",
-                classes=tuple(ClassSpec(id=i, name=f"c{i}", color=(40 * i, 0, 0))
-                              for i in range(6)),
-                tile_size=TILE, halo=HALO)
 
 
 #: Block side, px: 16 blocks on the 8192² scene, so that ``gpu_tasks`` tasks have blocks to
@@ -87,10 +76,7 @@ def ceiling(bundle: Path, device: str, precision: str, tile: int, batch: int,
     model = model.to(memory_format=torch.channels_last)
     x = torch.randn(batch, 4, tile, tile, device=device).contiguous(
         memory_format=torch.channels_last)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    auto = torch.autocast("cuda", dtype=dtype) if dtype and device != "cpu" else \
-        torch.autocast("cpu", enabled=False)
-    with torch.inference_mode(), auto:
+    with torch.inference_mode(), autocast(device, precision):
         for _ in range(3):
             model(x)
         _sync(device)
@@ -163,41 +149,6 @@ def geoseg_run(scene: Path, bundle: Path, out: Path, device: str, precision: str
             seconds = time.perf_counter() - start
     return {"seconds": round(seconds, 2), "gpu_busy_pct": busy.mean, "gpu_tasks": gpu_tasks,
             **tile_stats(plan)}
-
-
-def naive(scene: Path, bundle: Path, out: Path, device: str, precision: str) -> float:
-    """Seconds of the loop anyone would write, at the bundle's tile, batch 1."""
-    import numpy as np
-    import rasterio
-    import torch
-    from rasterio.windows import Window
-
-    from geoseg.models.bundle import load_bundle
-
-    b = load_bundle(bundle)
-    mean = np.array([s.mean for s in b.meta.bands], np.float32)[:, None, None]
-    std = np.array([s.std for s in b.meta.bands], np.float32)[:, None, None]
-    model = b.build().to(device).eval()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    auto = torch.autocast("cuda", dtype=dtype) if dtype and device != "cpu" else \
-        torch.autocast("cpu", enabled=False)
-    core = TILE - 2 * HALO
-    start = time.perf_counter()
-    with rasterio.open(scene) as src:
-        profile = dict(driver="GTiff", width=src.width, height=src.height, count=1,
-                       dtype="uint8", crs=src.crs, transform=src.transform, tiled=True,
-                       blockxsize=512, blockysize=512, compress="deflate", nodata=255)
-        with rasterio.open(out, "w", **profile) as dst, torch.inference_mode(), auto:
-            for row in range(0, src.height, core):
-                for col in range(0, src.width, core):
-                    raw = src.read(window=Window(col - HALO, row - HALO, TILE, TILE),
-                                   boundless=True, fill_value=0)
-                    x = torch.from_numpy((raw.astype(np.float32) - mean) / std)[None]
-                    cls = model(x.to(device)).argmax(1)[0].to(torch.uint8).cpu().numpy()
-                    h, w = min(core, src.height - row), min(core, src.width - col)
-                    dst.write(cls[HALO:HALO + h, HALO:HALO + w], 1,
-                              window=Window(col, row, w, h))
-    return time.perf_counter() - start
 
 
 def vectorize_rate(mask: Path, out: Path) -> float:
@@ -277,7 +228,7 @@ def main() -> None:
                             "cpu_stage"][str(g["tile"])]["predict_mpx_s"], 3)
                         out["rows"].append(row)
                         log(**row)
-                n = naive(scene, bundle, tmp / "naive.tif", device, precision)
+                n = naive(scene, bundle, HALO, tmp, TILE, device, precision)
                 out.setdefault("naive", []).append(
                     {"arch": arch, "precision": precision, "seconds": round(n, 2),
                      "mpx_s": round(mpx / n, 2)})

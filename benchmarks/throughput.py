@@ -57,14 +57,26 @@ BUNDLE_TILE = 512
 THREADS = len(os.sched_getaffinity(0))
 
 
-def make_bundle(path: Path) -> None:
+def make_bundle(path: Path, arch: str = "unet", encoder: str = "resnet34",
+                **arch_kwargs: Any) -> None:
+    """A random-init bundle: 4 uint16 bands, 6 classes, tile 512, halo 128."""
     from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
 
-    init_bundle(path, arch="unet", encoder="resnet34",
+    init_bundle(path, arch=arch, encoder=encoder, arch_kwargs=arch_kwargs or None,
                 bands=tuple(BandSpec(name=f"b{i}", mean=1000, std=300) for i in range(4)),
                 input_dtype="uint16",
                 classes=tuple(ClassSpec(id=i, name=f"c{i}", color=(i, i, i)) for i in range(6)),
                 tile_size=BUNDLE_TILE, halo=128)
+
+
+def autocast(device: str, precision: str):
+    """torch autocast for ``precision`` (bf16/fp16) on CUDA; a no-op context otherwise."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None or not device.startswith("cuda"):
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=dtype)
 
 
 def default_tile(halo: int) -> int:
@@ -143,8 +155,10 @@ def geoseg_e2e(scene: Path, bundle: Path, halo: int, block: int, tmp: Path, clie
     return time.perf_counter() - start
 
 
-def naive(scene: Path, bundle: Path, halo: int, tmp: Path, tile: int = BUNDLE_TILE) -> float:
-    """The loop anyone would write, on the lattice of ``tile`` (full tiles, boundless reads)."""
+def naive(scene: Path, bundle: Path, halo: int, tmp: Path, tile: int = BUNDLE_TILE,
+          device: str = "cpu", precision: str = "fp32") -> float:
+    """The loop anyone would write, on the lattice of ``tile`` (full tiles, boundless reads,
+    batch 1), the model on ``device`` under ``precision``'s autocast."""
     import rasterio
     import torch
     from rasterio.windows import Window
@@ -154,7 +168,7 @@ def naive(scene: Path, bundle: Path, halo: int, tmp: Path, tile: int = BUNDLE_TI
     meta = load_bundle(bundle).meta
     mean = np.array([b.mean for b in meta.bands], dtype=np.float32)[:, None, None]
     std = np.array([b.std for b in meta.bands], dtype=np.float32)[:, None, None]
-    model = load_model(bundle)
+    model = load_model(bundle).to(device)
     core = tile - 2 * halo
     start = time.perf_counter()
     with rasterio.open(scene) as src:
@@ -167,8 +181,9 @@ def naive(scene: Path, bundle: Path, halo: int, tmp: Path, tile: int = BUNDLE_TI
                     win = Window(col - halo, row - halo, tile, tile)
                     raw = src.read(window=win, boundless=True, fill_value=0)
                     x = torch.from_numpy((raw.astype(np.float32) - mean) / std)[None]
-                    with torch.inference_mode():
-                        cls = torch.argmax(model(x), dim=1)[0].to(torch.uint8).numpy()
+                    with torch.inference_mode(), autocast(device, precision):
+                        logits = model(x.to(device))
+                    cls = torch.argmax(logits, dim=1)[0].to(torch.uint8).cpu().numpy()
                     h, w = min(core, src.height - row), min(core, src.width - col)
                     dst.write(cls[halo:halo + h, halo:halo + w], 1,
                               window=Window(col, row, w, h))
