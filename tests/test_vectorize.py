@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -271,8 +272,9 @@ def normalized(geoms) -> list[bytes]:
 
 @pytest.mark.slow
 def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
-    """Blocks on two worker processes, and every region cut by a block border dissolved by a
-    worker (the threshold for doing that is lowered to 0 bytes): the same polygons."""
+    """Blocks on two worker processes; every border piece kept on its worker (the threshold
+    lowered to 0 bytes), so every region cut by a block border is dissolved by a worker: the
+    same polygons."""
     from distributed import Client, LocalCluster, get_task_stream
 
     from geoseg.vectorize import join
@@ -280,14 +282,16 @@ def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
     data = coherent_mask(seed=7)
     path = write_mask(tmp_path / "d.tif", data)
     local = vectorize_mask(path, tmp_path / "local.gpkg", block_size=256, min_area_m2=1000)
-    monkeypatch.setattr(join, "REMOTE_DISSOLVE_BYTES", 0)
+    monkeypatch.setattr(join, "REMOTE_DISSOLVE_BYTES", 2**40)  # never for their size alone
+    monkeypatch.setattr(join, "KEEP_PIECE_BYTES", 0)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client, \
             get_task_stream(client) as tasks:
         dist = vectorize_mask(path, tmp_path / "dist.gpkg", block_size=256, min_area_m2=1000,
                               client=client)
     assert dist.n_features == local.n_features and dist.blocks == 16
-    assert sum("dissolve_region" in t["key"] for t in tasks.data) > 10
+    assert sum("_dissolve_task" in t["key"] for t in tasks.data) > 10
+    assert sum("split_border" in t["key"] for t in tasks.data) == 16
     (g1, c1), (g2, c2) = read_layer(local.path), read_layer(dist.path)
     assert normalized(g1) == normalized(g2)
     t = from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
@@ -302,7 +306,7 @@ def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn, mo
     to ``remote`` (on a cluster: a worker) come back the same."""
     from geoseg.vectorize import join as join_module
     from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task
-    from geoseg.vectorize.join import BorderJoin, dissolve_region
+    from geoseg.vectorize.join import BorderJoin, dissolve_kept, split_border
     from geoseg.vectorize.maskinfo import read_mask_info
 
     info = read_mask_info(mask_path)
@@ -328,26 +332,35 @@ def test_blocks_finishing_in_any_order_give_the_same_regions(mask_path, conn, mo
         shuffled, _ = joined(np.random.default_rng(seed).permutation(len(wins)))
         assert shuffled == in_order
 
-    def remote(wkb):
-        return dissolve_region(wkb, 100, info, conn)
+    # handles of kept pieces are the dicts themselves here (on a cluster: Dask futures)
+    def remote(regions):
+        for n, (local, refs) in enumerate(regions):
+            yield n, *dissolve_kept(local, [k for k, _ in refs], [i for _, i in refs], 100,
+                                    info, conn)
 
-    def lost(wkb):
+    def lost(regions):  # one region comes back, then the cluster fails
+        yield from itertools.islice(remote(regions), 1)
         raise ConnectionError("the worker went away")
 
-    def with_remote(fn):
-        join = BorderJoin(len(wins) // ncols, ncols, conn, info, 100, fn)
-        geoms = []
+    def with_remote(fn, keep_bytes):
+        join = BorderJoin(len(wins) // ncols, ncols, conn, info, 100, fn, fetch=lambda k: k)
+        geoms, kept = [], []
         for r in results:
-            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
+            r, k = split_border(r, keep_bytes)
+            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"], k)
+            kept.append(len(k))
             geoms += list(join.ready()[1])
         geoms += list(join.ready(final=True)[1])
-        return join, normalized(geoms)
+        assert not join.kept  # every handle let go once its pieces were dissolved
+        return join, normalized(geoms), sum(kept)
 
     monkeypatch.setattr(join_module, "REMOTE_DISSOLVE_BYTES", 2000)
-    join, geoms = with_remote(remote)
-    assert join.remote_regions > 5 and geoms == in_order
-    join, geoms = with_remote(lost)  # a failed remote dissolve is done here instead
-    assert join.remote_regions == 0 and geoms == in_order
+    for keep_bytes in (2**40, 500):  # no piece kept elsewhere, then some
+        join, geoms, kept = with_remote(remote, keep_bytes)
+        assert join.remote_regions > 5 and geoms == in_order and (kept > 5) == (keep_bytes == 500)
+        n_remote = join.remote_regions
+        join, geoms, _ = with_remote(lost, keep_bytes)  # what failed is dissolved here instead
+        assert 0 < join.remote_regions < n_remote and geoms == in_order
 
 
 def test_a_cluster_with_no_running_worker_fails_the_stage_instead_of_hanging(mask_path, tmp_path):

@@ -5,11 +5,14 @@ window, labels the connected regions of each class (``scipy.ndimage.label``, 4- 
 nodata never labelled), polygonizes the *label* raster with ``rasterio.features.shapes`` and
 computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions that
 do not touch an inner block border are finished features and stream to the writer; pieces that
-touch one go back to the client (:mod:`geoseg.vectorize.join`). As blocks finish, the client
+touch one go back to the client (:mod:`geoseg.vectorize.join`), except, on a cluster, pieces over
+64 KiB of WKB: those stay on their worker and only their size travels. As blocks finish, the client
 pairs the labels on both sides of each seam (and across block corners with 8-connectivity),
 and as soon as no unfinished block can extend a region, dissolves its pieces into one polygon
 (:func:`geoseg.vectorize.rings.dissolve`: pieces meet only on seams, so the union is edge
-cancellation and relinking in numpy, no GEOS overlay) and lets it go. The layer thus has exactly
+cancellation and relinking in numpy, no GEOS overlay) and lets it go. Large regions (over 4 MiB
+of pieces, or with a piece kept on a worker) are dissolved by a worker, which fetches the kept
+pieces from the others. The layer thus has exactly
 one (multi)polygon per connected region of a class, as if the whole mask had been polygonized at
 once, and the client holds about two block rows of border pieces plus the regions that really
 span many blocks.

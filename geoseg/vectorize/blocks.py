@@ -7,6 +7,7 @@ edges are bit-identical between neighbouring blocks), mapped to the CRS only whe
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -115,7 +116,14 @@ def sieve_stats_task(task: BlockTask) -> dict[str, Any]:
 
 
 def polygonize_task(task: BlockTask) -> dict[str, Any]:
-    """Polygonize one block: finished features, and the pieces touching inner block borders."""
+    """Polygonize one block: finished features, and the pieces touching inner block borders.
+
+    Returns a dict: ``index``; ``n`` regions; ``cls`` uint8 ``(n+1,)`` class per local label;
+    ``edges`` (local labels along top, bottom, left, right); ``done`` = finished features
+    ``(classes, MultiPolygon WKB in the CRS, stats (k, 4))``; ``border`` = pieces touching an
+    inner border ``(local ids, classes, pixel-space WKB, stats (k, 4), WKB sizes in bytes)``.
+    Stats are pixels, area m², confidence sum, confidence count (float64).
+    """
     import rasterio.features
     import shapely
     from rasterio.transform import Affine
@@ -155,11 +163,12 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     done = np.flatnonzero(~border)[1:] if n else np.empty(0, np.int64)
     ids = np.flatnonzero(border)
     stats = np.stack([counts, area, conf_sum, conf_n], 1)
+    wkb = shapely.to_wkb(geoms[ids]) if len(ids) else np.empty(0, object)
     return dict(
         index=task.index, edges=(top, bottom, left, right), n=n, cls=cls,
         done=(cls[done], multipolygon_wkb(to_crs(geoms[done], info, task.connectivity)),
               stats[done]),
-        border=(ids, cls[ids], shapely.to_wkb(geoms[ids]) if len(ids) else [], stats[ids]),
+        border=(ids, cls[ids], wkb, stats[ids], np.fromiter(map(len, wkb), np.int64, len(wkb))),
     )
 
 
@@ -205,12 +214,16 @@ def block_windows(height: int, width: int, size: int) -> tuple[list[Window], int
 
 
 def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
-               policy: TaskPolicy | None = None, what: str = "vectorize block"
-               ) -> Iterator[Any]:
+               policy: TaskPolicy | None = None, what: str = "vectorize block",
+               split: Callable[[Any], tuple[Any, Any]] | None = None) -> Iterator[Any]:
     """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here.
 
     On a cluster the tasks get ``policy``'s retries and stall timeout (a paused or missing
     worker fails the run instead of hanging it), not its resources: vectorizing needs no GPU.
+
+    ``split`` (cluster only): ``result -> (sent, kept)``, run on the worker; then only ``sent``
+    comes here and ``(sent, future of kept)`` is yielded: ``kept`` stays on the worker until
+    the caller drops that future (a worker that dies meanwhile has it recomputed).
     """
     if client is None:
         yield from map(fn, tasks)
@@ -220,5 +233,14 @@ def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
     policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
         if policy else TaskPolicy()
     futures = [client.submit(fn, t, pure=False, retries=policy.retries) for t in tasks]
-    for _, result in as_finished(client, futures, policy, what):
-        yield result
+    if split is None:
+        for _, result in as_finished(client, futures, policy, what):
+            yield result
+        return
+    parts = [client.submit(split, f, pure=False, retries=policy.retries) for f in futures]
+    sent = [client.submit(operator.getitem, p, 0, pure=False) for p in parts]
+    kept = {s.key: client.submit(operator.getitem, p, 1, pure=False)
+            for s, p in zip(sent, parts, strict=True)}
+    del futures, parts
+    for future, result in as_finished(client, sent, policy, what):
+        yield result, kept.pop(future.key)

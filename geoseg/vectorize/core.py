@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,8 +15,9 @@ import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.gpkg import GpkgWriter
+from geoseg.vectorize import join as join_module
 from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, run_blocks
-from geoseg.vectorize.join import BorderJoin, RemoteDissolve, dissolve_region
+from geoseg.vectorize.join import BorderJoin, FarRegion, RemoteDissolve, dissolve_kept, split_border
 from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
 from geoseg.vectorize.seams import sieve_plan
 
@@ -62,17 +63,27 @@ def _release_free_memory(client: Any) -> None:
 
 def _remote_dissolve(client: Any, policy: TaskPolicy | None, block_size: int, info: MaskInfo,
                      connectivity: int) -> RemoteDissolve:
-    """Dissolve one large region as a Dask task (with the block tasks' retries and stall
-    timeout), so that its transient arrays stay out of the client."""
-    task = functools.partial(dissolve_region, block_size=block_size, info=info,
+    """Dissolve large regions as Dask tasks (with the block tasks' retries and stall timeout):
+    their pieces kept on workers go straight to the workers that dissolve them, and the
+    dissolves' transient arrays stay out of the client."""
+    task = functools.partial(_dissolve_task, block_size=block_size, info=info,
                              connectivity=connectivity)
 
-    def remote(wkb: Any) -> tuple[bytes, bool]:
+    def remote(regions: list[FarRegion]) -> Iterator[tuple[int, bytes, bool]]:
         # scattered, not embedded in the task graph: no graph serialization copies of the pieces
-        pieces = client.scatter(np.asarray(wkb, dtype=object), hash=False)
-        return next(run_blocks(task, [pieces], client, policy, "region dissolve"))
+        local = client.scatter([np.asarray(p, dtype=object) for p, _ in regions], hash=False)
+        work = [(i, pieces, [handle for handle, _ in refs], [ids for _, ids in refs])
+                for i, (pieces, (_, refs)) in enumerate(zip(local, regions, strict=True))]
+        return run_blocks(task, work, client, policy, "region dissolve")
 
     return remote
+
+
+def _dissolve_task(work: tuple[int, Any, list[dict[int, bytes]], list[list[int]]],
+                   block_size: int, info: MaskInfo, connectivity: int
+                   ) -> tuple[int, bytes, bool]:
+    i, local, kept, ids = work
+    return i, *dissolve_kept(list(local), kept, ids, block_size, info, connectivity)
 
 
 def _features(cls: np.ndarray, geoms: np.ndarray, stats: np.ndarray,
@@ -170,11 +181,17 @@ def vectorize_mask(
                             pixel)
             tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick,
                                policy)
-        join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size,
-                          _remote_dissolve(client, policy, block_size, info, connectivity)
-                          if client is not None else None)
-        for r in run_blocks(polygonize_task, tasks, client, policy):
-            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"])
+        if client is None:
+            join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size)
+            results = ((r, None) for r in run_blocks(polygonize_task, tasks, None))
+        else:  # large border pieces stay on the workers until their region is dissolved there
+            join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size,
+                              _remote_dissolve(client, policy, block_size, info, connectivity),
+                              fetch=lambda handle: handle.result())
+            keep = functools.partial(split_border, max_bytes=join_module.KEEP_PIECE_BYTES)
+            results = run_blocks(polygonize_task, tasks, client, policy, split=keep)
+        for r, kept in results:
+            join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"], kept)
             emit(_features(*r["done"], names, with_conf))
             emit(_features(*join.ready(), names, with_conf))
             tick()

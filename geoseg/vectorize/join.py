@@ -8,13 +8,20 @@ blocks finishing roughly in submission (row-major) order, what is held is about 
 of border pieces, whatever the scene size. Regions are the same as a whole-scene labelling:
 the seam pairs are those of :class:`geoseg.vectorize.seams.Seams`, found block pair by block
 pair (and across block corners with 8-connectivity).
+
+On a cluster the client holds only the small pieces: a piece over :data:`KEEP_PIECE_BYTES`
+stays on the worker that made it (:func:`split_border`; the client keeps a Dask future of it),
+and its region is dissolved by a worker that fetches it from there (:func:`dissolve_kept`).
+What a region spanning the whole scene costs the client is then its finished polygon on its
+way to the GeoPackage, not its pieces as well, nor copies of them sent to a worker.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,19 +31,34 @@ from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import dissolve
 from geoseg.vectorize.seams import components
 
-__all__ = ["REMOTE_DISSOLVE_BYTES", "BorderJoin", "RemoteDissolve", "dissolve_region"]
+__all__ = ["KEEP_PIECE_BYTES", "REMOTE_DISSOLVE_BYTES", "BorderJoin", "FarRegion", "FetchKept",
+           "RemoteDissolve", "dissolve_kept", "dissolve_region", "gather_pieces",
+           "split_border"]
 
 log = logging.getLogger(__name__)
 
-#: A region whose held pieces add up to more WKB than this (bytes; 16 bytes a vertex) is
-#: dissolved by a worker when :class:`BorderJoin` has a ``remote``: the dissolve's transient
-#: arrays (~100 bytes a vertex) then never land in the client. A region spanning a whole
-#: 16384² scene had 2.4 M vertices (38 MB of WKB) and added 326 MB to the client's peak.
+#: A region whose pieces add up to more WKB than this (bytes; 16 bytes a vertex) is dissolved
+#: by a worker when :class:`BorderJoin` has a ``remote``: the dissolve's transient arrays
+#: (~100 bytes a vertex) then never land in the client. A region spanning a whole 16384²
+#: scene had 2.4 M vertices (38 MB of WKB) and added 326 MB to the client's peak.
 REMOTE_DISSOLVE_BYTES = 4 * 2**20
 
-#: ``remote(pieces WKB) -> (dissolved MultiPolygon WKB in the CRS, GEOS fallback used)``, run
-#: on a worker.
-RemoteDissolve = Callable[[Sequence[bytes]], tuple[bytes, bool]]
+#: On a cluster, a border piece over this many bytes of WKB stays on the worker that made it
+#: (:func:`split_border`) and only its size comes to the client; its region is then dissolved
+#: by a worker, which fetches it from there. What the client holds of a region spanning the
+#: scene is then its small pieces, not its outline.
+KEEP_PIECE_BYTES = 64 * 2**10
+
+#: A region to dissolve elsewhere: ``(its pieces' WKB held here, [(handle, local ids)] of its
+#: pieces kept elsewhere)``.
+FarRegion = tuple[list[bytes], list[tuple[Any, list[int]]]]
+
+#: ``remote(regions)`` dissolves them elsewhere (Dask workers), all at once, and yields
+#: ``(index in regions, MultiPolygon WKB in the CRS, GEOS fallback used)`` as each finishes.
+RemoteDissolve = Callable[[list[FarRegion]], Iterator[tuple[int, bytes, bool]]]
+
+#: ``fetch(handle) -> {local id: WKB}``: a block's kept pieces, brought to this process.
+FetchKept = Callable[[Any], dict[int, bytes]]
 
 #: neighbour directions (row step, column step), bit i of a piece's ``need`` mask
 _DIRS = ((-1, 0), (1, 0), (0, -1), (0, 1), (-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -56,14 +78,18 @@ class BorderJoin:
         nrows, ncols: block lattice. connectivity: 4 or 8. info: the mask.
         block_size: block side, pixels (seams lie on its multiples).
         remote: dissolves one region elsewhere (a Dask worker; see :func:`dissolve_region`);
-            used for regions over :data:`REMOTE_DISSOLVE_BYTES` of pieces.
+            used for regions over :data:`REMOTE_DISSOLVE_BYTES` of pieces, and for every
+            region with a piece kept elsewhere (see :meth:`add`).
+        fetch: brings kept pieces here, when ``remote`` fails.
     """
 
     def __init__(self, nrows: int, ncols: int, connectivity: int, info: MaskInfo,
-                 block_size: int, remote: RemoteDissolve | None = None):
+                 block_size: int, remote: RemoteDissolve | None = None,
+                 fetch: FetchKept | None = None):
         self.nrows, self.ncols = nrows, ncols
         self.connectivity, self.info, self.block_size = connectivity, info, block_size
-        self.remote = remote
+        self.remote, self.fetch = remote, fetch
+        self.kept: dict[int, Any] = {}  # block index -> handle of its kept pieces
         self.remote_regions = 0  # regions dissolved by ``remote``
         self.done = np.zeros((nrows, ncols), bool)
         self.blocks: dict[int, _Block] = {}
@@ -73,9 +99,12 @@ class BorderJoin:
         self.fallbacks = 0  # regions GEOS had to union (only expected with 8-connectivity)
 
     def add(self, index: int, n: int, cls: np.ndarray, edges: tuple[np.ndarray, ...],
-            border: tuple[np.ndarray, np.ndarray, object, np.ndarray]) -> None:
+            border: tuple[np.ndarray, ...], kept: Any = None) -> None:
         """Take one block's result: ``n`` local regions of classes ``cls`` (uint8 ``(n+1,)``),
-        its edge labels, and its border pieces ``(local ids, classes, WKB, stats (k, 4))``."""
+        its edge labels, and its border pieces ``(local ids, classes, WKB, stats (k, 4), WKB
+        sizes)`` as :func:`geoseg.vectorize.blocks.polygonize_task` returns them. A piece whose
+        WKB is None is kept elsewhere (:func:`split_border`), under ``kept``: a handle that
+        ``remote`` and ``fetch`` understand, dropped once no held piece needs it."""
         r, c = divmod(index, self.ncols)
         blk = _Block(self.total, np.asarray(cls), edges)
         self.total += n
@@ -91,10 +120,17 @@ class BorderJoin:
                 if 0 <= rr < self.nrows and 0 <= cc < self.ncols and k in self.blocks \
                         and self._surrounded(rr, cc):
                     del self.blocks[k]
-        ids, bcls, wkb, stats = border
+        ids, bcls, wkb, stats, nbytes = border
+        wkb = np.asarray(wkb, dtype=object)
+        away = np.equal(wkb, None)
+        if away.any():
+            if kept is None or self.remote is None:
+                raise ValueError(f"block {index}: pieces kept elsewhere need a handle and remote")
+            self.kept[index] = kept
         if len(ids):
-            self.held.append(dict(gid=ids.astype(np.int64) + blk.base, cls=bcls,
-                                  wkb=np.asarray(wkb, dtype=object), stats=stats,
+            self.held.append(dict(gid=ids.astype(np.int64) + blk.base, lid=ids, cls=bcls,
+                                  wkb=wkb, stats=stats, nbytes=np.asarray(nbytes, np.int64),
+                                  away=away, block=np.full(len(ids), index),
                                   row=np.full(len(ids), r), col=np.full(len(ids), c),
                                   need=self._needs(ids, edges)))
 
@@ -167,9 +203,12 @@ class BorderJoin:
         self.held = [{k: v[keep] for k, v in h.items()}] if keep.any() else []
         gone = h["gid"][fin]
         self.pairs = [pairs[~np.isin(pairs[:, 0], gone)]] if len(pairs) else []
-        return self._dissolve(comp[fin], h["cls"][fin], h["wkb"][fin], h["stats"][fin])
+        out = self._dissolve(comp[fin], {k: v[fin] for k, v in h.items()})
+        still = set(h["block"][keep & h["away"]].tolist())
+        self.kept = {b: k for b, k in self.kept.items() if b in still}
+        return out
 
-    def _dissolve(self, comp: np.ndarray, cls: np.ndarray, wkb: np.ndarray, stats: np.ndarray
+    def _dissolve(self, comp: np.ndarray, h: dict[str, np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         import shapely
 
@@ -177,12 +216,14 @@ class BorderJoin:
         starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         group = np.repeat(np.arange(len(starts)), sizes)
-        wkb = wkb[order]
+        h = {k: v[order] for k, v in h.items()}
+        cls, wkb, stats = h["cls"], h["wkb"], h["stats"]
         far = np.zeros(len(starts), bool)
         if self.remote is not None:
-            nbytes = np.bincount(group, weights=np.fromiter(map(len, wkb), np.float64, len(wkb)),
+            nbytes = np.bincount(group, weights=h["nbytes"].astype(np.float64),
                                  minlength=len(starts))
             far = (nbytes > REMOTE_DISSOLVE_BYTES) & (sizes > 1)
+            far[group[h["away"]]] = True
         near = ~far[group]
         pieces = np.empty(len(wkb), dtype=object)
         pieces[near] = shapely.from_wkb(wkb[near])
@@ -204,19 +245,68 @@ class BorderJoin:
         if (~far).any():
             out[~far] = multipolygon_wkb(to_crs(merged[~far], self.info, self.connectivity))
         del merged
-        for j in np.flatnonzero(far):
-            pieces_j = list(wkb[group == j])
-            try:
-                out[j], fell_back = self.remote(pieces_j)  # type: ignore[misc]
+        if far.any():
+            self._dissolve_far(np.flatnonzero(far), group, h, out)
+        gstats = np.add.reduceat(stats, starts, axis=0)
+        return cls[starts], out, gstats
+
+    def _dissolve_far(self, far: np.ndarray, group: np.ndarray, h: dict[str, np.ndarray],
+                      out: np.ndarray) -> None:
+        """Dissolve regions ``far`` (group numbers of ``h``'s pieces) with ``remote`` into
+        ``out``; those it fails are fetched and dissolved here."""
+        regions: list[FarRegion] = []
+        for j in far:
+            mine = group == j
+            away = mine & h["away"]
+            refs = [(self.kept[b], h["lid"][away & (h["block"] == b)].tolist())
+                    for b in np.unique(h["block"][away]).tolist()]
+            regions.append((list(h["wkb"][mine & ~h["away"]]), refs))
+        todo = set(range(len(regions)))
+        try:
+            for i, geom, fell_back in self.remote(regions):  # type: ignore[misc]
+                out[far[i]] = geom
+                self.fallbacks += int(fell_back)
                 self.remote_regions += 1
-            except Exception as exc:  # noqa: BLE001 - the cluster failed it: do it here
-                log.warning("dissolving a region of %d pieces on a worker failed (%s); "
-                            "dissolving it in this process", len(pieces_j), exc)
-                out[j], fell_back = dissolve_region(pieces_j, self.block_size, self.info,
-                                                    self.connectivity)
+                todo.discard(i)
+        except Exception as exc:  # noqa: BLE001 - the cluster failed them: do them here
+            log.warning("dissolving %d regions on workers failed (%s); dissolving them in this "
+                        "process", len(todo), exc)
+        for i in sorted(todo):
+            local, refs = regions[i]
+            fetched = [self.fetch(handle) for handle, _ in refs]  # type: ignore[misc]
+            pieces = gather_pieces(local, fetched, [ids for _, ids in refs])
+            out[far[i]], fell_back = dissolve_region(pieces, self.block_size, self.info,
+                                                     self.connectivity)
             self.fallbacks += int(fell_back)
-        gstats = np.add.reduceat(stats[order], starts, axis=0)
-        return cls[order[starts]], out, gstats
+
+
+def split_border(result: dict[str, Any], max_bytes: int = KEEP_PIECE_BYTES
+                 ) -> tuple[dict[str, Any], dict[int, bytes]]:
+    """Split a :func:`~geoseg.vectorize.blocks.polygonize_task` result into what goes to the
+    client (border pieces over ``max_bytes`` of WKB replaced by None; their sizes stay) and
+    what stays on the worker (``{local id: WKB}`` of those pieces)."""
+    ids, cls, wkb, stats, nbytes = result["border"]
+    big = nbytes > max_bytes
+    if not big.any():
+        return result, {}
+    sent = np.array(wkb, dtype=object)
+    kept = dict(zip(ids[big].tolist(), sent[big], strict=True))
+    sent[big] = None
+    return {**result, "border": (ids, cls, sent, stats, nbytes)}, kept
+
+
+def gather_pieces(local: Sequence[bytes], kept: Sequence[dict[int, bytes]],
+                  ids: Sequence[Sequence[int]]) -> list[bytes]:
+    """The pieces of one region: ``local`` ones and, from each block's kept pieces, ``ids``."""
+    return [*local, *(k[i] for k, sel in zip(kept, ids, strict=True) for i in sel)]
+
+
+def dissolve_kept(local: Sequence[bytes], kept: Sequence[dict[int, bytes]],
+                  ids: Sequence[Sequence[int]], block_size: int, info: MaskInfo,
+                  connectivity: int) -> tuple[bytes, bool]:
+    """:func:`dissolve_region` of pieces held here and kept pieces (the worker side of
+    :class:`BorderJoin`'s ``remote``)."""
+    return dissolve_region(gather_pieces(local, kept, ids), block_size, info, connectivity)
 
 
 def dissolve_region(wkb: Sequence[bytes], block_size: int, info: MaskInfo, connectivity: int
