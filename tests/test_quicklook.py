@@ -28,19 +28,25 @@ def _one_read(path: Path, shape: tuple[int, int]) -> list[np.ndarray]:
 
 
 def test_strips_cover_every_source_row_once() -> None:
-    for height, out in ((1500, 64), (1933, 509), (600, 600), (10, 3)):
-        strips = list(_strips(height, out))
+    for height, out, rows in ((1500, 64, 512), (1933, 509, 512), (600, 600, 512), (10, 3, 512),
+                              (16384, 1024, 4096), (1100, 47, 300)):
+        strips = list(_strips(height, out, rows))
         assert strips[0][0] == 0 and strips[-1][1] == height
         assert [s[2] for s in strips[1:]] == [s[3] for s in strips[:-1]]  # picture rows tile
         assert [s[0] for s in strips[1:]] == [s[1] for s in strips[:-1]]  # source rows tile
 
 
-def test_strip_reads_give_the_one_read_picture(tmp_path: Path) -> None:
+def test_strip_reads_give_the_one_read_picture(tmp_path: Path, monkeypatch) -> None:
+    """Strips of 512 source rows in columns of 300 source columns (lowered from 4096 so that
+    this small scene has several): the picture of one GDAL read, to the bit."""
+    from geoseg.batch import quicklook
+
+    monkeypatch.setattr(quicklook, "_CHUNK_COLS", 300)
     data = (1000 + 400 * coherent_field(1500, 1100, seed=3)).clip(1, 30000).astype("uint16")
     data[:, 200:260, 300:900] = 0  # nodata
     path = write_raster(tmp_path / "scene.tif", data, names=("B02", "B03", "B04", "B08"))
     scene = open_scene(path)
-    picture = scene_quicklook(scene, scene.bands, 64)  # many strips of 512 source rows
+    picture = scene_quicklook(scene, scene.bands, 64)
     assert picture.shape == (64, 47, 4)
     reference = _one_read(path, (64, 47))
     valid = np.all([np.isfinite(p) for p in reference], axis=0)
