@@ -17,8 +17,7 @@ from geoseg.errors import ConfigError
 from geoseg.gpkg import GpkgWriter
 from geoseg.vectorize import join as join_module
 from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, run_blocks
-from geoseg.vectorize.join import (BorderJoin, FarRegion, RemoteDissolve, dissolve_kept,
-                                   split_border)
+from geoseg.vectorize.join import BorderJoin, FarRegion, RemoteDissolve, dissolve_kept, split_border
 from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
 from geoseg.vectorize.seams import sieve_plan
 
