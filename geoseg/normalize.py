@@ -52,14 +52,17 @@ def _affine(stats: tuple[tuple[float, float], ...], device: str) -> tuple[torch.
 
     mean = torch.tensor([m for m, _ in stats], dtype=torch.float32, device=device)
     scale = torch.tensor([1.0 / s for _, s in stats], dtype=torch.float32, device=device)
+    if mean.is_cuda:  # made on one task's stream, read on every task's stream
+        torch.cuda.synchronize(mean.device)
     return mean, scale
 
 
 def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec],
                     device: torch.device | str) -> torch.Tensor:
     """:func:`normalize` for a batch of tiles, on ``device``: the raw pixels travel in their own
-    dtype (uint16: half the bytes of float32) and are scaled there, with the same float32
-    arithmetic, so the result is the same to the bit.
+    dtype (uint16: half the bytes of float32), from pinned memory on CUDA (an asynchronous copy
+    on the caller's stream), and are scaled there, with the same float32 arithmetic, so the
+    result is the same to the bit.
 
     Args:
         raw: ``(N, C, h, w)`` pixels in the scene's dtype.
@@ -75,13 +78,15 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
     if raw.ndim != 4 or raw.shape[1] != len(bands):
         raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
     mean, scale = _affine(tuple((b.mean, b.std) for b in bands), str(device))
-    src = torch.from_numpy(raw)
+    src, ok = torch.from_numpy(raw), torch.from_numpy(valid)
+    if torch.device(device).type == "cuda":  # pinned: the copies run asynchronously
+        src, ok = src.pin_memory(), ok.pin_memory()
     x = src.to(device, non_blocking=True).to(torch.float32)
     if x.data_ptr() == src.data_ptr():  # float32 already on the CPU: never scale the caller's
         x = x.clone()
     x -= mean[None, :, None, None]
     x *= scale[None, :, None, None]
-    invalid = ~torch.from_numpy(valid).to(device, non_blocking=True)
+    invalid = ~ok.to(device, non_blocking=True)
     return x.masked_fill_(invalid[:, None], 0.0)  # also clears NaN/inf
 
 

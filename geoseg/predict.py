@@ -7,12 +7,13 @@ process's cache, which :mod:`geoseg.workers` fills once per worker.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -121,6 +122,7 @@ class _Loaded:
 
 _CACHE: dict[ModelRef, _Loaded] = {}
 _LOCK = threading.Lock()
+_THREAD = threading.local()  # per task thread: its CUDA streams
 
 
 def resolve_device(device: str) -> str:
@@ -142,6 +144,8 @@ def cache_model(ref: ModelRef, module: torch.nn.Module) -> _Loaded:
     module = module.eval().to(device)
     if ref.channels_last:
         module = module.to(memory_format=torch.channels_last)
+    if device.type == "cuda":  # the weights are there before a task's own stream reads them
+        torch.cuda.synchronize(device)
     loaded = _Loaded(module, device)
     with _LOCK:
         _CACHE[ref] = loaded
@@ -176,6 +180,24 @@ def get_model(ref: ModelRef) -> _Loaded:
         if torch.get_num_threads() != ref.threads:
             torch.set_num_threads(ref.threads)
     return loaded
+
+
+def _task_stream(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """This thread's own CUDA stream on ``device`` (nothing elsewhere).
+
+    Tasks sharing a GPU (``cluster.gpu_tasks``) run in different threads; on the default stream
+    one task's host-to-device copy would wait for the other's queued kernels. On their own
+    streams, with pinned batches (:func:`geoseg.normalize.normalize_batch`), one task's copies
+    overlap the other's compute. Results are copied back with a sync of this stream only.
+    """
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    import torch
+
+    streams = _THREAD.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device)
+    return torch.cuda.stream(streams[device])
 
 
 @functools.lru_cache(maxsize=16)
@@ -289,13 +311,15 @@ def _predict_trimmed(
     """Halo trimming: each output pixel comes from the one tile whose core holds it."""
     loaded = get_model(job.model)
     spec = job.outputs
-    for batch in _batches(_live_tiles(block, valid, "core"), job.batch_size):
-        logits = _forward(loaded, job, _stack(raw, block, batch), _stack(valid, block, batch))
-        encoded = _encode(logits, spec, False)
-        for n, tile in enumerate(batch):
-            src = tile.core.relative_to(tile.window).slices()
-            dst = tile.core.relative_to(block.core).slices()
-            out[(slice(None), *dst)] = encoded[(n, slice(None), *src)]
+    with _task_stream(loaded.device):
+        for batch in _batches(_live_tiles(block, valid, "core"), job.batch_size):
+            logits = _forward(loaded, job, _stack(raw, block, batch),
+                              _stack(valid, block, batch))
+            encoded = _encode(logits, spec, False)
+            for n, tile in enumerate(batch):
+                src = tile.core.relative_to(tile.window).slices()
+                dst = tile.core.relative_to(block.core).slices()
+                out[(slice(None), *dst)] = encoded[(n, slice(None), *src)]
 
 
 def _predict_blended(block: Block, job: BlockJob, raw: np.ndarray, valid: np.ndarray
@@ -310,15 +334,17 @@ def _predict_blended(block: Block, job: BlockJob, raw: np.ndarray, valid: np.nda
     k = job.outputs.n_classes
     acc = np.zeros((k, *block.read.shape), dtype=np.float32)
     wsum = np.zeros(block.read.shape, dtype=np.float32)
-    for batch in _batches(_live_tiles(block, valid, "window"), job.batch_size):
-        logits = _forward(loaded, job, _stack(raw, block, batch), _stack(valid, block, batch))
-        weights = np.stack([_blend_weights(tile, job.halo) for tile in batch])
-        w = torch.from_numpy(weights).to(logits.device)[:, None]
-        weighted = (logits.softmax(dim=1) * w).cpu().numpy()  # one copy back per batch
-        for n, tile in enumerate(batch):
-            dst = tile.window.relative_to(block.read).slices()
-            acc[(slice(None), *dst)] += weighted[n]
-            wsum[dst] += weights[n]
+    with _task_stream(loaded.device):
+        for batch in _batches(_live_tiles(block, valid, "window"), job.batch_size):
+            logits = _forward(loaded, job, _stack(raw, block, batch),
+                              _stack(valid, block, batch))
+            weights = np.stack([_blend_weights(tile, job.halo) for tile in batch])
+            w = torch.from_numpy(weights).to(logits.device)[:, None]
+            weighted = (logits.softmax(dim=1) * w).cpu().numpy()  # one copy back per batch
+            for n, tile in enumerate(batch):
+                dst = tile.window.relative_to(block.read).slices()
+                acc[(slice(None), *dst)] += weighted[n]
+                wsum[dst] += weights[n]
     np.maximum(wsum, np.float32(1e-12), out=wsum)
     acc /= wsum[None]
     return acc

@@ -20,6 +20,12 @@ from geoseg.predict import _CACHE
 from .conftest import TINY_DEEPLAB, TINY_UNET
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
 def run(scene: Path, bundle: Path, out: Path, **cfg) -> np.ndarray:
     predict_scene(scene, bundle, out, PredictConfig(**cfg), overwrite=True)
     with rasterio.open(out) as src:
@@ -157,3 +163,31 @@ def test_failure_leaves_no_file(make_scene, make_bundle, tmp_path) -> None:
     with pytest.raises(RuntimeError):  # torch: unknown device type
         predict_scene(scene, bundle, out, PredictConfig(device="no-such-device"))
     assert list(tmp_path.glob("*mask*")) == []
+
+
+DEVICES = ["cpu"] + [pytest.param("cuda", marks=pytest.mark.gpu)] * _cuda_available()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stitch", ["trim", "blend"])
+def test_blocks_predicted_in_parallel_threads_are_the_same(make_scene, make_bundle, tmp_path,
+                                                           device, stitch) -> None:
+    """Tasks sharing a worker's model run in threads at once (``cluster.gpu_tasks`` on a GPU,
+    each on its own CUDA stream with pinned batches): every block comes out as when the blocks
+    run one after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geoseg.pipeline import plan_prediction
+    from geoseg.predict import predict_block
+
+    scene = make_scene(height=250, width=300, nodata_box=None)
+    plan = plan_prediction(scene, make_bundle(TINY_UNET), tmp_path / "m.tif",
+                           PredictConfig(device=device, block_size=128, tile_size=208,
+                                         batch_size=2, stitch=stitch))
+    blocks = list(plan.grid.blocks())
+    alone = [predict_block(b, plan.job) for b in blocks]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda b: predict_block(b, plan.job), blocks * 2))
+    assert len(blocks) >= 6 and len(np.unique(np.concatenate([a.ravel() for a in alone]))) >= 3
+    for n, out in enumerate(together):
+        assert np.array_equal(out, alone[n % len(blocks)]), f"block {n % len(blocks)} differs"
