@@ -14,6 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
+from geoseg.allocator import ENV_CHOICE
+from geoseg.cluster import READ_THREADS_ENV
 from geoseg.config import Config
 from geoseg.errors import ConfigError
 
@@ -42,6 +44,15 @@ def _k8s_bytes(quantity: str) -> int:
     return int(float(m.group(1)) * _K8S_UNITS[m.group(2)])
 
 
+def _k8s_cores(quantity: str) -> int:
+    """Whole cores in a Kubernetes CPU quantity (``"8"``, ``"7.5"``, ``"3500m"``), at least 1."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)(m?)\s*", quantity)
+    if not m:
+        raise ConfigError(f"cluster.kubernetes.cpu {quantity!r}: expected e.g. 8 or 3500m")
+    cores = float(m.group(1)) / (1000 if m.group(2) else 1)
+    return max(1, int(cores))
+
+
 def _slurm_context(cfg: Config) -> dict[str, Any]:
     from dask.utils import parse_bytes
 
@@ -60,9 +71,13 @@ def _slurm_context(cfg: Config) -> dict[str, Any]:
 def _k8s_context(cfg: Config) -> dict[str, Any]:
     k8s = cfg.cluster.kubernetes
     name = cfg.cluster.job.name
-    resources = dict(cfg.cluster.resources) or ({"GPU": 1.0} if k8s.gpus else {})
+    resources = dict(cfg.cluster.resources)  # what a pod offers: its GPUs, whatever tasks take
+    if k8s.gpus:
+        resources["GPU"] = float(k8s.gpus)
+    # a GPU pod runs cluster.gpu_tasks prediction tasks at once: one reads while one computes
+    threads = cfg.cluster.gpu_tasks if k8s.gpus else 1
     args = ["dask", "worker", f"tcp://{name}-scheduler:8786", "--nworkers", "1",
-            "--nthreads", "1", "--memory-limit", str(int(_k8s_bytes(k8s.memory) * 0.9))]
+            "--nthreads", str(threads), "--memory-limit", str(int(_k8s_bytes(k8s.memory) * 0.9))]
     if resources:
         args += ["--resources", ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))]
     args += ["--local-directory", "/tmp/dask"]
@@ -73,9 +88,14 @@ def _k8s_context(cfg: Config) -> dict[str, Any]:
         common += f"      serviceAccountName: {k8s.service_account}\n"
     if k8s.node_selector:
         common += f"      nodeSelector: {json.dumps(k8s.node_selector, sort_keys=True)}\n"
+    # the nanny fails without libjemalloc.so.2 rather than running without it
+    env = {ENV_CHOICE: "jemalloc"} if cfg.cluster.allocator == "jemalloc" else {}
+    if k8s.gpus:  # the reading task decodes on the pod's cores while the other one computes
+        env[READ_THREADS_ENV] = str(_k8s_cores(k8s.cpu))
     return {
         "k8s": k8s,
         "worker_args": ", ".join(json.dumps(a) for a in args),
+        "worker_env": env,
         "pod_common": common,
         "scheduler_host": f"{name}-scheduler",
         "inputs_list": ", ".join(json.dumps(i) for i in cfg.cluster.job.inputs),

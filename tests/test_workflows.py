@@ -73,6 +73,17 @@ def test_k8s_workers_get_one_gpu_and_the_resource() -> None:
     command = container["command"]
     assert command[command.index("--resources") + 1] == "GPU=1"
     assert command[command.index("--nworkers") + 1] == "1"
+    # cluster.gpu_tasks (2) prediction tasks at once, the reading one decoding on every core
+    assert command[command.index("--nthreads") + 1] == "2"
+    assert {"name": "GDAL_NUM_THREADS", "value": "6"} in container["env"]
+
+
+def test_k8s_cpu_quantities() -> None:
+    from geoseg.workflows import _k8s_cores
+
+    assert [_k8s_cores(q) for q in ("8", "7.5", "3500m", "250m")] == [8, 7, 3, 1]
+    with pytest.raises(ConfigError, match="kubernetes.cpu"):
+        _k8s_cores("eight")
 
 
 def test_cli_render(tmp_path: Path) -> None:
