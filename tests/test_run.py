@@ -253,6 +253,11 @@ def test_inspect_lists_scenes_bands_blocks_and_memory(scenes, bundle) -> None:
     assert tile["bands"]["B08"] == "T18XYZ_20200101T101010_B08.tif (resampled)"
     assert 300 < tile["peak_memory_mib"] < 4000
     assert "B03" in rows["gap"]["error"] and "no CRS" in rows["nocrs"]["error"]
+    # a GPU worker holds cluster.gpu_tasks blocks at once: more memory per worker
+    code, output = geoseg("inspect", scenes, "-m", bundle, "--json", "--block-size", "128",
+                          "--tile-size", "256", "--device", "cuda")
+    gpu = {r["scene"]: r for r in json.loads(output)["scenes"]}["T18XYZ_20200101T101010"]
+    assert code == 0 and gpu["peak_memory_mib"] > tile["peak_memory_mib"]
 
 
 def test_config_show_and_bad_inputs(tmp_path, bundle) -> None:

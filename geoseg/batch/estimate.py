@@ -54,8 +54,9 @@ def activation_bytes_per_pixel(bundle: Bundle) -> float:
 
 
 def worker_peak_bytes(bundle: Bundle, grid: SceneGrid, batch_size: int, n_bands: int,
-                      itemsize: int, blend: bool, outputs: int = 1) -> int:
-    """Estimated peak resident memory of one prediction worker thread, bytes."""
+                      itemsize: int, blend: bool, outputs: int = 1, tasks: int = 1) -> int:
+    """Estimated peak resident memory of one prediction worker, bytes, running ``tasks`` block
+    tasks at once (``cluster.gpu_tasks`` on a GPU worker: each holds its block's buffers)."""
     per_px, weights = _largest_activation(bundle)
     tile = grid.lattice.tile_size
     read = grid.block_size + 2 * grid.lattice.halo
@@ -66,4 +67,4 @@ def worker_peak_bytes(bundle: Bundle, grid: SceneGrid, batch_size: int, n_bands:
     if blend:
         buffers += (n_classes + 1) * read * read * 4
     activations = 3 * batch_size * per_px * tile * tile
-    return int(BASE_BYTES + 2 * weights + buffers + activations)
+    return int(BASE_BYTES + 2 * weights + tasks * buffers + activations)

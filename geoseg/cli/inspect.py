@@ -25,8 +25,8 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
 
     For every scene: its size and CRS, the model's bands matched to files (and which are
     resampled), the number of blocks and tiles, and an estimate of a worker's peak memory
-    (±30 %; lower it with --block-size and --batch-size). Nothing is written; scenes that
-    would fail say why.
+    (±30 %; lower it with --block-size and --batch-size; a GPU worker holds
+    cluster.gpu_tasks blocks at once). Nothing is written; scenes that would fail say why.
 
     \b
     Example:
@@ -36,11 +36,14 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
     from geoseg.batch.estimate import worker_peak_bytes
     from geoseg.batch.sources import open_source
     from geoseg.pipeline import batch_size, plan_scene
+    from geoseg.predict import resolve_device
     from geoseg.scene import select_bands
 
     plan = plan_batch(inputs, bundle_path, None, config_path, overrides_from(options),
                       parse_split(split))
     bundle, cfg = plan.bundle, plan.cfg
+    # a GPU worker holds cluster.gpu_tasks blocks at once (one reads while one computes)
+    tasks = cfg.cluster.gpu_tasks if resolve_device(cfg.predict.device) != "cpu" else 1
     rows = []
     for source in plan.todo:
         row: dict[str, Any] = {"scene": source.name, "kind": source.kind, "path": str(source.path)}
@@ -52,7 +55,7 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
             batch = batch_size(cfg.predict, grid.lattice)
             peak = worker_peak_bytes(bundle, grid, batch, len(bands), itemsize,
                                      cfg.predict.stitch == "blend",
-                                     1 + int(cfg.predict.confidence))
+                                     1 + int(cfg.predict.confidence), tasks)
             row.update(
                 size=[scene.height, scene.width], dtype=scene.dtype,
                 bands={b.name: Path(b.path).name + (f"#{b.index}" if source.kind == "raster"
