@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import rasterio
 from rasterio.enums import Resampling
 
@@ -36,15 +37,28 @@ def test_strips_cover_every_source_row_once() -> None:
         assert [s[0] for s in strips[1:]] == [s[1] for s in strips[:-1]]  # source rows tile
 
 
-def test_strip_reads_give_the_one_read_picture(tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("tiled", [True, False], ids=["tiled", "striped"])
+def test_strip_reads_give_the_one_read_picture(tmp_path: Path, monkeypatch, tiled) -> None:
     """Strips of 512 source rows in columns of 300 source columns (lowered from 4096 so that
-    this small scene has several): the picture of one GDAL read, to the bit."""
+    this small scene has several; a striped file is read full width): the picture of one GDAL
+    read, to the bit."""
     from geoseg.batch import quicklook
 
     monkeypatch.setattr(quicklook, "_CHUNK_COLS", 300)
+    assert quicklook._column_width(256) == 300 and quicklook._column_width(1100) == 1100
     data = (1000 + 400 * coherent_field(1500, 1100, seed=3)).clip(1, 30000).astype("uint16")
     data[:, 200:260, 300:900] = 0  # nodata
     path = write_raster(tmp_path / "scene.tif", data, names=("B02", "B03", "B04", "B08"))
+    if not tiled:
+        with rasterio.open(path) as src:
+            profile = dict(src.profile, tiled=False, blockysize=8)
+            profile.pop("blockxsize")
+            with rasterio.open(tmp_path / "striped.tif", "w", **profile) as dst:
+                dst.write(src.read())
+                dst.descriptions = src.descriptions
+        path = tmp_path / "striped.tif"
+        with rasterio.open(path) as src:
+            assert src.block_shapes[0] == (8, 1100)
     scene = open_scene(path)
     picture = scene_quicklook(scene, scene.bands, 64)
     assert picture.shape == (64, 47, 4)

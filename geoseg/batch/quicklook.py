@@ -65,6 +65,13 @@ def _strips(height: int, out_height: int, rows: int = _STRIP_ROWS
         yield out0 * scale, out1 * scale, out0, out1
 
 
+def _column_width(block_cols: int) -> int:
+    """Source columns per column of reads: :data:`_CHUNK_COLS`, or a whole block where blocks
+    are wider (a striped file's blocks are whole rows: it is read full width, each block once,
+    not once per column)."""
+    return max(_CHUNK_COLS, block_cols)
+
+
 def _read_small(scene: Scene, bands: Sequence[BandRef], shape: tuple[int, int]) -> list[np.ndarray]:
     """The bands decimated to ``shape`` (average): float32 planes, NaN where there is no data.
 
@@ -84,15 +91,15 @@ def _read_small(scene: Scene, bands: Sequence[BandRef], shape: tuple[int, int]) 
         indexes = sorted({bands[p].index for p in positions})
         with open_on_grid(path, warp, fill, scene.crs_wkt, scene.transform, scene.shape) as ds:
             block_rows, block_cols = ds.block_shapes[0]
+            rows, cols = max(block_rows, _STRIP_ROWS), _column_width(block_cols)
             # two rows of a column's blocks, and a margin for GDAL's bookkeeping
-            rows = max(block_rows, _STRIP_ROWS)
-            cache = (2.5 * rows * (_CHUNK_COLS + block_cols) * ds.count
+            cache = (2.5 * rows * min(ds.width, cols + block_cols) * ds.count
                      * np.dtype(ds.dtypes[0]).itemsize)
             nodata = ds.nodata if ds.nodata is not None else fill
             data = np.empty((len(indexes), *shape), np.float32)
             bad = np.empty((len(indexes), *shape), bool)
             with bounded_block_cache(cache / 2**20):
-                for col0, col1, oc0, oc1 in _strips(ds.width, shape[1], _CHUNK_COLS):
+                for col0, col1, oc0, oc1 in _strips(ds.width, shape[1], cols):
                     for row0, row1, out0, out1 in _strips(ds.height, shape[0]):
                         # fractional windows: GDAL averages the same footprints as in one read
                         win = Window(col0, row0, col1 - col0, row1 - row0)  # type: ignore[call-arg]
