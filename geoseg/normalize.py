@@ -78,10 +78,17 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
     if raw.ndim != 4 or raw.shape[1] != len(bands):
         raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
     mean, scale = _affine(tuple((b.mean, b.std) for b in bands), str(device))
-    src, ok = torch.from_numpy(raw), torch.from_numpy(valid)
+    # uint16 travels as its int16 bits and is widened there: torch's own uint16 has only
+    # limited support (on CUDA in particular), int16 and int32 have all of it
+    unsigned16 = raw.dtype == np.uint16
+    src = torch.from_numpy(raw.view(np.int16) if unsigned16 else raw)
+    ok = torch.from_numpy(valid)
     if torch.device(device).type == "cuda":  # pinned: the copies run asynchronously
         src, ok = src.pin_memory(), ok.pin_memory()
-    x = src.to(device, non_blocking=True).to(torch.float32)
+    x = src.to(device, non_blocking=True)
+    if unsigned16:
+        x = x.to(torch.int32).bitwise_and_(0xFFFF)
+    x = x.to(torch.float32)
     if x.data_ptr() == src.data_ptr():  # float32 already on the CPU: never scale the caller's
         x = x.clone()
     x -= mean[None, :, None, None]

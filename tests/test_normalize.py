@@ -17,6 +17,8 @@ def _batch(dtype: str) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     raw = (rng.random((3, 4, 50, 60)) * 3000).astype(dtype)
     valid = rng.random((3, 50, 60)) > 0.2
+    if dtype == "uint16":  # the top of the range, where uint16 and int16 bits differ
+        raw[0, 0, :3, :3], raw[2, 3, 7, 9] = 65535, 40000
     if dtype == "float32":
         raw[0, 1, 2, 3], raw[1, 0, 5, 5] = np.nan, np.inf  # read_window marks them invalid
         valid &= np.isfinite(raw).all(axis=1)
