@@ -36,6 +36,7 @@ __all__ = [
     "jobqueue_kwargs",
     "local_worker_layout",
     "parse_walltime",
+    "resource_arg",
     "task_policy",
     "torch_threads",
     "worker_lifetime",
@@ -110,10 +111,18 @@ def torch_threads(cfg: ClusterConfig, gpus: int = 0) -> int | None:
     return max(1, jobs.cpus // jobs.processes)
 
 
-def worker_resources(cfg: ClusterConfig, gpu_workers: bool = False) -> dict[str, float]:
-    """The resources each worker of a cluster geoseg starts offers: ``cfg.resources``, else
-    :data:`GPU_RESOURCE` on GPU workers, else none."""
-    return dict(cfg.resources) or (dict(GPU_RESOURCE) if gpu_workers else {})
+def worker_resources(cfg: ClusterConfig, gpus: int = 0) -> dict[str, float]:
+    """The resources a worker geoseg starts offers: those ``cfg.resources`` names and, on a
+    worker with ``gpus`` GPUs, ``GPU=gpus`` whatever a task takes of it (tasks taking
+    ``{GPU: 0.5}`` share a GPU two at a time)."""
+    offered = dict(cfg.resources)
+    offered.update({k: v * gpus for k, v in GPU_RESOURCE.items()} if gpus else {})
+    return offered
+
+
+def resource_arg(resources: dict[str, float]) -> str:
+    """``dask worker --resources`` value: ``GPU=1,foo=2``."""
+    return ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
 
 
 def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
@@ -170,10 +179,6 @@ def worker_lifetime(jobs: SlurmConfig | PBSConfig) -> tuple[int, int]:
     return lifetime, stagger
 
 
-def _resource_arg(resources: dict[str, float]) -> str:
-    return ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
-
-
 def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     """Keyword arguments of dask-jobqueue's ``SLURMCluster``/``PBSCluster`` for ``cfg.kind``.
 
@@ -190,11 +195,11 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
             f"processes: 1; got {jobs.gpus} and {jobs.processes}); ask for more jobs instead: "
             "the scheduler packs them onto multi-GPU nodes, one worker per GPU"
         )
-    offered = worker_resources(cfg, gpu_workers=jobs.gpus > 0)
+    offered = worker_resources(cfg, gpus=jobs.gpus)
     lifetime, stagger = worker_lifetime(jobs)
     extra_args = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
     if offered:
-        extra_args += ["--resources", _resource_arg(offered)]
+        extra_args += ["--resources", resource_arg(offered)]
     prologue = list(cfg.job.setup)
     if cfg.allocator != "system":  # the nanny looks for jemalloc on its node
         extra_args += ["--preload-nanny", ALLOCATOR_PRELOAD]
@@ -239,8 +244,8 @@ def _check_resources(client: Any, resources: dict[str, float], address: str) -> 
     offered = [w.get("resources", {}) for w in client.scheduler_info()["workers"].values()]
     if not any(all(r.get(k, 0) >= v for k, v in resources.items()) for r in offered):
         raise ConfigError(
-            f"no worker of {address} offers resources {_resource_arg(resources)}: start "
-            f"workers with `dask worker {address} --resources {_resource_arg(resources)}` or "
+            f"no worker of {address} offers resources {resource_arg(resources)}: start "
+            f"workers with `dask worker {address} --resources {resource_arg(resources)}` or "
             "unset cluster.resources"
         )
 
@@ -293,7 +298,7 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
             "options": {
                 "nthreads": max(cfg.threads_per_worker, cfg.gpu_tasks),
                 "memory_limit": memory,
-                "resources": worker_resources(cfg, gpu_workers=True),
+                "resources": worker_resources(cfg, gpus=1),
                 **_allocator_options(cfg, {"CUDA_VISIBLE_DEVICES": gpu,
                                            READ_THREADS_ENV: str(cores)}),
             },

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoseg.allocator import ENV_CHOICE
-from geoseg.cluster import READ_THREADS_ENV
+from geoseg.cluster import READ_THREADS_ENV, resource_arg, worker_resources
 from geoseg.config import Config
 from geoseg.errors import ConfigError
 
@@ -71,15 +71,13 @@ def _slurm_context(cfg: Config) -> dict[str, Any]:
 def _k8s_context(cfg: Config) -> dict[str, Any]:
     k8s = cfg.cluster.kubernetes
     name = cfg.cluster.job.name
-    resources = dict(cfg.cluster.resources)  # what a pod offers: its GPUs, whatever tasks take
-    if k8s.gpus:
-        resources["GPU"] = float(k8s.gpus)
+    resources = worker_resources(cfg.cluster, gpus=k8s.gpus)
     # a GPU pod runs cluster.gpu_tasks prediction tasks at once: one reads while one computes
     threads = cfg.cluster.gpu_tasks if k8s.gpus else 1
     args = ["dask", "worker", f"tcp://{name}-scheduler:8786", "--nworkers", "1",
             "--nthreads", str(threads), "--memory-limit", str(int(_k8s_bytes(k8s.memory) * 0.9))]
     if resources:
-        args += ["--resources", ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))]
+        args += ["--resources", resource_arg(resources)]
     args += ["--local-directory", "/tmp/dask"]
     if cfg.cluster.allocator != "system":  # jemalloc where the image has it (geoseg.allocator)
         args += ["--preload-nanny", "geoseg.allocator"]

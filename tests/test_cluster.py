@@ -78,6 +78,10 @@ def test_slurm_worker_jobs_from_config() -> None:
             jobqueue_kwargs(cfg)
     cfg.slurm.gpus, cfg.slurm.processes = 0, 4  # CPU jobs: several worker processes are fine
     assert "--resources" not in jobqueue_kwargs(cfg)["worker_extra_args"]
+    # a GPU worker offers its whole GPU whatever a task takes of it: {GPU: 0.5} runs two at once
+    cfg.slurm.gpus, cfg.slurm.processes, cfg.resources = 1, 1, {"GPU": 0.5, "fast": 1}
+    args = jobqueue_kwargs(cfg)["worker_extra_args"]
+    assert args[args.index("--resources") + 1] == "GPU=1,fast=1"
 
 
 def test_slurm_job_script_renders() -> None:
