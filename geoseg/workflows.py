@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from geoseg.allocator import ENV_CHOICE
-from geoseg.cluster import READ_THREADS_ENV, resource_arg, worker_resources
+from geoseg.cluster import READ_THREADS_ENV, quiet_environ, resource_arg, worker_resources
 from geoseg.config import Config
 from geoseg.errors import ConfigError
 
@@ -90,6 +90,7 @@ def _k8s_context(cfg: Config) -> dict[str, Any]:
     env = {ENV_CHOICE: "jemalloc"} if cfg.cluster.allocator == "jemalloc" else {}
     if k8s.gpus:  # the reading task decodes on the pod's cores while the other one computes
         env[READ_THREADS_ENV] = str(_k8s_cores(k8s.cpu))
+    env.update(quiet_environ())
     return {
         "k8s": k8s,
         "worker_args": ", ".join(json.dumps(a) for a in args),

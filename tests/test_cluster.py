@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import rasterio
@@ -60,7 +61,7 @@ def test_worker_lifetime_ends_before_the_time_limit() -> None:
         worker_lifetime(short.slurm)
 
 
-def test_slurm_worker_jobs_from_config() -> None:
+def test_slurm_worker_jobs_from_config(monkeypatch) -> None:
     cfg = load_config(None, {"cluster": {"kind": "slurm", "slurm": {
         "partition": "gpu", "account": "proj", "cpus": 8, "memory": "64GiB", "gpus": 1,
         "gpu_type": "a100", "walltime": "02:00:00", "qos": "high", "jobs": 4,
@@ -71,7 +72,17 @@ def test_slurm_worker_jobs_from_config() -> None:
     args = kw["worker_extra_args"]
     assert args[args.index("--resources") + 1] == "GPU=1"  # one GPU per worker
     assert args[args.index("--lifetime") + 1] == f"{7200 - 720 - 360}s"
-    assert kw["job_script_prologue"] == ["module load cuda", "export GDAL_NUM_THREADS=8"]
+    assert kw["job_script_prologue"] == [
+        "module load cuda", "export GDAL_NUM_THREADS=8",
+        "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
+        "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s",
+        "export DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL=2s",
+        "export DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL=250ms",
+    ]
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED", "True")  # the user's wins
+    prologue = jobqueue_kwargs(cfg)["job_script_prologue"]
+    assert len(prologue) == 5 and not any("PROFILE" in line for line in prologue)
+    monkeypatch.undo()
     for gpus, processes in ((2, 1), (1, 2)):  # a worker process per GPU: one-GPU jobs only
         cfg.slurm.gpus, cfg.slurm.processes = gpus, processes
         with pytest.raises(ConfigError, match="one GPU and one worker process each"):
@@ -374,6 +385,23 @@ def test_killed_worker_run_completes_identically(dask_processes, extra_worker, s
 
 
 @pytest.mark.slow
+def test_started_workers_are_quiet_unless_the_user_says_otherwise() -> None:
+    """Workers of a cluster geoseg starts run no statistical profiler and slower housekeeping
+    (QUIET_CONFIG), except where the user's Dask config sets a key itself."""
+
+    def housekeeping(dask_worker) -> dict:  # noqa: ANN001
+        return {name: pc.callback_time for name, pc in dask_worker.periodic_callbacks.items()}
+
+    with dask.config.set({"distributed.admin.tick.interval": "50ms"}), \
+            connect(ClusterConfig(workers=1, memory_limit="1GiB")) as client:
+        [worker] = client.run(housekeeping).values()
+        scheduler = client.run_on_scheduler(housekeeping)
+    assert "profile" not in worker and "profile-cycle" not in worker
+    assert worker["memory_monitor"] == 250 and worker["monitor"] == 2000
+    assert worker["tick"] == scheduler["tick"] == 50  # the user's setting
+    assert dask.config.get("distributed.worker.profile.enabled") is True  # restored here
+
+
 def test_task_killing_its_workers_is_reported(tmp_path) -> None:
     """A block whose task kills every worker it runs on fails the scene (KilledWorker)."""
     import dask.array as da
