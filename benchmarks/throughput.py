@@ -26,7 +26,8 @@ cores. geoseg runs with its defaults (tile: at least 1024 for this U-Net; batch:
    clusters get jemalloc through geoseg's own mechanism (``cluster.allocator: jemalloc``, a
    nanny preload; the workers' ``/proc/self/maps`` is checked and recorded), and ceiling,
    in-process geoseg and naive run in a child process started with the environment of
-   :func:`geoseg.allocator.allocator_environ`;
+   :func:`geoseg.allocator.allocator_environ`; its local clusters also run with tuned glibc
+   (``cluster.allocator: glibc``, what ``auto`` gives a node without jemalloc);
 7. **batch size**: the ceiling at each of ``--batches`` under both allocators.
 
 Mpx/s always counts scene pixels (each output pixel once), so halo work lowers it.
@@ -206,14 +207,14 @@ def warm_geoseg(bundle: Path, tmp: Path, halo: int, client=None, threads: int = 
 def cluster_run(scene: Path, bundle: Path, halo: int, block: int, tmp: Path, workers: int,
                 allocator: str) -> dict[str, Any]:
     """geoseg on a local cluster started by geoseg's own ``connect`` (seconds, layout)."""
-    from geoseg.allocator import preloaded_jemalloc
+    from geoseg.allocator import allocator_in_use
     from geoseg.cluster import connect, torch_threads
     from geoseg.config import ClusterConfig
 
     cfg = ClusterConfig(workers=workers, allocator=allocator)
     threads = torch_threads(cfg) or THREADS
     with connect(cfg, device="cpu") as client:
-        seen = sorted({a or "system" for a in client.run(preloaded_jemalloc).values()})
+        seen = sorted(set(client.run(allocator_in_use).values()))
         warm_geoseg(bundle, tmp, halo, client, threads)
         seconds = geoseg_e2e(scene, bundle, halo, block, tmp, client, threads)
     return {"workers": workers, "threads": threads, "allocator": allocator,
@@ -348,7 +349,7 @@ def main() -> None:
         log(batches=out["batches"])
         if not args.no_cluster:
             many = args.workers or THREADS
-            layouts = [(1, "system"), (many, "system")]
+            layouts = [(1, "system"), (many, "system"), (1, "glibc"), (many, "glibc")]
             if jemalloc:
                 layouts += [(1, "jemalloc"), (many, "jemalloc")]
             for workers, allocator in layouts:
@@ -379,7 +380,7 @@ def _variant_rows(out: dict) -> list[tuple[str, str, float]]:
     m, j = out["main"], out.get("jemalloc", {})
     tile = m["tile"]
     rows: list[tuple[str, str, float]] = []
-    for label, res, workers in (("glibc", m, "system"), ("jemalloc", j, "jemalloc")):
+    for label, res, workers in (("glibc", m, ("system", "glibc")), ("jemalloc", j, ("jemalloc",))):
         if not res:
             continue
         rows += [(f"model-only ceiling (geoseg's tiles: {tile}², batch {m['batch']})", label,
@@ -387,7 +388,7 @@ def _variant_rows(out: dict) -> list[tuple[str, str, float]]:
                  ("geoseg, in-process (client=None)", label, res["geoseg_s"])]
         rows += [(f"geoseg, LocalCluster {c['workers']} worker(s) × {c['threads']} torch "
                   f"thread(s) (workers: {c['worker_allocator']})", label, c["seconds"])
-                 for c in out["clusters"] if c["allocator"] == workers]
+                 for c in out["clusters"] if c["allocator"] in workers]
         rows += [(f"naive loop at the bundle's tile ({BUNDLE_TILE}², batch 1, boundless reads, "
                   "torch.argmax)", label, res["naive_s"]),
                  (f"naive loop at geoseg's tile ({tile}²)", label, res["naive_same_tile_s"])]
@@ -446,7 +447,8 @@ def write_results(out: dict, args) -> None:
                   f"{_ratio(m['geoseg_s'], j['geoseg_s'])}, naive "
                   f"{_ratio(m['naive_s'], j['naive_s'])}."]
     many = sorted({w for w, _ in by if w > 1})
-    for alloc_key, label in (("system", "glibc"), ("jemalloc", "jemalloc")):
+    for alloc_key, label in (("system", "glibc"), ("glibc", "tuned glibc"),
+                             ("jemalloc", "jemalloc")):
         one = by.get((1, alloc_key))
         for w in many:
             other = by.get((w, alloc_key))

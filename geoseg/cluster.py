@@ -10,7 +10,8 @@ time and holds one copy of the model. A local cluster does this itself; Slurm jo
 ``dask worker --resources GPU=1`` per GPU.
 
 Allocator: the workers of clusters geoseg starts (local, Slurm/PBS jobs) run under jemalloc
-where their node has it (``cluster.allocator``, :mod:`geoseg.allocator`, a nanny preload);
+where their node has it, else under glibc tuned to keep its large blocks (``cluster.allocator``,
+:mod:`geoseg.allocator`, a nanny preload);
 workers of an existing scheduler get it with ``dask worker … --preload-nanny geoseg.allocator``.
 """
 
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from geoseg.allocator import ENV_CHOICE, resolve_allocator
+from geoseg.allocator import ENV_CHOICE, GLIBC_TUNING, resolve_allocator
 from geoseg.config import ClusterConfig, PBSConfig, SlurmConfig
 from geoseg.errors import ConfigError
 from geoseg.stitch import TaskPolicy
@@ -216,10 +217,10 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     if offered:
         extra_args += ["--resources", resource_arg(offered)]
     prologue = list(cfg.job.setup)
-    if cfg.allocator != "system":  # the nanny looks for jemalloc on its node
+    if cfg.allocator != "system":  # the nanny looks for jemalloc on its node (else tunes glibc)
         extra_args += ["--preload-nanny", ALLOCATOR_PRELOAD]
-    if cfg.allocator == "jemalloc":  # ... and fails to start without it
-        prologue.append(f"export {ENV_CHOICE}=jemalloc")
+    if cfg.allocator in ("jemalloc", "glibc"):  # jemalloc: a nanny fails to start without it
+        prologue.append(f"export {ENV_CHOICE}={cfg.allocator}")
     if jobs.gpus:
         prologue.append(f"export {READ_THREADS_ENV}={jobs.cpus}")
     prologue += [f"export {name}={value}" for name, value in quiet_environ().items()]
@@ -396,7 +397,7 @@ def connect(cfg: ClusterConfig, device: str = "auto") -> Iterator[Any]:
         return
     settings = {"distributed.scheduler.allowed-failures": cfg.allowed_failures, **quiet_config()}
     with dask.config.set(settings), \
-            _restored_environ("LD_PRELOAD", "MALLOC_CONF", READ_THREADS_ENV):
+            _restored_environ("LD_PRELOAD", "MALLOC_CONF", *GLIBC_TUNING, READ_THREADS_ENV):
         if cfg.kind == "local":
             resolve_allocator(cfg.allocator)  # fail here, not in a nanny, if jemalloc is missing
             gpu_ids = visible_gpus(cfg, device)

@@ -212,10 +212,12 @@ class ClusterConfig(_Section):
     )
     threads_per_worker: int = Field(1, gt=0, description="task threads per worker process")
     memory_limit: str = Field("auto", description="memory limit per local worker, e.g. '4GiB'")
-    allocator: Literal["auto", "jemalloc", "system"] = Field(
+    allocator: Literal["auto", "jemalloc", "glibc", "system"] = Field(
         "auto", description="memory allocator of the processes that run the model: jemalloc "
-        "(LD_PRELOAD libjemalloc.so.2, 1.2-2.2x faster smp models on CPU), system (glibc "
-        "malloc), or auto: jemalloc where the node has it. Applies to workers of clusters "
+        "(LD_PRELOAD libjemalloc.so.2, 1.2-2.2x faster smp models on CPU), glibc (glibc malloc "
+        "told to keep its large blocks: MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1, nearly as "
+        "fast), system (the environment's allocator, untouched), or auto: jemalloc where the "
+        "node has it, else glibc. Applies to workers of clusters "
         "geoseg starts (local, Slurm/PBS jobs) and to `--scheduler synchronous` runs"
     )
     gpus: int | None = Field(

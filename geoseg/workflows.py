@@ -79,15 +79,16 @@ def _k8s_context(cfg: Config) -> dict[str, Any]:
     if resources:
         args += ["--resources", resource_arg(resources)]
     args += ["--local-directory", "/tmp/dask"]
-    if cfg.cluster.allocator != "system":  # jemalloc where the image has it (geoseg.allocator)
+    if cfg.cluster.allocator != "system":  # jemalloc where the image has it, else tuned glibc
         args += ["--preload-nanny", "geoseg.allocator"]
     common = ""
     if k8s.service_account:
         common += f"      serviceAccountName: {k8s.service_account}\n"
     if k8s.node_selector:
         common += f"      nodeSelector: {json.dumps(k8s.node_selector, sort_keys=True)}\n"
-    # the nanny fails without libjemalloc.so.2 rather than running without it
-    env = {ENV_CHOICE: "jemalloc"} if cfg.cluster.allocator == "jemalloc" else {}
+    # jemalloc: the nanny fails without libjemalloc.so.2 rather than running without it
+    choice = cfg.cluster.allocator
+    env = {ENV_CHOICE: choice} if choice in ("jemalloc", "glibc") else {}
     if k8s.gpus:  # the reading task decodes on the pod's cores while the other one computes
         env[READ_THREADS_ENV] = str(_k8s_cores(k8s.cpu))
     env.update(quiet_environ())

@@ -14,9 +14,11 @@ import pytest
 
 from geoseg.allocator import (
     ENV_CHOICE,
+    GLIBC_TUNING,
     MALLOC_CONF,
     REEXEC_GUARD,
     allocator_environ,
+    allocator_in_use,
     find_jemalloc,
     preloaded_jemalloc,
     reexec_environ,
@@ -39,19 +41,25 @@ def _worker_allocators(client) -> set[str | None]:
 
 def test_config_names_the_bad_allocator() -> None:
     with pytest.raises(ConfigError, match=r"cluster\.allocator: Input should be 'auto', "
-                                          r"'jemalloc' or 'system'"):
+                                          r"'jemalloc', 'glibc' or 'system'"):
         load_config(None, {"cluster": {"allocator": "tcmalloc"}})
     assert ClusterConfig().allocator == "auto"
-    with pytest.raises(ConfigError, match="choose one of auto, jemalloc, system"):
+    with pytest.raises(ConfigError, match="choose one of auto, jemalloc, glibc, system"):
         resolve_allocator("tcmalloc")
 
 
-def test_environment_keeps_other_preloads_and_drops_jemalloc_for_system() -> None:
+def test_environment_keeps_other_preloads_and_drops_jemalloc_for_glibc() -> None:
     base = {"LD_PRELOAD": "/opt/libfoo.so:/somewhere/libjemalloc.so.2 /opt/libbar.so"}
     assert allocator_environ("system", base) == {"LD_PRELOAD": "/opt/libfoo.so:/opt/libbar.so"}
     assert allocator_environ("system", {}) == {"LD_PRELOAD": ""}
+    tuned = {"LD_PRELOAD": "/opt/libfoo.so:/opt/libbar.so", "MALLOC_MMAP_MAX_": "0",
+             "MALLOC_ARENA_MAX": "1"}
+    assert allocator_environ("glibc", base) == tuned
+    mine = allocator_environ("glibc", {"MALLOC_ARENA_MAX": "4"})  # the user's is kept
+    assert mine == {"LD_PRELOAD": "", "MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "4"}
+    assert allocator_in_use({**tuned, "LD_PRELOAD": ""}) in ("glibc (tuned)", JEMALLOC)
     if JEMALLOC is None:
-        assert allocator_environ("auto", base) == allocator_environ("system", base)
+        assert allocator_environ("auto", base) == tuned
         with pytest.raises(ConfigError, match="apt-get install libjemalloc2"):
             allocator_environ("jemalloc", base)
         return
@@ -69,6 +77,44 @@ def test_reexec_environment_is_given_once() -> None:
     assert env["LD_PRELOAD"] == JEMALLOC
     assert reexec_environ("auto", env) is None  # a re-executed process never re-executes
     assert reexec_environ("system", {}) is None
+
+
+def test_reexec_tunes_glibc_once() -> None:
+    if preloaded_jemalloc():
+        pytest.skip("this process runs under jemalloc: nothing is re-executed")
+    env = reexec_environ("glibc", {"PATH": "/usr/bin"})
+    assert env == {"PATH": "/usr/bin", "LD_PRELOAD": "", **GLIBC_TUNING, REEXEC_GUARD: "1"}
+    assert reexec_environ("glibc", env) is None
+    already = {"PATH": "/usr/bin", **GLIBC_TUNING}  # started tuned: no re-execution needed
+    assert reexec_environ("glibc", already) is None
+
+
+def _where_large_blocks_live() -> tuple[bool, str]:
+    """Run in a task thread: is a freshly malloc-ed 64 MiB array in the brk heap (glibc kept
+    it in its main arena) rather than in an mmap of its own? And what allocates here."""
+    import numpy as np
+
+    from geoseg.allocator import allocator_in_use
+
+    block = np.empty(64 << 20, np.uint8)
+    address = block.ctypes.data
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if line.endswith("[heap]"):
+            start, end = (int(x, 16) for x in line.split()[0].split("-"))
+            return start <= address < end, allocator_in_use()
+    return False, allocator_in_use()
+
+
+@pytest.mark.parametrize(("allocator", "in_heap"), [("glibc", True), ("system", False)])
+def test_tuned_glibc_workers_keep_large_blocks(allocator: str, in_heap: bool) -> None:
+    """glibc tuned for the workers serves a Dask task thread's large blocks from its one arena's
+    heap (reused, never unmapped); untouched glibc maps each of them anew."""
+    cfg = ClusterConfig(workers=1, allocator=allocator, memory_limit="1GiB")
+    with connect(cfg, device="cpu") as client:
+        heap, what = client.submit(_where_large_blocks_live, pure=False).result()
+    assert heap is in_heap
+    assert what == ("glibc (tuned)" if allocator == "glibc" else "system")
+    assert not any(name in os.environ for name in GLIBC_TUNING)  # nothing left behind here
 
 
 @needs_jemalloc
@@ -139,23 +185,30 @@ def test_batch_job_workers_load_the_allocator_preload() -> None:
     kw = jobqueue_kwargs(cfg.cluster)
     args = kw["worker_extra_args"]
     assert args[args.index("--preload-nanny") + 1] == "geoseg.allocator"
-    assert kw["job_script_prologue"] == ["module load x"]  # auto: jemalloc if the node has it
+    def prologue() -> list[str]:  # without the Dask settings (test_cluster.py)
+        return [line for line in jobqueue_kwargs(cfg.cluster)["job_script_prologue"]
+                if not line.startswith("export DASK_")]
+
+    assert prologue() == ["module load x"]  # auto: jemalloc if the node has it, else glibc
     cfg.cluster.allocator = "jemalloc"  # required: the nanny fails on a node without it
-    assert jobqueue_kwargs(cfg.cluster)["job_script_prologue"] == [
-        "module load x", f"export {ENV_CHOICE}=jemalloc"]
+    assert prologue() == ["module load x", f"export {ENV_CHOICE}=jemalloc"]
+    cfg.cluster.allocator = "glibc"
+    assert prologue() == ["module load x", f"export {ENV_CHOICE}=glibc"]
     cfg.cluster.allocator = "system"
     assert "--preload-nanny" not in jobqueue_kwargs(cfg.cluster)["worker_extra_args"]
 
 
-@needs_jemalloc
-@pytest.mark.parametrize(("allocator", "expected"), [("auto", "jemalloc"), ("system", "system")])
-def test_synchronous_command_reexecutes_itself_under_jemalloc(
+@pytest.mark.parametrize(("allocator", "expected"), [
+    pytest.param("auto", "jemalloc", marks=needs_jemalloc), ("glibc", "glibc (tuned)"),
+    ("system", "system")])
+def test_synchronous_command_reexecutes_itself_under_its_allocator(
     make_scene, make_bundle, tmp_path: Path, allocator: str, expected: str
 ) -> None:
     scene, bundle = make_scene(height=64, width=96), make_bundle(TINY_UNET)
     out = tmp_path / f"mask-{allocator}.tif"
     env = cli_env()
-    env.pop("LD_PRELOAD", None)
+    for name in ("LD_PRELOAD", "MALLOC_CONF", *GLIBC_TUNING):
+        env.pop(name, None)
     done = subprocess.run(
         [*geoseg_cli(), "-v", "predict", str(scene), "-m", str(bundle), "-o", str(out),
          "--scheduler", "synchronous", "--allocator", allocator],
@@ -166,6 +219,9 @@ def test_synchronous_command_reexecutes_itself_under_jemalloc(
     if expected == "jemalloc":
         assert line.endswith(f"allocator: {JEMALLOC} (re-executed)"), line
         assert done.stderr.count("re-running under jemalloc") == 1
+    elif expected == "glibc (tuned)":
+        assert line.endswith("allocator: glibc (tuned) (re-executed)"), line
+        assert done.stderr.count("re-running under tuned glibc") == 1
     else:
         assert line.endswith("allocator: system"), line
 

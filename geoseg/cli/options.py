@@ -51,9 +51,9 @@ _OPTIONS = [
     click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous'."),
     click.option("--cluster", "cluster_kind", type=click.Choice(["local", "slurm", "pbs"]),
                  help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local]."),
-    click.option("--allocator", type=click.Choice(["auto", "jemalloc", "system"]),
+    click.option("--allocator", type=click.Choice(["auto", "jemalloc", "glibc", "system"]),
                  help="Memory allocator of the processes running the model; auto: jemalloc "
-                      "where installed [auto]."),
+                      "where installed, else glibc tuned to keep large blocks [auto]."),
 ]
 
 

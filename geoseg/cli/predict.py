@@ -34,9 +34,9 @@ from geoseg.cli.render import console, progress_bar
 @click.option("--scheduler", help="Existing Dask scheduler address, or 'synchronous' (no cluster).")
 @click.option("--cluster", "kind", type=click.Choice(["local", "slurm", "pbs"]),
               help="Local cluster, or Dask workers as Slurm/PBS jobs (cluster.slurm) [local].")
-@click.option("--allocator", type=click.Choice(["auto", "jemalloc", "system"]),
+@click.option("--allocator", type=click.Choice(["auto", "jemalloc", "glibc", "system"]),
               help="Memory allocator of the processes running the model; auto: jemalloc where "
-                   "installed [auto].")
+                   "installed, else glibc tuned to keep large blocks [auto].")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, overwrite: bool,
             **options: object) -> None:
