@@ -44,6 +44,7 @@ __all__ = [
     "torch_threads",
     "worker_lifetime",
     "worker_resources",
+    "worker_setup",
 ]
 
 log = logging.getLogger(__name__)
@@ -216,14 +217,9 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
     extra_args = ["--lifetime", f"{lifetime}s", "--lifetime-stagger", f"{stagger}s"]
     if offered:
         extra_args += ["--resources", resource_arg(offered)]
-    prologue = list(cfg.job.setup)
-    if cfg.allocator != "system":  # the nanny looks for jemalloc on its node (else tunes glibc)
-        extra_args += ["--preload-nanny", ALLOCATOR_PRELOAD]
-    if cfg.allocator in ("jemalloc", "glibc"):  # jemalloc: a nanny fails to start without it
-        prologue.append(f"export {ENV_CHOICE}={cfg.allocator}")
-    if jobs.gpus:
-        prologue.append(f"export {READ_THREADS_ENV}={jobs.cpus}")
-    prologue += [f"export {name}={value}" for name, value in quiet_environ().items()]
+    setup_args, env = worker_setup(cfg, read_threads=jobs.cpus if jobs.gpus else 0)
+    extra_args += setup_args
+    prologue = [*cfg.job.setup, *(f"export {name}={value}" for name, value in env.items())]
     directives = list(jobs.directives)
     kwargs: dict[str, Any] = {
         "cores": jobs.cpus,
@@ -251,6 +247,18 @@ def jobqueue_kwargs(cfg: ClusterConfig) -> dict[str, Any]:
         kwargs["resource_spec"] = jobs.resource_spec
     kwargs["job_extra_directives"] = directives
     return kwargs
+
+
+def worker_setup(cfg: ClusterConfig, read_threads: int = 0) -> tuple[list[str], dict[str, str]]:
+    """``dask worker`` arguments and environment of the workers geoseg's job scripts and pods
+    start: the allocator's nanny preload (with ``GEOSEG_ALLOCATOR`` where ``cfg.allocator``
+    pins one: a jemalloc nanny fails on a node without it), ``GDAL_NUM_THREADS`` on GPU workers
+    (``read_threads`` cores; 0 for CPU workers) and :func:`quiet_environ`."""
+    args = [] if cfg.allocator == "system" else ["--preload-nanny", ALLOCATOR_PRELOAD]
+    env = {ENV_CHOICE: cfg.allocator} if cfg.allocator in ("jemalloc", "glibc") else {}
+    if read_threads:
+        env[READ_THREADS_ENV] = str(read_threads)
+    return args, {**env, **quiet_environ()}
 
 
 def quiet_config() -> dict[str, Any]:

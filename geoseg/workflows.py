@@ -14,8 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Literal
 
-from geoseg.allocator import ENV_CHOICE
-from geoseg.cluster import READ_THREADS_ENV, quiet_environ, resource_arg, worker_resources
+from geoseg.cluster import resource_arg, worker_resources, worker_setup
 from geoseg.config import Config
 from geoseg.errors import ConfigError
 
@@ -79,19 +78,14 @@ def _k8s_context(cfg: Config) -> dict[str, Any]:
     if resources:
         args += ["--resources", resource_arg(resources)]
     args += ["--local-directory", "/tmp/dask"]
-    if cfg.cluster.allocator != "system":  # jemalloc where the image has it, else tuned glibc
-        args += ["--preload-nanny", "geoseg.allocator"]
+    # a GPU pod's reading task decodes on the pod's cores while the other one computes
+    setup_args, env = worker_setup(cfg.cluster, _k8s_cores(k8s.cpu) if k8s.gpus else 0)
+    args += setup_args
     common = ""
     if k8s.service_account:
         common += f"      serviceAccountName: {k8s.service_account}\n"
     if k8s.node_selector:
         common += f"      nodeSelector: {json.dumps(k8s.node_selector, sort_keys=True)}\n"
-    # jemalloc: the nanny fails without libjemalloc.so.2 rather than running without it
-    choice = cfg.cluster.allocator
-    env = {ENV_CHOICE: choice} if choice in ("jemalloc", "glibc") else {}
-    if k8s.gpus:  # the reading task decodes on the pod's cores while the other one computes
-        env[READ_THREADS_ENV] = str(_k8s_cores(k8s.cpu))
-    env.update(quiet_environ())
     return {
         "k8s": k8s,
         "worker_args": ", ".join(json.dumps(a) for a in args),
