@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,10 +31,13 @@ __all__ = [
     "Bundle",
     "BundleMeta",
     "ClassSpec",
+    "check_class_names",
+    "check_weights",
     "init_bundle",
     "load_bundle",
     "read_bundle_meta",
     "save_bundle",
+    "validation_message",
 ]
 
 BUNDLE_FORMAT = "geoseg-bundle/1"
@@ -45,11 +50,29 @@ class _Strict(BaseModel):
 
 
 class BandSpec(_Strict):
-    """One model input band and its normalization: ``x_norm = (x - mean) / std`` (float32)."""
+    """One model input band and its normalization: ``x_norm = (x - mean) / std`` (float32).
+
+    Both numbers must be finite and ``std`` positive: a NaN or infinite statistic turns every
+    pixel into NaN, which the model maps to class 0 without any error.
+    """
 
     name: str = Field(min_length=1, description="band name matched against the scene's bands")
     mean: float = Field(description="mean of the band in the scene's units (e.g. DN)")
-    std: float = Field(gt=0, description="standard deviation in the scene's units")
+    std: float = Field(description="standard deviation in the scene's units, > 0")
+
+    @field_validator("mean")
+    @classmethod
+    def _finite_mean(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"mean must be a finite number, got {value}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"std must be a finite number > 0, got {value}")
+        return value
 
 
 class ClassSpec(_Strict):
@@ -58,6 +81,13 @@ class ClassSpec(_Strict):
     id: int = Field(ge=0, le=254, description="class id in the mask (255 is nodata)")
     name: str = Field(min_length=1, description="human-readable class name")
     color: tuple[int, int, int] = Field(description="RGB colour, 0-255 each")
+
+    @field_validator("name")
+    @classmethod
+    def _named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError(f"class name must not be blank, got {value!r}")
+        return value
 
     @field_validator("color")
     @classmethod
@@ -97,8 +127,9 @@ class BundleMeta(_Strict):
         if ids != list(range(len(ids))):
             raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
         names = [b.name for b in self.bands]
-        if len(set(names)) != len(names):
-            raise ValueError(f"band names must be unique, got {names}")
+        if len({n.strip().lower() for n in names}) != len(names):  # scenes match them so
+            raise ValueError(f"band names must be unique (ignoring case), got {names}")
+        check_class_names(c.name for c in self.classes)
         return self
 
     @property
@@ -109,6 +140,95 @@ class BundleMeta(_Strict):
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """GDAL colour table: class id → RGBA."""
         return {c.id: (*c.color, 255) for c in self.classes}
+
+
+def check_class_names(names: Iterable[str]) -> None:
+    """Refuse class names that are the same once stripped and case-folded (``A`` and ``a ``).
+
+    Areas and reports are keyed by class name: two classes with one name would merge there
+    and one would silently vanish.
+
+    Raises:
+        ValueError: two names collide; the message names both, with their ids.
+    """
+    seen: dict[str, tuple[int, str]] = {}
+    for i, name in enumerate(names):
+        key = name.strip().casefold()
+        if key in seen:
+            j, first = seen[key]
+            raise ValueError(
+                f"class names must be unique (ignoring case and surrounding spaces): class {j} "
+                f"{first!r} and class {i} {name!r} collide; rename one")
+        seen[key] = (i, name)
+
+
+def validation_message(exc: ValidationError, data: Any = None) -> str:
+    """A pydantic error as one line: ``field.path: problem (got value)``, ``; ``-separated.
+
+    ``data`` is the validated input: list items with a ``name`` are named in the path
+    (``bands[1] 'B03'.std``). Values are shown with ``repr``, shortened, so no raw control
+    character reaches the terminal.
+    """
+    errors = exc.errors()
+    locs = [err["loc"] for err in errors]
+    parts = []
+    for err in errors:  # a container's error echoing its items' ("too short") is left out
+        if any(len(loc) > len(err["loc"]) and loc[: len(err["loc"])] == err["loc"]
+               for loc in locs):
+            continue
+        path, node = "", data
+        for key in err["loc"]:
+            if isinstance(key, int):
+                path += f"[{key}]"
+                node = node[key] if isinstance(node, list | tuple) and key < len(node) else None
+                name = node.get("name") if isinstance(node, Mapping) else getattr(
+                    node, "name", None)
+                if isinstance(name, str):
+                    path += f" {name!r}"
+            else:
+                path += f".{key}" if path else str(key)
+                node = node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] not in ("value_error", "missing"):
+            shown = repr(err.get("input"))
+            msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        parts.append(f"{path}: {msg}" if path else msg)
+    return "; ".join(parts)
+
+
+def check_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
+                  action: str = "") -> None:
+    """Refuse weights holding NaN or infinite values (one pass over the tensors).
+
+    A non-finite weight makes every logit NaN, and every pixel class 0 without an error. numpy
+    checks float16/float32/float64 tensors (torch's CPU ``isfinite`` is ~30 × slower on the
+    float16 tensors bundles store); bfloat16 is widened to float32 first (exact).
+
+    Raises:
+        BundleError: naming ``path``, the first bad tensor and how many of its values are bad;
+            ``action`` (e.g. "not written") says what was refused.
+    """
+    import numpy as np
+    import torch
+
+    bad = []
+    for name, tensor in state_dict.items():
+        if not tensor.is_floating_point():
+            continue
+        t = tensor.detach()
+        if t.dtype not in (torch.float16, torch.float32, torch.float64):
+            t = t.float()
+        values = t.cpu().numpy()
+        if not np.isfinite(values).all():
+            bad.append((name, int(values.size - np.isfinite(values).sum()), int(values.size)))
+    if bad:
+        name, count, size = bad[0]
+        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        raise BundleError(
+            f"{path}: {action + ': ' if action else ''}weight tensor {name!r} holds {count} NaN "
+            f"or infinite value(s) of {size}{more}, so every pixel would be class 0; the "
+            "training diverged or the file was damaged — retrain (lower the learning rate) "
+            "or use another bundle")
 
 
 @dataclass(frozen=True)
@@ -203,13 +323,22 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
             "wrap plain weights with `geoseg model init --weights FILE`"
         )
     try:
-        return BundleMeta.model_validate(json.loads(raw))
-    except (json.JSONDecodeError, ValidationError) as exc:
-        raise BundleError(f"{path}: invalid bundle metadata: {exc}") from exc
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{path}: invalid bundle metadata (not JSON: {exc}); re-create the "
+                          "bundle with `geoseg model init` or `geoseg train`") from exc
+    try:
+        return BundleMeta.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(
+            f"{path}: invalid bundle metadata: {validation_message(exc, data)}; re-create the "
+            "bundle with `geoseg model init` or `geoseg train`, or fix that field") from exc
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """Load a bundle: metadata, weights, checksum; checks that the weights fit the architecture.
+    """Load a bundle: metadata, weights, checksum; checks that the weights fit the architecture
+    and are all finite, and that the metadata can give a meaningful answer (finite
+    normalization, std > 0, distinct class names).
 
     Raises:
         BundleError: anything wrong with the file, its metadata or its weights.
@@ -222,6 +351,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
         state_dict = load_file(str(path), device="cpu")
     except Exception as exc:
         raise BundleError(f"{path}: cannot read the weights ({exc}); the file is corrupt") from exc
+    check_weights(state_dict, path)
     model = _model_with_weights(meta, state_dict, path)  # validate now, not on a worker
     return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=_file_sha256(path),
                   align=model_align(model))
@@ -232,14 +362,27 @@ def save_bundle(
 ) -> Path:
     """Write ``model``'s weights and ``meta`` to ``path`` atomically (temporary name, rename).
 
+    Nothing is written (not even the folder) unless ``meta`` validates and every weight is
+    finite: a bundle that loads is a bundle that can give a meaningful answer.
+
     Returns:
         The path written.
+
+    Raises:
+        BundleError: invalid metadata (e.g. edited with ``model_copy``) or non-finite weights.
     """
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    data = meta.model_dump()
+    try:
+        meta = BundleMeta.model_validate(data)
+    except ValidationError as exc:
+        raise BundleError(f"{path}: not written: invalid bundle metadata: "
+                          f"{validation_message(exc, data)}") from exc
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    check_weights(state, path, "not written")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     try:
         save_file(state, str(tmp), metadata={_META_KEY: meta.model_dump_json()})
@@ -284,7 +427,8 @@ def init_bundle(
             training={"init": "random", "seed": seed},
         )
     except ValidationError as exc:
-        raise BundleError(f"invalid bundle settings: {exc}") from exc
+        raise BundleError(f"{path}: not written: invalid bundle settings: "
+                          f"{validation_message(exc)}") from exc
     torch.manual_seed(seed)
     model = build_model(meta.arch, encoder, len(bands), len(classes), meta.arch_kwargs)
     save_bundle(model, meta, path)
