@@ -7,29 +7,89 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.render import console
+from geoseg.cli.render import console, terminal_safe
 
 
-def _split(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
+def _split(text: str, option: str = "a comma list") -> list[str]:
+    """The stripped items of a comma list; an empty item (``a,,b``) is refused, not dropped,
+    since dropping it would shift every later band or class by one.
+
+    Raises:
+        ConfigError: naming ``option`` and the list.
+    """
+    from geoseg.errors import ConfigError
+
+    items = [part.strip() for part in text.split(",")]
+    if not text.strip():
+        raise ConfigError(f"{option}: empty; give comma-separated values")
+    if not all(items):
+        k = items.index("") + 1
+        raise ConfigError(f"{option} {text!r}: item {k} is empty; give one non-empty value "
+                          "between each pair of commas")
+    return items
+
+
+def _numbers(option: str, text: str, count: int, positive: bool = False) -> list[float]:
+    """``count`` finite numbers (``> 0`` if ``positive``) from the comma list of ``option``.
+
+    Raises:
+        ConfigError: naming ``option`` and the bad value.
+    """
+    import math
+
+    from geoseg.errors import ConfigError
+
+    items = _split(text, option)
+    if len(items) != count:
+        raise ConfigError(f"{option} {text!r}: {len(items)} value(s) for {count} band(s); "
+                          "give one number per band, in --bands order")
+    values = []
+    for item in items:
+        try:
+            value = float(item)
+        except ValueError:
+            raise ConfigError(f"{option}: {item!r} is not a number; give one number per band, "
+                              "e.g. 1000,1200") from None
+        if not math.isfinite(value) or (positive and value <= 0):
+            need = "a finite number > 0" if positive else "a finite number"
+            raise ConfigError(f"{option}: {item!r} is not {need}; such a statistic maps every "
+                              "pixel to one class")
+        values.append(value)
+    return values
 
 
 def _parse_classes(text: str) -> tuple:
+    """``--classes``: ``name`` or ``name:#rrggbb`` items → ClassSpecs (ids in order).
+
+    Raises:
+        ConfigError: an empty name, a colour that is not ``#rrggbb``, or two names that are the
+            same ignoring case and surrounding spaces.
+    """
+    import re
+
     from geoseg.errors import ConfigError
-    from geoseg.models.bundle import ClassSpec
+    from geoseg.models.bundle import ClassSpec, check_class_names
     from geoseg.models.palette import default_color
 
     classes = []
-    for i, item in enumerate(_split(text)):
-        name, _, colour = item.partition(":")
-        if colour:
+    for i, item in enumerate(_split(text, "--classes")):
+        name, colon, colour = (part.strip() for part in item.partition(":"))
+        if not name:
+            raise ConfigError(f"--classes: item {i + 1} {item!r} has no class name; write "
+                              "name or name:#rrggbb")
+        if colon:
+            if not re.fullmatch(r"#?[0-9a-fA-F]{6}", colour):
+                raise ConfigError(f"--classes: class {name!r} has colour {colour!r}, not "
+                                  "#rrggbb (six hex digits, e.g. water:#1f78b4)")
             hexa = colour.lstrip("#")
-            if len(hexa) != 6:
-                raise ConfigError(f"class {name!r}: colour {colour!r} is not #rrggbb")
             rgb = tuple(int(hexa[k : k + 2], 16) for k in (0, 2, 4))
         else:
             rgb = default_color(name, i)
-        classes.append(ClassSpec(id=i, name=name.strip(), color=rgb))
+        classes.append(ClassSpec(id=i, name=name, color=rgb))
+    try:
+        check_class_names(c.name for c in classes)
+    except ValueError as exc:
+        raise ConfigError(f"--classes {text!r}: {exc}") from None
     return tuple(classes)
 
 
@@ -79,13 +139,16 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
       geoseg model init --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \\
           --classes water,trees,crops,built --stats-from scene.tif -o model.safetensors
     """
+    from pydantic import ValidationError
+
     from geoseg.errors import ConfigError, OutputExistsError
-    from geoseg.models.bundle import BandSpec, init_bundle
+    from geoseg.models.bundle import BandSpec, init_bundle, validation_message
     from geoseg.models.registry import recommended_halo
 
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
-    names = _split(bands)
+    names = _split(bands, "--bands")
+    classes_ = _parse_classes(classes)
     if stats_from is not None:
         from geoseg.normalize import band_statistics
         from geoseg.scene import open_scene, select_bands
@@ -93,27 +156,36 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
         scene = open_scene(stats_from)
         stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height, scene.width)
     elif mean and std:
-        stats = list(zip(map(float, _split(mean)), map(float, _split(std)), strict=False))
-        if len(stats) != len(names) or len(_split(mean)) != len(_split(std)):
-            raise ConfigError(f"--mean and --std need {len(names)} values each (one per band)")
+        stats = list(zip(_numbers("--mean", mean, len(names)),
+                         _numbers("--std", std, len(names), positive=True), strict=True))
+    elif mean or std:
+        raise ConfigError(f"--{'std' if mean else 'mean'} is missing; give --mean and --std "
+                          "together (one value per band each)")
     elif input_dtype == "float32":
         stats = [(0.0, 1.0)] * len(names)
     else:
         raise ConfigError("give --stats-from SCENE, or --mean and --std (one value per band)")
+    try:
+        band_specs = tuple(BandSpec(name=n, mean=m, std=s)
+                           for n, (m, s) in zip(names, stats, strict=True))
+    except ValidationError as exc:  # statistics measured on --stats-from
+        raise ConfigError(f"{stats_from}: no usable normalization statistics "
+                          f"({validation_message(exc)}); give --mean and --std") from exc
     meta = init_bundle(
         out,
         arch=arch,
         encoder=encoder,
-        bands=tuple(BandSpec(name=n, mean=m, std=s) for n, (m, s) in zip(names, stats, strict=True)),
+        bands=band_specs,
         input_dtype=input_dtype,  # type: ignore[arg-type]
-        classes=_parse_classes(classes),
+        classes=classes_,
         tile_size=tile_size,
         halo=recommended_halo(arch) if halo is None else halo,
         arch_kwargs=_depth_kwargs(arch, encoder_depth),
         seed=seed,
         description=description,
     )
-    console.print(f"[green]wrote[/] {out}: {meta.arch}/{meta.encoder}, {len(meta.bands)} bands, "
+    console.print(f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/"
+                  f"{terminal_safe(meta.encoder)}, {len(meta.bands)} bands, "
                   f"{len(meta.classes)} classes (untrained)")
 
 
@@ -134,18 +206,19 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(meta.model_dump(mode="json") | {"sha256": loaded.sha256}, indent=2))
         return
-    console.print(f"[bold]{bundle}[/]  sha256 {loaded.sha256[:16]}…")
-    console.print(f"{meta.arch} / {meta.encoder} {meta.arch_kwargs or ''}  input {meta.input_dtype}, "
-                  f"tile {meta.tile_size} px, halo {meta.halo} px")
+    safe = terminal_safe  # every string from the bundle or the user: no markup, no escapes
+    console.print(f"[bold]{safe(bundle)}[/]  sha256 {loaded.sha256[:16]}…")
+    console.print(f"{meta.arch} / {safe(meta.encoder)} {safe(meta.arch_kwargs or '')}  input "
+                  f"{meta.input_dtype}, tile {meta.tile_size} px, halo {meta.halo} px")
     if meta.description:
-        console.print(meta.description)
+        console.print(safe(meta.description, newlines=True))
     bands = Table("band", "mean", "std", title="bands (model order)")
     for b in meta.bands:
-        bands.add_row(b.name, f"{b.mean:.4g}", f"{b.std:.4g}")
+        bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}")
     classes = Table("id", "name", "colour", title="classes")
     for c in meta.classes:
         hexa = "#%02x%02x%02x" % c.color
-        classes.add_row(str(c.id), c.name, f"[{hexa}]██[/] {hexa}")
+        classes.add_row(str(c.id), safe(c.name), f"[{hexa}]██[/] {hexa}")
     console.print(bands, classes)
     if receptive_field:
         from geoseg.models.receptive import receptive_field_radius

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from geoseg.models.bundle import ClassSpec
+from geoseg.models.bundle import ClassSpec, check_class_names
 
 __all__ = ["TrainConfig"]
 
@@ -60,6 +60,7 @@ class TrainConfig(BaseModel):
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
             raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
+        check_class_names(c.name for c in self.classes)  # the bundle would refuse them anyway
         if self.chip_stride is not None and self.chip_stride > self.chip_size:
             raise ValueError("chip_stride must not exceed chip_size")
         return self

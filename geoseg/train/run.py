@@ -22,7 +22,13 @@ from pydantic import ValidationError
 
 from geoseg.errors import BundleError, ConfigError, SceneError
 from geoseg.labels import Grid, open_labels
-from geoseg.models.bundle import BandSpec, BundleMeta, load_bundle, save_bundle
+from geoseg.models.bundle import (
+    BandSpec,
+    BundleMeta,
+    load_bundle,
+    save_bundle,
+    validation_message,
+)
 from geoseg.models.registry import build_model, model_align, recommended_halo
 from geoseg.scene import Scene, open_scene, select_bands
 from geoseg.tiling import ceil_to
@@ -118,7 +124,7 @@ def _build_meta(cfg: TrainConfig, bands: tuple[BandSpec, ...], dtype: str, halo:
                           tile_size=tile_size, halo=halo, description=description,
                           training=training)
     except ValidationError as exc:
-        raise ConfigError(f"invalid bundle settings: {exc}") from exc
+        raise ConfigError(f"invalid bundle settings: {validation_message(exc)}") from exc
 
 
 def train_model(
@@ -184,8 +190,13 @@ def train_model(
 
         per_scene = [band_statistics(b, s.height, s.width) for s, b in opened]
         stats = combine_statistics(per_scene, [s.height * s.width for s, _ in opened])
-        band_specs = tuple(BandSpec(name=b.name, mean=m, std=sd)
-                           for b, (m, sd) in zip(opened[0][1], stats, strict=True))
+        try:
+            band_specs = tuple(BandSpec(name=b.name, mean=m, std=sd)
+                               for b, (m, sd) in zip(opened[0][1], stats, strict=True))
+        except ValidationError as exc:  # e.g. float pixels so large their variance overflows
+            raise SceneError(f"{', '.join(map(str, scenes))}: no usable normalization "
+                             f"statistics ({validation_message(exc)}); check the pixel values "
+                             "(`gdalinfo -stats`)") from exc
         classes = cfg.classes
         model = build_model(cfg.arch, cfg.encoder, len(band_specs), len(classes),
                             cfg.arch_kwargs)
@@ -236,6 +247,8 @@ def train_model(
         tile_size = ceil_to(cfg.tile_size, align)
         halo = cfg.halo if cfg.halo is not None else _measured_halo(
             model, len(band_specs), cfg.arch, tile_size, align)
+    # the bundle's metadata must validate before an epoch is spent (written only after one)
+    _build_meta(cfg, band_specs, dtype, halo, tile_size, {}, base.meta if base else None)
     previous = list(base.meta.training.get("history", [])) if base else []
     record: dict[str, Any] = {
         "scenes": [Path(s).name for s in scenes],
