@@ -205,7 +205,7 @@ def check_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLik
     float16 tensors bundles store); bfloat16 is widened to float32 first (exact).
 
     Raises:
-        BundleError: naming ``path``, the first bad tensor and how many of its values are bad;
+        BundleError: naming ``path`` and the bad tensors (how many of their values are bad);
             ``action`` (e.g. "not written") says what was refused.
     """
     import numpy as np
@@ -218,17 +218,16 @@ def check_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLik
         t = tensor.detach()
         if t.dtype not in (torch.float16, torch.float32, torch.float64):
             t = t.float()
-        values = t.cpu().numpy()
-        if not np.isfinite(values).all():
-            bad.append((name, int(values.size - np.isfinite(values).sum()), int(values.size)))
+        finite = np.isfinite(t.cpu().numpy())
+        if not finite.all():
+            bad.append(f"{name!r} ({finite.size - int(finite.sum())} of {finite.size} values)")
     if bad:
-        name, count, size = bad[0]
-        more = f" (and {len(bad) - 1} more tensor(s))" if len(bad) > 1 else ""
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise BundleError(
-            f"{path}: {action + ': ' if action else ''}weight tensor {name!r} holds {count} NaN "
-            f"or infinite value(s) of {size}{more}, so every pixel would be class 0; the "
-            "training diverged or the file was damaged — retrain (lower the learning rate) "
-            "or use another bundle")
+            f"{path}: {action + ': ' if action else ''}NaN or infinite weights in "
+            f"{len(bad)} tensor(s): {', '.join(sorted(bad)[:3])}{more}, so every pixel would "
+            "be class 0; the training diverged or the file was damaged — retrain (e.g. with "
+            "a lower learning rate) or use another bundle")
 
 
 @dataclass(frozen=True)
