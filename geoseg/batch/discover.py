@@ -5,20 +5,54 @@ Pure path logic, no pixel is read. A file whose stem ends in a band token (``…
 with the same directory and prefix form one scene. Any other ``.tif``/``.tiff`` is a scene of
 its own. Band tokens are compared by :func:`band_key` (``B02`` and ``B2`` are the same band), so
 a model's band names match either spelling.
+
+Inputs are hostile until proven otherwise:
+
+* one file reached by several spellings (relative, absolute, ``..``, symlinks, hard links) is one
+  scene (files are told apart by ``(st_dev, st_ino)``); directories are walked following
+  symlinks, each directory once, so a symlink loop ends the walk instead of repeating it;
+* geoseg's own outputs are never scenes: scene folders (a geoseg ``scene.json``), the folders an
+  output directory's ``report.json`` lists, staging folders and run state, and the
+  confidence/probability rasters;
+* a scene's *name* (its output folder and file stem) is safe whatever the file is called
+  (:func:`safe_name`) and unique by construction (:func:`unique_names`), the same for every
+  job given the same inputs (``--split`` and resume rely on it); the name as found is kept as
+  :attr:`SceneSource.original`.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import glob
+import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from geoseg.batch.state import (
+    NAME_MAX_BYTES,
+    RESERVED_NAMES,
+    is_output_folder,
+    reported_scene_names,
+)
 from geoseg.errors import ConfigError
 
-__all__ = ["BAND_FILE", "RASTER_SUFFIXES", "SceneSource", "band_key", "discover"]
+__all__ = [
+    "BAND_FILE",
+    "NAME_BYTES",
+    "RASTER_SUFFIXES",
+    "SceneSource",
+    "band_key",
+    "discover",
+    "readable",
+    "safe_name",
+    "unique_names",
+]
+
+log = logging.getLogger(__name__)
 
 #: Suffixes of standalone scenes (GeoTIFF / COG).
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -28,6 +62,17 @@ BAND_SUFFIXES = (".tif", ".tiff", ".jp2")
 BAND_FILE = re.compile(r"^(?P<prefix>.+?)[_-](?P<band>B(?:\d{1,2}A?|QA))(?:_\d+m)?$", re.I)
 #: Files geoseg writes itself, never taken as inputs.
 _OUTPUT_SUFFIXES = (".confidence.tif", ".probabilities.tif")
+#: geoseg's temporary files (writers, GeoPackages, atomic JSON): ``.<name>.<token>.partial…``.
+_TEMPORARY = re.compile(r"^\..+\.(partial|stage)(\.[A-Za-z]+)?$")
+#: Longest scene name in UTF-8 bytes. The longest file name geoseg derives from a scene name is
+#: a writer's temporary ``.<name>.probabilities.tif.<pid>-<token>.stage.tif`` (name + 45 bytes),
+#: which GDAL may follow with ``.aux.xml`` (+8): 64 bytes are left for these.
+NAME_BYTES = NAME_MAX_BYTES - 64
+#: Names Windows (and SMB shares) refuse whatever the extension.
+_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                      *(f"lpt{i}" for i in range(10))})
+#: Invisible characters that reorder text (a file name shown as something it is not).
+_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 def band_key(name: str) -> str:
@@ -36,49 +81,268 @@ def band_key(name: str) -> str:
     return f"b{m.group(1)}{m.group(2)}" if m else name.strip().lower()
 
 
+def readable(text: str) -> str:
+    """``text`` as printable, valid UTF-8 text for reports and records.
+
+    Bytes of a file name that are not UTF-8 (``os.fsdecode``'s surrogate escapes) become
+    ``\\xNN``, control and text-reordering characters ``\\xNN``/``\\uNNNN``; anything else is
+    kept as it is.
+    """
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # lone surrogates that are no escaped bytes
+        raw = text.encode("utf-8", "backslashreplace")
+    out = []
+    for ch in raw.decode("utf-8", "backslashreplace"):
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
+    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+def safe_name(text: str) -> str:
+    """A scene name made from ``text`` (a file stem or band-file prefix) that is safe as a
+    folder and file stem on any filesystem and in a shell, URL, HTML or markup.
+
+    Letters, digits and marks of any script (NFC-normalized), ``-`` and ``_`` are kept; every
+    run of anything else (dots, spaces, ``;``, control characters, ``$<>&'"%:/\\[]`` …, bytes
+    that are not UTF-8) becomes one ``_``. Leading ``-`` (an option to many tools) is dropped;
+    a name with no letter or digit left becomes ``scene``; a reserved or Windows device name
+    gets a trailing ``_``; the name is cut to :data:`NAME_BYTES` UTF-8 bytes.
+    """
+    kept = "".join(ch if ch in "-_" or unicodedata.category(ch)[0] in "LNM" else "\0"
+                   for ch in unicodedata.normalize("NFC", text))
+    name = re.sub("\0+", "_", kept).lstrip("-")
+    name = _fit(name if name.strip("_-") else "scene", NAME_BYTES)
+    if _key(name) in _DEVICES or _key(name) in RESERVED_NAMES:
+        name = _fit(name, NAME_BYTES - 1) + "_"
+    return name
+
+
+def _key(name: str) -> str:
+    """The comparison key of a name: two names with one key may be one file on a
+    case-insensitive or normalization-insensitive filesystem (NTFS, APFS, SMB)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def unique_names(bases: Sequence[str]) -> list[str]:
+    """Unique names for scenes whose safe names are ``bases``, in scene order.
+
+    The first scene with a base name keeps it; each later one gets ``<base>-2``, ``-3``…, the
+    first suffix whose name is no other scene's base name and not taken yet, compared
+    case-folded (:func:`_key`). So ``sub1/dup.tif``, ``sub2/dup.tif`` and ``dup-2.tif`` become
+    ``dup``, ``dup-3`` and ``dup-2``. The names depend only on the bases and their order, so
+    every job given the same inputs computes the same ones.
+    """
+    claimed = {_key(b) for b in bases}
+    taken: set[str] = set()
+    names: list[str | None] = []
+    for base in bases:
+        free = _key(base) not in taken
+        names.append(base if free else None)
+        taken.add(_key(base))
+    tried: dict[str, int] = {}  # base key → the last suffix number tried
+    for i, base in enumerate(bases):
+        n = tried.get(_key(base), 1)
+        while names[i] is None:
+            n += 1
+            suffix = f"-{n}"
+            candidate = _fit(base, NAME_BYTES - len(suffix)) + suffix
+            key = _key(candidate)
+            if key not in claimed and key not in taken:
+                names[i] = candidate
+                taken.add(key)
+        tried[_key(base)] = n
+    return [n for n in names if n is not None]
+
+
 @dataclass(frozen=True)
 class SceneSource:
     """One scene found on disk.
 
     Attributes:
-        name: unique scene name (output folder name): the file stem, or the band files' prefix.
+        name: unique, safe scene name (output folder and file stem, :func:`safe_name`).
         path: the raster (``kind == "raster"``) or the band files' directory.
         kind: ``"raster"`` (one multi-band file) or ``"bands"`` (one file per band).
         bands: for band files, band token as written (e.g. ``B02``) → file.
+        original: the name as found (the raster's file name without its suffix, or the band
+            files' prefix) as :func:`readable` text; empty means ``name``.
     """
 
     name: str
     path: Path
     kind: str
     bands: dict[str, Path] = field(default_factory=dict, compare=False)
+    original: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.original:
+            object.__setattr__(self, "original", self.name)
 
     @property
     def files(self) -> tuple[Path, ...]:
         return tuple(self.bands.values()) if self.kind == "bands" else (self.path,)
 
 
-def _expand(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
+class _Outputs:
+    """Which folders and files geoseg wrote (answers memoized per folder)."""
+
+    def __init__(self, exclude: Sequence[str | os.PathLike[str]]):
+        self.exclude = [Path(e).resolve() for e in exclude]
+        self._folders: dict[Path, bool] = {}
+        self._reported: dict[Path, frozenset[str]] = {}
+
+    def folder(self, folder: Path) -> bool:
+        """True for an output folder of geoseg's, or a folder under ``exclude``."""
+        folder = Path(os.path.abspath(folder))
+        hit = self._folders.get(folder)
+        if hit is None:
+            parent = folder.parent
+            if parent not in self._reported:
+                self._reported[parent] = reported_scene_names(parent)
+            hit = (folder.name in self._reported[parent] or is_output_folder(folder)
+                   or _under(folder, self.exclude))
+            self._folders[folder] = hit
+        return hit
+
+    def file(self, path: Path) -> bool:
+        """True for a file geoseg wrote, or one under ``exclude``."""
+        name = path.name
+        return (name.lower().endswith(_OUTPUT_SUFFIXES) or bool(_TEMPORARY.match(name))
+                or self.folder(path.parent) or _under(path, self.exclude))
+
+
+def _under(path: Path, folders: Sequence[Path]) -> bool:
+    if not folders:
+        return False
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return any(resolved.is_relative_to(f) for f in folders)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except (OSError, ValueError):  # gone, a symlink loop, a name the OS refuses
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _walk(top: Path, outputs: _Outputs, seen: set[tuple[int, int]],
+          files: bool = True, hidden: bool = True) -> Iterator[Path]:
+    """Files (or directories, ``top`` first) under directory ``top``, following symlinked
+    directories but entering each directory (by identity, in ``seen``) once, and skipping
+    geoseg's output folders. ``hidden``: also enter directories whose name starts with a dot."""
+    stack = [top]
+    while stack:
+        folder = stack.pop()
+        key = _identity(folder)
+        if key is None or key in seen:
+            continue
+        seen.add(key)
+        if folder is not top and outputs.folder(folder):
+            log.debug("%s: skipped, an output folder of geoseg", folder)
+            continue
+        if not files:
+            yield folder
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("%s: cannot list this folder (%s); its scenes are left out", folder,
+                        exc.strerror or exc)
+            continue
+        for entry in reversed(entries):
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()
+                is_file = not is_dir and entry.is_file()
+            except OSError:  # a symlink loop or an unreadable entry
+                continue
+            if is_dir and (hidden or not entry.name.startswith(".")):
+                stack.append(path)
+            elif is_file and files:
+                yield path
+
+
+def _glob(pattern: str, outputs: _Outputs) -> list[Path]:
+    """What ``glob.glob(pattern, recursive=True)`` matches, except that ``**`` walks each
+    directory once (:func:`_walk`), so symlink loops cannot multiply the matches."""
+    parts = Path(pattern).parts
+    first = next((i for i, p in enumerate(parts) if glob.has_magic(p)), len(parts))
+    current = [Path(*parts[:first])] if first else [Path()]
+    for part in parts[first:]:
+        matched: list[Path] = []
+        for base in current:
+            if part == "**":
+                matched += _walk(base, outputs, set(), files=False, hidden=False)
+                continue
+            try:
+                names = sorted(os.listdir(base))
+            except OSError:
+                continue
+            matched += [base / n for n in names if fnmatch.fnmatchcase(n, part)
+                        and (part.startswith(".") or not n.startswith("."))]
+        current = list(dict.fromkeys(matched))
+    return current
+
+
+def _expand(inputs: Sequence[str | os.PathLike[str]], outputs: _Outputs) -> list[Path]:
     files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
     for item in inputs:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file())
+            if outputs.folder(path):
+                log.warning("%s: an output folder of geoseg, not scenes; skipped", path)
+                continue
+            files += _walk(path, outputs, seen)
         elif path.is_file():
+            if outputs.file(path) and not _under(path, outputs.exclude):
+                log.warning("%s: an output of geoseg, not a scene; skipped", path)
             files.append(path)
         elif glob.has_magic(text):
-            matched = sorted(Path(p) for p in glob.glob(text, recursive=True))
-            files += [p for p in matched if p.is_file()]
-            for d in (p for p in matched if p.is_dir()):
-                files += sorted(p for p in d.rglob("*") if p.is_file())
+            for p in _glob(text, outputs):
+                if p.is_dir():
+                    files += _walk(p, outputs, seen)
+                elif p.is_file():
+                    files.append(p)
         else:
             raise ConfigError(f"{text}: no such file, directory or matching glob")
     return files
 
 
-def _under(path: Path, folders: Iterable[Path]) -> bool:
-    resolved = path.resolve()
-    return any(resolved.is_relative_to(f) for f in folders)
+def _spelling(path: Path) -> tuple[bool, str]:
+    """Which spelling of a file represents it: one without symlinks, then the first by
+    absolute path (so the choice does not depend on the order of the inputs)."""
+    absolute = os.path.abspath(path)
+    return os.path.realpath(path) != absolute, absolute
+
+
+def _distinct(files: list[Path]) -> list[Path]:
+    """One spelling of each file (by ``(st_dev, st_ino)``)."""
+    best: dict[tuple[int, int], Path] = {}
+    for f in files:
+        key = _identity(f)
+        if key is not None and (key not in best or _spelling(f) < _spelling(best[key])):
+            best[key] = f
+    return list(best.values())
+
+
+def _raster_stem(path: Path) -> tuple[str, str]:
+    """(the name as found, the base of its safe name): ``scene.v2.tif`` → ``scene.v2``,
+    ``scene``; a hidden file's leading dots are not part of its name."""
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    return stem, stem.lstrip(".").split(".")[0]
 
 
 def discover(
@@ -86,32 +350,37 @@ def discover(
 ) -> list[SceneSource]:
     """The scenes in ``inputs`` (files, directories searched recursively, or globs).
 
-    Files under ``exclude`` (e.g. the output directory) and geoseg's own confidence and
-    probability rasters are ignored. Scenes are sorted by path; names are made unique by
-    suffixing ``-2``, ``-3``… in that order.
+    Files under ``exclude`` (e.g. the output directory) and geoseg's own outputs are ignored;
+    a file reached by several spellings is one scene. Scenes are sorted by resolved path; their
+    names are safe (:func:`safe_name`) and made unique in that order (:func:`unique_names`).
 
     Raises:
         ConfigError: an input names nothing that exists.
     """
-    skip = [Path(e).resolve() for e in exclude]
-    groups: dict[tuple[Path, str], dict[str, Path]] = {}
+    outputs = _Outputs(exclude)
+    groups: dict[tuple[str, str], dict[str, Path]] = {}
     rasters: list[Path] = []
-    for f in dict.fromkeys(_expand(inputs)):
-        if _under(f, skip) or f.name.lower().endswith(_OUTPUT_SUFFIXES):
+    for f in sorted(_distinct(_expand(inputs, outputs)), key=_spelling):
+        if outputs.file(f):
             continue
         suffix = f.suffix.lower()
         m = BAND_FILE.match(f.stem) if suffix in BAND_SUFFIXES else None
         if m:
-            groups.setdefault((f.parent, m["prefix"]), {}).setdefault(m["band"].upper(), f)
+            key = (os.path.realpath(f.parent), m["prefix"])
+            groups.setdefault(key, {}).setdefault(m["band"].upper(), f)
         elif suffix in RASTER_SUFFIXES:
             rasters.append(f)
-    found = [SceneSource(p.name.split(".")[0], p, "raster") for p in rasters]
-    found += [SceneSource(prefix, folder, "bands", dict(sorted(bands.items())))
-              for (folder, prefix), bands in groups.items()]
-    found.sort(key=lambda s: (str(s.path), s.name))
-    seen: dict[str, int] = {}
-    unique = []
-    for s in found:
-        n = seen[s.name] = seen.get(s.name, 0) + 1
-        unique.append(s if n == 1 else SceneSource(f"{s.name}-{n}", s.path, s.kind, s.bands))
-    return unique
+    found: list[tuple[str, str, str, SceneSource]] = []
+    for p in rasters:
+        original, base = _raster_stem(p)
+        found.append((os.path.realpath(p), original, base,
+                      SceneSource(base, p, "raster", original=readable(original))))
+    for (real, prefix), bands in groups.items():
+        folder = next(iter(bands.values())).parent
+        found.append((os.path.join(real, ""), prefix, prefix.lstrip("."),
+                      SceneSource(prefix, folder, "bands", dict(sorted(bands.items())),
+                                  original=readable(prefix))))
+    found.sort(key=lambda t: (t[0], t[1]))
+    names = unique_names([safe_name(base) for _, _, base, _ in found])
+    return [SceneSource(n, s.path, s.kind, s.bands, s.original)
+            for n, (_, _, _, s) in zip(names, found, strict=True)]

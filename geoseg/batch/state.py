@@ -19,24 +19,56 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NAME_MAX_BYTES",
+    "OLD_PREFIX",
     "RECORD",
+    "REPORT_JSON",
+    "RESERVED_NAMES",
+    "STAGE_PREFIX",
+    "STATE_DIR",
     "SceneFolder",
     "atomic_write_json",
     "atomic_write_text",
     "fingerprint",
+    "is_output_folder",
+    "is_scene_record",
     "read_record",
+    "reported_scene_names",
 ]
 
 #: The per-scene record file, inside the scene folder.
 RECORD = "scene.json"
+#: The run report, at the output root (:mod:`geoseg.batch.report`).
+REPORT_JSON = "report.json"
+#: The folder of run state (failure records), at the output root.
+STATE_DIR = ".geoseg"
+#: Prefixes of a scene's staging and replaced folders, at the output root.
+STAGE_PREFIX, OLD_PREFIX = ".partial-", ".old-"
+#: Names geoseg uses at the output root for itself: a scene never takes one (compared
+#: case-folded; the prefixes above are reserved too).
+RESERVED_NAMES = frozenset({REPORT_JSON, "report.html", "catalog.json", STATE_DIR})
+#: Longest file name component on common filesystems (ext4, XFS, APFS, NTFS: 255 bytes).
+NAME_MAX_BYTES = 255
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename. The temporary name is
-    unique per host and process, so jobs sharing a filesystem never write the same one."""
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.partial")
+    """Write ``text`` (UTF-8; a lone surrogate as ``\\udcNN``) to ``path`` through a temporary
+    file and a rename.
+
+    The temporary name is unique per host and process, so jobs sharing a filesystem never write
+    the same one; a long ``path.name`` is shortened in it (with a hash of the whole name) so the
+    temporary name fits :data:`NAME_MAX_BYTES` whatever the host name.
+    """
+    tail = f".{socket.gethostname()}.{os.getpid()}.partial"
+    head = path.name
+    room = NAME_MAX_BYTES - 1 - len(tail.encode())
+    if len(head.encode("utf-8", "surrogateescape")) > room:
+        digest = hashlib.sha256(head.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        keep = head.encode("utf-8", "surrogateescape")[: max(room - 13, 0)]
+        head = keep.decode("utf-8", "ignore") + "~" + digest
+    tmp = path.with_name(f".{head}{tail}")
     try:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors="backslashreplace")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -61,10 +93,43 @@ def fingerprint(bundle_sha256: str, settings: dict[str, Any], inputs: Sequence[P
 def read_record(folder: Path) -> dict[str, Any] | None:
     """The record in ``folder``, or None when absent or unreadable."""
     try:
-        data = json.loads((folder / RECORD).read_text())
+        data = json.loads((folder / RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def is_scene_record(data: Any) -> bool:
+    """True when ``data`` (a parsed ``scene.json``) is a record written by geoseg: it names its
+    scene, a status and the scene's outputs."""
+    return (isinstance(data, dict) and isinstance(data.get("scene"), str)
+            and isinstance(data.get("status"), str) and isinstance(data.get("outputs"), dict))
+
+
+def is_output_folder(folder: Path) -> bool:
+    """True when ``folder`` is one geoseg wrote inside an output directory, whose rasters are
+    outputs and never scenes: a scene folder (its ``scene.json`` is a geoseg record), a
+    scene's staging or replaced folder, or the run state folder."""
+    name = folder.name
+    if name == STATE_DIR or name.startswith((STAGE_PREFIX, OLD_PREFIX)):
+        return True
+    return (folder / RECORD).is_file() and is_scene_record(read_record(folder))
+
+
+def reported_scene_names(root: Path) -> frozenset[str]:
+    """The scene folder names listed by a geoseg ``report.json`` in ``root`` (none when ``root``
+    holds no such report): folders of an earlier run's output directory, even when their
+    ``scene.json`` was lost."""
+    try:
+        report = json.loads((root / REPORT_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return frozenset()
+    if not isinstance(report, dict) or not isinstance(report.get("scenes"), list):
+        return frozenset()
+    if "summary" not in report:
+        return frozenset()
+    return frozenset(e["scene"] for e in report["scenes"]
+                     if isinstance(e, dict) and isinstance(e.get("scene"), str))
 
 
 class SceneFolder:
@@ -72,8 +137,8 @@ class SceneFolder:
 
     def __init__(self, out_dir: Path, name: str):
         self.final = out_dir / name
-        self.stage = out_dir / f".partial-{name}"
-        self._old = out_dir / f".old-{name}"
+        self.stage = out_dir / f"{STAGE_PREFIX}{name}"
+        self._old = out_dir / f"{OLD_PREFIX}{name}"
 
     def is_done(self, fp: str) -> bool:
         """True when the final folder holds an ``ok`` record with fingerprint ``fp``."""
