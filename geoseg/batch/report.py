@@ -2,24 +2,35 @@
 
 The report covers every scene found (not only this run's split): a scene handled by this run
 has its status from it (``ok``, ``failed``, ``skipped``); any other scene is read back from the
-output folder (``ok`` or ``failed`` by another job of a Slurm array, else ``pending``). Several
-jobs may write it; each write is atomic and complete.
+output folder (``ok`` or ``failed`` by another job of a Slurm array, else ``pending``), when
+what is there was made from this scene's files. Several jobs may write it; each write is atomic
+and complete.
+
+The page treats every name and path as hostile: text is HTML-escaped (and made
+:func:`~geoseg.batch.discover.readable`), every link and picture is a relative path with each
+segment percent-encoded (never a scheme), and a Content-Security-Policy forbids scripts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from geoseg.batch.discover import SceneSource
-from geoseg.batch.state import atomic_write_json, atomic_write_text, read_record
+from geoseg.batch.discover import SceneSource, readable
+from geoseg.batch.state import REPORT_JSON, atomic_write_json, atomic_write_text, read_record
 
-__all__ = ["STATUSES", "build_report", "write_html", "write_report"]
+__all__ = ["CSP", "STATUSES", "build_report", "href", "write_html", "write_report"]
 
 #: Every scene status a report can hold.
 STATUSES = ("ok", "skipped", "failed", "pending")
+#: The page's Content-Security-Policy: no script, no frame, no form, no fetch; pictures only
+#: from the page's own origin (or its folder, opened as a file), style only inline.
+CSP = ("default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; base-uri 'none'; "
+       "form-action 'none'")
 
 
 def _relative(entry: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -30,6 +41,22 @@ def _relative(entry: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     return entry
 
 
+def _same_inputs(entry: dict[str, Any], source: SceneSource) -> bool:
+    """True when ``entry`` (a record or failure read back from the output folder) was made from
+    ``source``'s files: a folder left by another input under the same name is not credited to
+    this one."""
+    inputs = entry.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        return False
+    ours = {os.path.realpath(f) for f in source.files}
+    return all(isinstance(f, str) and os.path.realpath(f) in ours for f in inputs)
+
+
+def _pending(source: SceneSource) -> dict[str, Any]:
+    return {"scene": source.name, "original": source.original, "status": "pending",
+            "kind": source.kind, "inputs": [str(f) for f in source.files]}
+
+
 def build_report(
     sources: list[SceneSource],
     handled: list[dict[str, Any]],
@@ -38,7 +65,8 @@ def build_report(
 ) -> dict[str, Any]:
     """The report dict: ``header`` plus a summary and one entry per scene in ``sources``.
 
-    Entry output paths are relative to ``out_dir``.
+    Entry output paths are relative to ``out_dir``. Each entry names its scene's input files
+    and its name as found (``original``).
     """
     import json
 
@@ -49,15 +77,14 @@ def build_report(
     for s in sources:
         entry = by_name.get(s.name)
         if entry is None:
-            failed = failure_path(out_dir, s.name)
+            try:
+                failed = json.loads(failure_path(out_dir, s.name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                failed = None
             record = read_record(out_dir / s.name)
-            if failed.exists():
-                entry = json.loads(failed.read_text())
-            elif record is not None:
-                entry = record
-            else:
-                entry = {"scene": s.name, "status": "pending", "kind": s.kind,
-                         "inputs": [str(f) for f in s.files]}
+            entry = next((e for e in (failed, record)
+                          if isinstance(e, dict) and _same_inputs(e, s)), None) or _pending(s)
+        entry = {**entry, "original": entry.get("original") or s.original}
         scenes.append(_relative(entry, out_dir))
     summary = {status: sum(e["status"] == status for e in scenes) for status in STATUSES}
     totals: dict[str, dict[str, float]] = {}
@@ -77,7 +104,7 @@ def build_report(
 
 def write_report(report: dict[str, Any], out_dir: Path, html_too: bool = True) -> Path:
     """Write ``report.json`` (and ``report.html``) atomically; return the JSON path."""
-    path = out_dir / "report.json"
+    path = out_dir / REPORT_JSON
     atomic_write_json(path, report)
     if html_too:
         write_html(report, out_dir / "report.html")
@@ -94,37 +121,65 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .ok{color:#1a7f37}.failed{color:#c62828}.skipped{color:#6d6d6d}.pending{color:#b26a00}
 .sw{display:inline-block;width:.9em;height:.9em;border:1px solid #888;vertical-align:middle}
 pre{white-space:pre-wrap;background:#fff4f4;padding:.5em}
+.from{color:#555;font-size:.9em;overflow-wrap:anywhere}
 """
 
 
+def _esc(value: Any) -> str:
+    """``value`` as HTML text: :func:`~geoseg.batch.discover.readable`, then escaped."""
+    return html.escape(readable(str(value)))
+
+
+def href(path: str) -> str:
+    """A relative URL for ``path`` (``/``-separated, relative to the page), safe in an HTML
+    attribute: each segment percent-encoded, so no segment is a scheme (``javascript:``), a
+    host (``//``) or markup; empty, ``.`` and ``..`` segments are dropped."""
+    segments = [seg for seg in str(path).split("/")
+                if seg not in ("", ".", "..")]
+    return "/".join(quote(seg.encode("utf-8", "surrogateescape"), safe="") for seg in segments)
+
+
+def _count(n: Any, noun: str) -> str:
+    """``1 block``, ``2 blocks``, ``? blocks``."""
+    return f"{_esc(n)} {noun}" + ("" if n == 1 else "s")
+
+
 def _scene_html(e: dict[str, Any], colors: dict[str, str]) -> str:
-    esc = html.escape
-    status = e["status"]
-    parts = [f'<div class="scene"><h2>{esc(e["scene"])} <span class="{status}">{status}</span>'
-             "</h2>"]
+    status = str(e["status"])
+    parts = [f'<div class="scene"><h2>{_esc(e["scene"])} '
+             f'<span class="{_esc(status)}">{_esc(status)}</span></h2>']
+    original = e.get("original")
+    inputs = ", ".join(_esc(f) for f in e.get("inputs", []))
+    source = f"from <code>{_esc(original)}</code>" if original and original != e["scene"] else ""
+    if inputs:
+        source += (": " if source else "") + inputs
+    if source:
+        parts.append(f'<p class="from">{source}</p>')
     if e.get("size"):
         h, w = e["size"]
-        parts.append(f"<p>{w}×{h} px, {esc(str(e.get('crs', '')))}, "
-                     f"{e.get('blocks', '?')} blocks, {e.get('tiles', '?')} tiles; "
-                     f"{e.get('timings_s', {}).get('total', 0):.1f} s</p>")
+        parts.append(f"<p>{_esc(w)}×{_esc(h)} px, {_esc(e.get('crs', ''))}, "
+                     f"{_count(e.get('blocks', '?'), 'block')}, "
+                     f"{_count(e.get('tiles', '?'), 'tile')}; "
+                     f"{float(e.get('timings_s', {}).get('total', 0)):.1f} s</p>")
     outputs = e.get("outputs", {})
-    if "thumbnail" in outputs:
+    if "thumbnail" in outputs and "mask-thumbnail" in outputs:
         parts.append('<div class="pics">'
-                     f'<img src="{esc(outputs["thumbnail"])}" alt="scene">'
-                     f'<img src="{esc(outputs["mask-thumbnail"])}" alt="mask"></div>')
+                     f'<img src="{_esc(href(outputs["thumbnail"]))}" alt="scene">'
+                     f'<img src="{_esc(href(outputs["mask-thumbnail"]))}" alt="mask"></div>')
     if e.get("classes"):
         total = sum(c["area_m2"] for c in e["classes"].values()) or 1.0
         rows = "".join(
             f'<tr><td><span class="sw" style="background:{colors.get(n, "#fff")}"></span> '
-            f'{esc(n)}</td><td class="n">{c["area_m2"] / 1e6:,.3f}</td>'
+            f'{_esc(n)}</td><td class="n">{c["area_m2"] / 1e6:,.3f}</td>'
             f'<td class="n">{100 * c["area_m2"] / total:.1f} %</td></tr>'
             for n, c in e["classes"].items())
         parts.append(f"<table><tr><th>class</th><th>km²</th><th>share</th></tr>{rows}</table>")
     if outputs:
-        links = " · ".join(f'<a href="{esc(p)}">{esc(r)}</a>' for r, p in outputs.items())
+        links = " · ".join(f'<a href="{_esc(href(p))}">{_esc(r)}</a>'
+                           for r, p in outputs.items())
         parts.append(f"<p>{links}</p>")
     if e.get("error"):
-        parts.append(f"<pre>{esc(e['error'])}</pre>")
+        parts.append(f"<pre>{_esc(e['error'])}</pre>")
     parts.append("</div>")
     return "".join(parts)
 
@@ -134,16 +189,17 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
 
     Pictures are linked (``<scene>/quicklook.png``), so the page sits in the output folder.
     """
-    esc = html.escape
     colors = {c["name"]: "#{:02x}{:02x}{:02x}".format(*c["color"][:3])
               for c in report.get("bundle", {}).get("classes", [])}
     s = report["summary"]
-    summary = ", ".join(f'<span class="{k}">{s[k]} {k}</span>' for k in STATUSES if s[k])
+    summary = ", ".join(f'<span class="{k}">{_esc(s[k])} {k}</span>' for k in STATUSES if s[k])
     body = "".join(_scene_html(e, colors) for e in report["scenes"])
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>geoseg report</title>"
+    page = (f'<!doctype html><html><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}">'
+            f'<meta name="referrer" content="no-referrer"><title>geoseg report</title>'
             f"<style>{_CSS}</style></head><body><h1>geoseg run report</h1>"
-            f"<p>{s['scenes']} scenes: {summary}. Model "
-            f"<code>{esc(str(report.get('bundle', {}).get('file', '')))}</code>; "
-            f"written {esc(report['written'])}.</p>{body}</body></html>")
+            f"<p>{_count(s['scenes'], 'scene')}: {summary}. Model "
+            f"<code>{_esc(str(report.get('bundle', {}).get('file', '')))}</code>; "
+            f"written {_esc(report['written'])}.</p>{body}</body></html>")
     atomic_write_text(path, page)
     return path
