@@ -185,6 +185,7 @@ def process_scene(
         names = {c.id: c.name for c in meta.classes}
         record = {
             "scene": name,
+            "original": source.original,
             "status": "ok",
             "kind": source.kind,
             "inputs": [str(f) for f in scene.files],
@@ -275,6 +276,7 @@ def run_batch(
             log.debug("scene %s failed", source.name, exc_info=True)
             entry = {
                 "scene": source.name,
+                "original": source.original,
                 "status": "failed",
                 "kind": source.kind,
                 "inputs": [str(f) for f in source.files],
