@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from geoseg.batch.discover import SceneSource, band_key
@@ -15,15 +16,17 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
     """The :class:`~geoseg.scene.Scene` of ``source`` for a model needing ``band_names``.
 
     A raster scene is opened as it is (bands are matched when planning). For band files only
-    the model's bands are used, named as the model names them, on the finest of their grids.
+    the model's bands are used, named as the model names them, on the grid
+    :func:`~geoseg.scene.open_band_files` chooses (the finest in the CRS most of them share);
+    its :attr:`~geoseg.scene.Scene.warnings` name bands that only partly overlap or were
+    reprojected.
 
     Raises:
-        SceneError: unreadable files, or band files missing for some of the model's bands.
+        SceneError: unreadable files, band files missing for some of the model's bands, or
+            band files that do not overlap.
     """
     if source.kind == "raster":
-        scene = open_scene(source.path)
-        return Scene(source.name, scene.bands, scene.crs_wkt, scene.transform, scene.height,
-                     scene.width, scene.dtype, scene.nodata)
+        return dataclasses.replace(open_scene(source.path), name=source.name)
     by_key = {band_key(token): path for token, path in source.bands.items()}
     missing = [b for b in band_names if band_key(b) not in by_key]
     if missing:
@@ -33,5 +36,4 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
             f"(found {have}); add the missing file(s), named like {source.name}_{missing[0]}.tif"
         )
     files = {b: by_key[band_key(b)] for b in band_names}
-    scene = open_band_files(source.name, files, fill)
-    return scene
+    return open_band_files(source.name, files, fill)
