@@ -194,6 +194,7 @@ def process_scene(
                       for b in plan.job.bands},
             "size": [scene.height, scene.width],
             "crs": _crs_name(scene.crs_wkt),
+            "warnings": list(scene.warnings),  # usable, but the user should know (by file)
             "outputs": {role: p.relative_to(stage).as_posix() for role, p in outputs.items()},
             "classes": {names[c]: {"id": c, "pixels": n, "area_m2": round(areas[c], 3)}
                         for c, n in result.class_pixels.items()},

@@ -10,7 +10,7 @@ import click
 
 from geoseg.cli.allocator import rerun_under_allocator
 from geoseg.cli.options import config_options, overrides_from, parse_split
-from geoseg.cli.render import console, new_progress
+from geoseg.cli.render import console, new_progress, terminal_safe
 
 #: Exit status when the run finished but some scenes failed (1: nothing ran, 2: usage).
 EXIT_SOME_FAILED = 3
@@ -107,6 +107,9 @@ class _Display:
         if entry.get("error"):
             line += f": {entry['error']}"
         console.print(line, highlight=False, soft_wrap=True)
+        for warning in entry.get("warnings", []) if status == "ok" else []:
+            console.print(f"  [yellow]warning[/] {terminal_safe(warning)}", highlight=False,
+                          soft_wrap=True)
 
 
 def _summary(entries: list[dict[str, Any]]) -> None:
