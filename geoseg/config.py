@@ -186,6 +186,35 @@ def _shell_line(line: str) -> str:
     return line
 
 
+#: Characters that mean shell (not just quoting) in a command line.
+_SHELL_SYNTAX = re.compile(r"[$`;&|<>(){}\[\]*?~#!]")
+
+
+def _argv(value: Any) -> Any:
+    """A command as a list of arguments; a legacy plain string is split like a shell would,
+    and refused where it needs a shell (expansions, operators, redirections, globs)."""
+    if not isinstance(value, str):
+        return value
+    _one_line(value)  # a line break would be a second command to a shell, a space to shlex
+    if bad := _SHELL_SYNTAX.search(value):
+        raise ValueError(f"{value!r} needs a shell ({bad[0]!r}); give the command as a list of "
+                         "arguments, e.g. [python, -m, geoseg], and put shell in cluster.job.setup")
+    try:
+        return shlex.split(value)
+    except ValueError:
+        raise ValueError(f"{value!r} has an unclosed quote; give the command as a list of "
+                         "arguments, e.g. [/opt/my tools/geoseg]") from None
+
+
+def _program(argv: list[str]) -> list[str]:
+    if not argv or not argv[0] or argv[0].startswith("-") or re.match(r"[A-Za-z_]\w*=", argv[0]):
+        raise ValueError(f"{argv!r}: the first argument must be the program (not empty, an "
+                         "option or a VAR=value assignment); e.g. [geoseg] or [env, X=1, geoseg]")
+    if not all(argv):
+        raise ValueError(f"{argv!r} has an empty argument")
+    return argv
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -450,7 +479,11 @@ class JobConfig(_Section):
         description="shell lines run first in batch jobs, e.g. 'source ~/venv/bin/activate'; "
         "each entry one complete line (quotes closed, no line breaks)",
     )
-    command: str = Field("geoseg", description="the geoseg executable on the compute nodes")
+    command: Annotated[list[str], BeforeValidator(_argv), AfterValidator(_program)] = Field(
+        default_factory=lambda: ["geoseg"], description="the geoseg executable on the compute "
+        "nodes, as a list of arguments (e.g. [python, -m, geoseg]); each is shell-quoted in job "
+        "scripts. A plain string is split like a shell would and refused if it needs a shell "
+        "($, `, ;, |, &, <, >, globs, ~): put such lines in setup")
 
 
 class ClusterConfig(_Section):

@@ -1,28 +1,34 @@
 """Cluster job definitions from a config: Slurm job array and driver, Kubernetes manifests.
 
 Every job is the CLI plus a config plus a split index (``geoseg run … --split I/N``), so any job
-can be re-run: finished scenes are skipped. The templates live in ``geoseg/templates``; the
-copies in ``workflows/`` are these renderings of ``configs/slurm.yaml`` and ``configs/k8s.yaml``.
+can be re-run: finished scenes are skipped. The Slurm scripts are Jinja templates in
+``geoseg/templates`` with every shell word quoted (``shlex.quote``, the command an argv list);
+the Kubernetes manifests are Python dicts written by a YAML serializer under a header comment
+from the templates, so no value can add a line, a key or a shell command. The config models
+validate every value's format when the config is loaded; the checks here are those that need
+the whole config or the rendered text. The copies in ``workflows/`` are these renderings of
+``configs/slurm.yaml`` and ``configs/k8s.yaml``.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from geoseg.cluster import resource_arg, worker_resources, worker_setup
-from geoseg.config import Config
-from geoseg.errors import ConfigError
+from geoseg.config import Config, KubernetesConfig
+from geoseg.errors import ConfigError, OutputExistsError
 
 __all__ = ["WORKFLOWS", "render_workflow", "write_workflow"]
 
-Kind = Literal["slurm", "k8s"]
-
-#: workflow kind → (template, file name suffix) pairs it renders.
+#: workflow kind → (template, file name suffix) pairs it renders (k8s: the header comments).
 WORKFLOWS: dict[str, tuple[tuple[str, str], ...]] = {
     "slurm": (("slurm-array.sbatch.j2", "-array.sbatch"),
               ("slurm-driver.sbatch.j2", "-driver.sbatch")),
@@ -31,25 +37,26 @@ WORKFLOWS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 _TEMPLATES = Path(__file__).parent / "templates"
-_K8S_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-              "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "": 1}
+#: Longest suffix geoseg adds to cluster.job.name for a Kubernetes object (63-character names).
+_K8S_SUFFIX = "-array-config"
+_K8S_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?", re.ASCII)
+#: Bash words that are syntax, not a command, when they come first unquoted.
+_RESERVED = frozenset(["case", "coproc", "do", "done", "elif", "else", "esac", "fi", "for",
+                       "function", "if", "in", "select", "then", "time", "until", "while"])
+_CONFIG_MOUNT = "/etc/geoseg"
 
 
-def _k8s_bytes(quantity: str) -> int:
-    """Bytes in a Kubernetes memory quantity (``16Gi``, ``500M``, ``1024``)."""
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]i|[kMGT]|)", quantity.strip())
-    if not m:
-        raise ConfigError(f"cluster.kubernetes.memory {quantity!r}: expected e.g. 16Gi")
-    return int(float(m.group(1)) * _K8S_UNITS[m.group(2)])
+def _shell_words(argv: list[str]) -> str:
+    """``argv`` as one shell command line: every word quoted where it needs it."""
+    words = [shlex.quote(a) for a in argv]
+    if argv and argv[0] in _RESERVED:
+        words[0] = f"'{argv[0]}'"
+    return " ".join(words)
 
 
-def _k8s_cores(quantity: str) -> int:
-    """Whole cores in a Kubernetes CPU quantity (``"8"``, ``"7.5"``, ``"3500m"``), at least 1."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)(m?)\s*", quantity)
-    if not m:
-        raise ConfigError(f"cluster.kubernetes.cpu {quantity!r}: expected e.g. 8 or 3500m")
-    cores = float(m.group(1)) / (1000 if m.group(2) else 1)
-    return max(1, int(cores))
+def _k8s_literal(value: str) -> str:
+    """``value`` with Kubernetes' ``$(VAR)`` expansion of command and env values escaped."""
+    return value.replace("$", "$$")
 
 
 def _slurm_context(cfg: Config) -> dict[str, Any]:
@@ -67,33 +74,191 @@ def _slurm_context(cfg: Config) -> dict[str, Any]:
     }
 
 
-def _k8s_context(cfg: Config) -> dict[str, Any]:
-    k8s = cfg.cluster.kubernetes
-    name = cfg.cluster.job.name
+def _check_shell(name: str, text: str) -> None:
+    """Refuse a rendered script bash cannot parse (only ``cluster.job.setup`` lines, shell by
+    design, can make one); skipped where there is no bash."""
+    bash = shutil.which("bash")
+    if bash is None:
+        return
+    done = subprocess.run([bash, "-n"], input=text, text=True, capture_output=True, timeout=30)
+    if done.returncode:
+        error = " ".join(done.stderr.split())
+        raise ConfigError(f"cluster.job.setup: the rendered {name} is not valid shell ({error}); "
+                          "make each setup entry one complete shell command")
+
+
+# --- Kubernetes manifests ----------------------------------------------------------------------
+
+
+def _meta(name: str, k8s: KubernetesConfig, app: str, component: str | None) -> dict[str, Any]:
+    labels = {"app.kubernetes.io/name": app}
+    if component:
+        labels["app.kubernetes.io/component"] = component
+    return {"name": name, "namespace": k8s.namespace, "labels": labels}
+
+
+def _pod(k8s: KubernetesConfig, containers: list[dict[str, Any]], volumes: list[dict[str, Any]],
+         restart: str | None = None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"restartPolicy": restart} if restart else {}
+    if k8s.service_account:
+        spec["serviceAccountName"] = k8s.service_account
+    if k8s.node_selector:
+        spec["nodeSelector"] = dict(sorted(k8s.node_selector.items()))
+    spec["containers"] = containers
+    if volumes:
+        spec["volumes"] = volumes
+    return spec
+
+
+class _Block(list):  # type: ignore[type-arg]
+    """A list written one item per line (commands), whatever its items."""
+
+
+def _container(k8s: KubernetesConfig, name: str, command: list[str],
+               **more: Any) -> dict[str, Any]:
+    return {"name": name, "image": k8s.image, "imagePullPolicy": k8s.image_pull_policy,
+            "command": _Block(command), **more}
+
+
+def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = gpus
+    return {"requests": amounts, "limits": dict(amounts)}
+
+
+def _data_volumes(k8s: KubernetesConfig, config_map: str | None) -> tuple[list[Any], list[Any]]:
+    """``(volumeMounts, volumes)``: the data claim, and the config's ConfigMap when given."""
+    mounts: list[Any] = [{"name": "data", "mountPath": k8s.mount_path}]
+    volumes: list[Any] = [{"name": "data",
+                           "persistentVolumeClaim": {"claimName": k8s.volume_claim}}]
+    if config_map:
+        mounts.append({"name": "config", "mountPath": _CONFIG_MOUNT, "readOnly": True})
+        volumes.append({"name": "config", "configMap": {"name": config_map}})
+    return mounts, volumes
+
+
+def _config_map(name: str, k8s: KubernetesConfig, app: str, text: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, k8s, app, None),
+            "data": {"config.yaml": text.rstrip("\n") + "\n"}}
+
+
+def _workload(kind: str, name: str, k8s: KubernetesConfig, app: str, component: str,
+              spec: dict[str, Any], pod: dict[str, Any]) -> dict[str, Any]:
+    """A Deployment or Job whose pods carry the app and component labels."""
+    labels = {"app.kubernetes.io/name": app, "app.kubernetes.io/component": component}
+    if kind == "Deployment":
+        spec = {**spec, "selector": {"matchLabels": dict(labels)}}
+    return {"apiVersion": "apps/v1" if kind == "Deployment" else "batch/v1", "kind": kind,
+            "metadata": _meta(name, k8s, app, component),
+            "spec": {**spec, "template": {"metadata": {"labels": labels}, "spec": pod}}}
+
+
+def _run_args(cfg: Config) -> list[str]:
+    """``geoseg run`` with the job's inputs, model and output, as Kubernetes runs it."""
+    job = cfg.cluster.job
+    user = [*job.command, "run", *job.inputs, "--model", job.model, "--out", job.out]
+    return [*map(_k8s_literal, user), "--config", f"{_CONFIG_MOUNT}/config.yaml"]
+
+
+def _dask_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
+    """ConfigMap, scheduler Deployment and Service, worker Deployment and driver Job."""
+    k8s, name = cfg.cluster.kubernetes, cfg.cluster.job.name
+    scheduler = f"{name}-scheduler"
     resources = worker_resources(cfg.cluster, gpus=k8s.gpus)
     # a GPU pod runs cluster.gpu_tasks prediction tasks at once: one reads while one computes
     threads = cfg.cluster.gpu_tasks if k8s.gpus else 1
-    args = ["dask", "worker", f"tcp://{name}-scheduler:8786", "--nworkers", "1",
-            "--nthreads", str(threads), "--memory-limit", str(int(_k8s_bytes(k8s.memory) * 0.9))]
+    worker = ["dask", "worker", f"tcp://{scheduler}:8786", "--nworkers", "1", "--nthreads",
+              str(threads), "--memory-limit", str(int(k8s.memory_bytes * 0.9))]
     if resources:
-        args += ["--resources", resource_arg(resources)]
-    args += ["--local-directory", "/tmp/dask"]
+        worker += ["--resources", resource_arg(resources)]
+    worker += ["--local-directory", "/tmp/dask"]
     # a GPU pod's reading task decodes on the pod's cores while the other one computes
-    setup_args, env = worker_setup(cfg.cluster, _k8s_cores(k8s.cpu) if k8s.gpus else 0)
-    args += setup_args
-    common = ""
-    if k8s.service_account:
-        common += f"      serviceAccountName: {k8s.service_account}\n"
-    if k8s.node_selector:
-        common += f"      nodeSelector: {json.dumps(k8s.node_selector, sort_keys=True)}\n"
-    return {
-        "k8s": k8s,
-        "worker_args": ", ".join(json.dumps(a) for a in args),
-        "worker_env": env,
-        "pod_common": common,
-        "scheduler_host": f"{name}-scheduler",
-        "inputs_list": ", ".join(json.dumps(i) for i in cfg.cluster.job.inputs),
-    }
+    setup_args, env = worker_setup(cfg.cluster, k8s.whole_cores if k8s.gpus else 0)
+    worker += setup_args
+    worker_env = [{"name": key, "value": _k8s_literal(value)} for key, value in env.items()]
+    data_mounts, data_volumes = _data_volumes(k8s, None)
+    mounts, volumes = _data_volumes(k8s, f"{name}-config")
+    return [
+        _config_map(f"{name}-config", k8s, name, config_text),
+        _workload("Deployment", scheduler, k8s, name, "scheduler", {"replicas": 1}, _pod(k8s, [
+            _container(k8s, "scheduler", ["dask", "scheduler", "--port", "8786",
+                                          "--dashboard-address", ":8787"],
+                       env=[{"name": "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES",
+                             "value": str(cfg.cluster.allowed_failures)}],
+                       ports=[{"name": "tcp-comm", "containerPort": 8786},
+                              {"name": "http-dashboard", "containerPort": 8787}],
+                       readinessProbe={"tcpSocket": {"port": 8786}},
+                       resources=_resources("1", "2Gi"))], [])),
+        {"apiVersion": "v1", "kind": "Service",
+         "metadata": _meta(scheduler, k8s, name, "scheduler"),
+         "spec": {"selector": {"app.kubernetes.io/name": name,
+                               "app.kubernetes.io/component": "scheduler"},
+                  "ports": [{"name": "tcp-comm", "port": 8786, "targetPort": 8786},
+                            {"name": "http-dashboard", "port": 8787, "targetPort": 8787}]}},
+        _workload("Deployment", f"{name}-worker", k8s, name, "worker", {"replicas": k8s.workers},
+                  _pod(k8s, [_container(
+                      k8s, "worker", worker, **({"env": worker_env} if worker_env else {}),
+                      resources=_resources(k8s.cpu, k8s.memory, k8s.gpus),
+                      volumeMounts=data_mounts)], data_volumes)),
+        _workload("Job", f"{name}-driver", k8s, name, "driver", {"backoffLimit": 2}, _pod(k8s, [
+            _container(k8s, "driver", [*_run_args(cfg), "--scheduler", f"tcp://{scheduler}:8786",
+                                       "--on-error", cfg.cluster.job.on_error],
+                       resources=_resources("1", "4Gi"), volumeMounts=mounts)],
+            volumes, restart="Never")),
+    ]
+
+
+def _indexed_job_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
+    """ConfigMap and an Indexed Job, pod I running ``--split I/N`` with a local cluster."""
+    k8s, name = cfg.cluster.kubernetes, cfg.cluster.job.name
+    mounts, volumes = _data_volumes(k8s, f"{name}-array-config")
+    # Kubernetes puts the pod's index in JOB_COMPLETION_INDEX and expands $(…) in commands
+    command = [*_run_args(cfg), "--cluster", "local", "--split",
+               f"$(JOB_COMPLETION_INDEX)/{k8s.array_tasks}", "--on-error", cfg.cluster.job.on_error]
+    return [
+        _config_map(f"{name}-array-config", k8s, name, config_text),
+        _workload("Job", f"{name}-array", k8s, name, "array", {
+            "completionMode": "Indexed", "completions": k8s.array_tasks,
+            "parallelism": k8s.array_parallel, "backoffLimit": 2 * k8s.array_tasks,
+        }, _pod(k8s, [_container(k8s, "geoseg", command,
+                                 resources=_resources(k8s.cpu, k8s.memory, k8s.gpus),
+                                 volumeMounts=mounts)], volumes, restart="Never")),
+    ]
+
+
+_MANIFESTS = {"-dask.yaml": _dask_manifests, "-indexed-job.yaml": _indexed_job_manifests}
+
+
+def _dump_yaml(docs: list[dict[str, Any]]) -> str:
+    """``docs`` as YAML documents: sequences indented under their key, commands one argument a
+    line, other collections of scalars in flow style, multi-line strings as literal blocks, and
+    every value quoted where YAML needs it."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+            super().increase_indent(flow, False)
+
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    def block(dumper: yaml.SafeDumper, value: _Block) -> yaml.SequenceNode:
+        return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=False)
+
+    Dumper.add_representer(str, text)
+    Dumper.add_representer(_Block, block)
+    return yaml.dump_all(docs, Dumper=Dumper, sort_keys=False, default_flow_style=None,
+                         allow_unicode=True, width=1000)
+
+
+def _check_k8s_name(name: str) -> None:
+    if not _K8S_NAME.fullmatch(name) or len(name + _K8S_SUFFIX) > 63:
+        raise ConfigError(
+            f"cluster.job.name {name!r} cannot name Kubernetes objects: use lowercase letters, "
+            f"digits and '-', starting with a letter, at most {63 - len(_K8S_SUFFIX)} "
+            f"characters (e.g. 'geoseg')")
 
 
 def render_workflow(
@@ -111,12 +276,21 @@ def render_workflow(
 
     Returns:
         file name → text, e.g. ``{"geoseg-array.sbatch": "#!/usr/bin/env bash…"}``.
+
+    Raises:
+        ConfigError: an unknown kind, a config path with control characters, a job name that
+            cannot name Kubernetes objects, or setup lines that leave a script bash cannot parse.
     """
     import jinja2
 
     if kind not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {kind!r}: choose one of {', '.join(WORKFLOWS)}")
+    if not str(config_path).isprintable():
+        raise ConfigError(f"config path {str(config_path)!r} holds control characters; rename "
+                          "the file")
     job = cfg.cluster.job
+    if kind == "k8s":
+        _check_k8s_name(job.name)
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(_TEMPLATES),
         undefined=jinja2.StrictUndefined,
@@ -130,25 +304,78 @@ def render_workflow(
         "cluster": cfg.cluster,
         "config_path": str(config_path),
         "job_config": job.config or str(config_path),
-        "config_text": config_text.rstrip("\n"),
+        "command": _shell_words(job.command),
         "inputs": " ".join(shlex.quote(i) for i in job.inputs),
     }
-    context.update(_slurm_context(cfg) if kind == "slurm" else _k8s_context(cfg))
-    return {
-        f"{job.name}{suffix}": env.get_template(template).render(context)
-        for template, suffix in WORKFLOWS[kind]
-    }
+    if kind == "slurm":
+        context.update(_slurm_context(cfg))
+    else:
+        context["k8s"] = cfg.cluster.kubernetes
+    files = {}
+    for template, suffix in WORKFLOWS[kind]:
+        name = f"{job.name}{suffix}"
+        text = env.get_template(template).render(context)
+        if kind == "slurm":
+            _check_shell(name, text)
+        else:
+            text += _dump_yaml(_MANIFESTS[suffix](cfg, config_text))
+        files[name] = text
+    return files
 
 
-def write_workflow(files: dict[str, str], folder: str | os.PathLike[str]) -> list[Path]:
-    """Write rendered files into ``folder`` (created); scripts are made executable."""
+def write_workflow(files: dict[str, str], folder: str | os.PathLike[str],
+                   overwrite: bool = False) -> list[Path]:
+    """Write rendered files into ``folder`` (created); scripts are made executable.
+
+    Each file is written to a temporary file in ``folder`` and renamed into place, so a file is
+    whole or absent, and a link at its name is replaced, never followed out of ``folder``.
+
+    Raises:
+        ConfigError: a file name that is not a plain name inside ``folder``.
+        OutputExistsError: a file exists already and ``overwrite`` is false (nothing written).
+    """
     folder = Path(folder)
+    for name in files:
+        if Path(name).name != name or name in ("", ".", "..") or name.startswith("."):
+            raise ConfigError(f"workflow file name {name!r} would leave {folder}; set "
+                              "cluster.job.name to a plain name such as 'geoseg'")
+    existing = [str(folder / name) for name in files if os.path.lexists(folder / name)]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise OutputExistsError(f"{', '.join(existing)} {verb} already; pass --overwrite to "
+                                "replace, or choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, text in files.items():
         path = folder / name
-        path.write_text(text)
-        if name.endswith(".sbatch"):
-            path.chmod(0o755)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+            os.chmod(tmp, 0o755 if name.endswith(".sbatch") else 0o644)
+            if overwrite:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
+        except IsADirectoryError as exc:
+            raise OutputExistsError(f"{path} is a folder; remove it or choose another "
+                                    "--out") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         written.append(path)
     return written
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Put ``tmp`` at ``path`` unless something is there already (atomically where the file
+    system has hard links)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError as exc:
+        raise OutputExistsError(f"{path} exists already; pass --overwrite to replace it") from exc
+    except OSError:  # no hard links here: check, then rename
+        if os.path.lexists(path):
+            raise OutputExistsError(
+                f"{path} exists already; pass --overwrite to replace it") from None
+        os.replace(tmp, path)

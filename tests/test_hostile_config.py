@@ -151,6 +151,24 @@ def test_scheduler_values_in_their_format_load() -> None:
 # --- job ----------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("command", "argv"), [
+    ("geoseg", ["geoseg"]), ("python -m geoseg", ["python", "-m", "geoseg"]),
+    ("'/opt/my tools/geoseg' -v", ["/opt/my tools/geoseg", "-v"]),
+    (["python", "-m", "geoseg"], ["python", "-m", "geoseg"]),
+    (["/opt/geoseg $(v2)/geoseg"], ["/opt/geoseg $(v2)/geoseg"]),  # a list is taken literally
+])
+def test_commands_are_argv_lists(command: Any, argv: list[str]) -> None:
+    assert load_config(None, {"cluster": {"job": {"command": command}}}).cluster.job.command == argv
+
+
+@pytest.mark.parametrize("command", ["geoseg; id", "geoseg && id", "$HOME/bin/geoseg",
+                                     "`which geoseg`", "geoseg > log", "~/bin/geoseg",
+                                     "'geoseg", "", [], [""], ["-x"], ["X=1", "geoseg"],
+                                     ["geoseg", ""], "geoseg\nid", ["geo\rseg"]])
+def test_commands_needing_a_shell_or_not_a_program_are_refused(command: Any) -> None:
+    _refused({"cluster": {"job": {"command": command}}}, "cluster.job.command")
+
+
 @pytest.mark.parametrize("line", ["module load cuda/12.4", "source \"$HOME/.venv/bin/activate\"",
                                   "export PATH=/opt/bin:$PATH  # ours first",
                                   "cd \"$(mktemp -d)\"", "cat <<< here-string"])

@@ -79,11 +79,13 @@ def test_k8s_workers_get_one_gpu_and_the_resource() -> None:
 
 
 def test_k8s_cpu_quantities() -> None:
-    from geoseg.workflows import _k8s_cores
+    def cores(cpu: str) -> int:
+        k8s = load_config(None, {"cluster": {"kubernetes": {"cpu": cpu}}}).cluster.kubernetes
+        return k8s.whole_cores
 
-    assert [_k8s_cores(q) for q in ("8", "7.5", "3500m", "250m")] == [8, 7, 3, 1]
+    assert [cores(q) for q in ("8", "7.5", "3500m", "250m")] == [8, 7, 3, 1]
     with pytest.raises(ConfigError, match="kubernetes.cpu"):
-        _k8s_cores("eight")
+        cores("eight")
 
 
 def test_cli_render(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from geoseg.cli.render import console
 
@@ -22,7 +23,9 @@ def workflow() -> None:
                    "templates; the jobs run geoseg with it.")
 @click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
               help="Folder to write the files into [print them].")
-def render(kind: str, config_path: Path, out: Path | None) -> None:
+@click.option("--overwrite", is_flag=True,
+              help="Replace files of the same names in --out [refuse].")
+def render(kind: str, config_path: Path, out: Path | None, overwrite: bool) -> None:
     """Render the KIND job files from a config.
 
     \b
@@ -31,21 +34,23 @@ def render(kind: str, config_path: Path, out: Path | None) -> None:
     k8s:   NAME-dask.yaml (scheduler, GPU worker Deployment, driver Job, config ConfigMap)
            NAME-indexed-job.yaml (an Indexed Job, one --split per pod)
 
+    Files stay inside --out; existing ones are kept unless --overwrite is given.
+
     \b
     Examples:
       geoseg workflow render slurm -c configs/slurm.yaml -o jobs/ && sbatch jobs/geoseg-array.sbatch
       geoseg workflow render k8s -c configs/k8s.yaml -o k8s/
       kubectl apply -f k8s/geoseg-dask.yaml
     """
-    from geoseg.config import load_config
+    from geoseg.config import load_config, read_config_text
     from geoseg.workflows import render_workflow, write_workflow
 
     cfg = load_config(config_path)
-    files = render_workflow(kind, cfg, config_path, config_path.read_text())
+    files = render_workflow(kind, cfg, config_path, read_config_text(config_path))
     if out is None:
         for name, text in files.items():
             click.echo(f"# ==> {name} <==")
             click.echo(text, nl=False)
         return
-    for path in write_workflow(files, out):
-        console.print(f"[green]wrote[/] {path}")
+    for path in write_workflow(files, out, overwrite=overwrite):
+        console.print(f"[green]wrote[/] {escape(str(path))}")
