@@ -319,7 +319,8 @@ def _coverage_warnings(name: str, parts: dict[str, Scene], grid: Scene) -> list[
     """
     import math
 
-    warnings, common = [], (0.0, 0.0, float(grid.width), float(grid.height))
+    warnings: list[str] = []
+    common = (0.0, 0.0, float(grid.width), float(grid.height))
     origin = f"{grid.bands[0].path} ({_crs_label(grid.crs_wkt)})"
     for band, part in parts.items():
         path = part.bands[0].path
