@@ -19,7 +19,7 @@ from geoseg.errors import ConfigError, SceneError
 from geoseg.models.bundle import Bundle, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
-from geoseg.scene import Scene, open_scene, select_bands
+from geoseg.scene import BandRef, Scene, open_scene, select_bands
 from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
 from geoseg.tiling import SceneGrid, TileLattice
 from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
@@ -27,6 +27,7 @@ from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 __all__ = [
     "CLASSES_TAG",
     "check_precision",
+    "check_scene",
     "PredictResult",
     "PredictionPlan",
     "output_paths",
@@ -35,6 +36,7 @@ __all__ = [
     "plan_scene",
     "predict_scene",
     "run_prediction",
+    "tile_lattice",
 ]
 
 #: GeoTIFF metadata tag holding the classes (JSON list of ``{id, name, color}``) in every mask.
@@ -95,10 +97,26 @@ def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> 
     :func:`~geoseg.models.registry.inference_tile_size` (at least 1024 px), the others at the
     bundle's tile size.
     """
+    lattice = tile_lattice(bundle, cfg, align)
+    return SceneGrid.fit(scene.height, scene.width, lattice, cfg.block_size, cfg.stitch == "blend")
+
+
+def tile_lattice(bundle: Bundle, cfg: PredictConfig, align: int) -> TileLattice:
+    """The tile lattice every scene of a run uses: tile size and halo from ``cfg`` or the
+    bundle, rounded up to multiples of ``align`` (the model's stride).
+
+    Raises:
+        ConfigError: the halo leaves a tile no core (halo ≥ tile size / 2).
+    """
     meta = bundle.meta
     halo = meta.halo if cfg.halo is None else cfg.halo
     tile_size = cfg.tile_size or inference_tile_size(meta.arch, meta.tile_size, halo)
-    lattice = TileLattice.fit(tile_size, halo, align)
+    try:
+        lattice = TileLattice.fit(tile_size, halo, align)
+    except ValueError as exc:
+        raise ConfigError(
+            f"tile size {tile_size} px with a halo of {halo} px per side ({exc}); lower "
+            "predict.halo (--halo) or raise predict.tile_size (--tile-size)") from None
     if (lattice.tile_size, lattice.halo) != (tile_size, halo):
         log.info(
             "tile %d / halo %d rounded up to %d / %d (multiples of the model stride %d)",
@@ -109,7 +127,7 @@ def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> 
             "%s pools over the whole tile: with tile size %d instead of the bundle's %d the "
             "mask depends on the tile size", meta.arch, lattice.tile_size, meta.tile_size,
         )
-    return SceneGrid.fit(scene.height, scene.width, lattice, cfg.block_size, cfg.stitch == "blend")
+    return lattice
 
 
 def check_precision(cfg: PredictConfig) -> None:
@@ -167,6 +185,29 @@ def plan_prediction(
                                  source=str(scene_path))
 
 
+def check_scene(
+    scene: Scene, bundle: Bundle, cfg: PredictConfig, source: str = ""
+) -> tuple[tuple[BandRef, ...], SceneGrid]:
+    """Every check a scene passes before its blocks are planned: its bands match the model's,
+    its dtype is the one the bundle's normalization is for, the precision suits the device.
+    ``geoseg inspect`` and ``geoseg run`` both call it, so they agree on which scenes can run.
+
+    Args:
+        source: how messages name the scene (its path); default ``scene.name``.
+
+    Returns:
+        the model's bands in the scene (model order) and the scene's block grid.
+
+    Raises:
+        SceneError, ConfigError: the scene cannot run with this bundle and settings.
+    """
+    source = source or scene.name
+    bands = select_bands(scene, bundle.meta.band_names, source)
+    _check_scene(scene, bundle, source)
+    check_precision(cfg)
+    return bands, plan_scene(scene, bundle, cfg, bundle.align)
+
+
 def plan_scene_prediction(
     scene: Scene,
     bundle: Bundle,
@@ -182,18 +223,14 @@ def plan_scene_prediction(
         SceneError, ConfigError, OutputExistsError: bad input; nothing is written.
     """
     mask_path = Path(mask_path)
-    source = source or scene.name
     meta = bundle.meta
-    bands = select_bands(scene, meta.band_names, source)
-    _check_scene(scene, bundle, source)
-    check_precision(cfg)
+    bands, grid = check_scene(scene, bundle, cfg, source)
     paths = output_paths(mask_path, cfg)
     inputs = {Path(f).resolve() for f in scene.files}
     for path in paths.values():
         if path.resolve() in inputs:
             raise ConfigError(f"{path}: the output would overwrite an input of the scene")
         check_writable(path, overwrite)
-    grid = plan_scene(scene, bundle, cfg, bundle.align)
     ref = ModelRef(
         path=str(bundle.path),
         sha256=bundle.sha256,

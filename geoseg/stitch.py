@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from geoseg.errors import ClusterError
+from geoseg.errors import ClusterError, GeoSegError, detached
 from geoseg.predict import BlockJob, predict_block
 from geoseg.tiling import SceneGrid
 
@@ -37,7 +37,10 @@ class TaskPolicy:
 
 
 def _block_task(grid: SceneGrid, job: BlockJob, block_id: tuple[int, int, int]) -> np.ndarray:
-    return predict_block(grid.block(block_id[1], block_id[2]), job)
+    try:
+        return predict_block(grid.block(block_id[1], block_id[2]), job)
+    except GeoSegError as exc:  # e.g. a truncated file: reaches the client as itself
+        raise detached(exc) from None
 
 
 def lazy_prediction(

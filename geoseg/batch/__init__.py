@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.batch.discover import SceneSource, band_key, discover
+from geoseg.batch.outdir import check_output_dir, check_output_path, output_error
 from geoseg.batch.report import build_report, write_report
 from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, run_batch, select_split
 from geoseg.config import Config, load_config
 from geoseg.errors import ConfigError
 from geoseg.models.bundle import Bundle, load_bundle
-from geoseg.pipeline import check_precision
+from geoseg.pipeline import check_precision, tile_lattice
 
 __all__ = [
     "BatchPlan",
@@ -72,15 +73,33 @@ def plan_batch(
     cfg = load_config(config_path, overrides)
     bundle = load_bundle(bundle_path)
     out = None if out_dir is None else Path(out_dir)
-    if out is not None and out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory; give an output directory")
     check_precision(cfg.predict)
+    tile_lattice(bundle, cfg.predict, bundle.align)  # wrong for every scene: say it once
+    if out is not None:
+        check_output_path(out)
+        _check_inputs_outside(inputs, out)
     sources = discover(inputs, exclude=[out] if out is not None else [])
     if not sources:
         raise ConfigError(
             f"no scenes found in {', '.join(map(str, inputs))}: give GeoTIFFs (.tif/.tiff) or "
             "band files named like <scene>_B02.jp2 / <scene>_B4.TIF")
     return BatchPlan(sources, select_split(sources, split), bundle, cfg, out, split)
+
+
+def _check_inputs_outside(inputs: Sequence[str | os.PathLike[str]], out: Path) -> None:
+    """Refuse an input that is the output folder or lies inside it: geoseg never reads its
+    own outputs, so such an input would silently hold no scene."""
+    root = out.resolve()
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            continue  # a glob, or a missing path: discovery names it
+        resolved = path.resolve()
+        if resolved == root or resolved.is_relative_to(root):
+            where = "is the output folder" if resolved == root else "is inside the output folder"
+            raise ConfigError(
+                f"{item}: {where} {out}; geoseg never takes its own outputs as scenes: give "
+                "another --out (e.g. a sibling folder)")
 
 
 def _header(plan: BatchPlan) -> dict[str, Any]:
@@ -119,8 +138,15 @@ class _Reporting:
         self.inner.scene_finished(entry)
 
     def write(self) -> Path:
-        report = build_report(self.plan.sources, self.entries, self.plan.out_dir, self.header)
-        return write_report(report, self.plan.out_dir, self.plan.cfg.run.html)
+        out = self.plan.out_dir
+        report = build_report(self.plan.sources, self.entries, out, self.header)
+        try:
+            return write_report(report, out, self.plan.cfg.run.html)
+        except OSError as exc:
+            stopping = output_error(out, exc, always=True)
+            if stopping is None:
+                raise
+            raise stopping from exc
 
 
 def run_planned(
@@ -138,7 +164,7 @@ def run_planned(
     cfg = plan.cfg
     gpus = gpu_workers(cfg.cluster, cfg.predict.device)
     threads = torch_threads(cfg.cluster, gpus)
-    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    check_output_dir(plan.out_dir)
     reporting = _Reporting(events or QuietEvents(), plan, _header(plan))
     if not plan.todo:
         return BatchResult(), reporting.write()

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from geoseg.batch.discover import SceneSource
+from geoseg.batch.outdir import output_error
 from geoseg.batch.sources import open_source
 from geoseg.batch.state import RECORD, SceneFolder, atomic_write_json, fingerprint, read_record
 from geoseg.config import Config
-from geoseg.errors import SceneError
+from geoseg.errors import OutputError, SceneError
 from geoseg.models.bundle import Bundle
 from geoseg.stitch import TaskPolicy
 
@@ -210,8 +211,12 @@ def process_scene(
         atomic_write_json(stage / RECORD, record)
         folder.commit()
         return record
-    except BaseException:
+    except BaseException as exc:
+        # before the partial files go (a full disk may then look empty)
+        stopping = output_error(folder.final.parent, exc) if isinstance(exc, Exception) else None
         folder.clean()
+        if stopping is not None:
+            raise stopping from exc
         raise
 
 
@@ -271,8 +276,8 @@ def run_batch(
                 entry = process_scene(source, bundle, cfg, folder, client, threads, fp,
                                       events.progress, policy)
             failed_file.unlink(missing_ok=True)
-        except KeyboardInterrupt:
-            raise
+        except (KeyboardInterrupt, OutputError):
+            raise  # the output folder fails every scene alike: stop, keeping finished ones
         except Exception as exc:  # noqa: BLE001 - any failure belongs to this scene only
             log.debug("scene %s failed", source.name, exc_info=True)
             entry = {
@@ -286,8 +291,14 @@ def run_batch(
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "timings_s": {"total": round(time.perf_counter() - start, 3)},
             }
-            failed_file.parent.mkdir(exist_ok=True)
-            atomic_write_json(failed_file, entry)
+            try:
+                failed_file.parent.mkdir(exist_ok=True)
+                atomic_write_json(failed_file, entry)
+            except OSError as write_exc:
+                stopping = output_error(out_dir, write_exc, always=True)
+                if stopping is None:
+                    raise
+                raise stopping from write_exc
         result.entries.append(entry)
         events.scene_finished(entry)
         if entry["status"] == "failed" and cfg.run.on_error == "fail":

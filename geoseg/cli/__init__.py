@@ -62,10 +62,12 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
-        except GeoSegError as exc:
+        except (GeoSegError, OSError) as exc:  # bad input, or what the system refused
             if ctx.obj and ctx.obj.get("verbose"):
                 raise
-            click.secho(f"error: {exc}", fg="red", err=True)
+            from geoseg.cli.render import console, terminal_safe
+
+            console.print(f"[red]error:[/] {terminal_safe(exc)}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
 
@@ -84,7 +86,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
       geoseg vectorize mask.tif --out landcover.gpkg
     """
     if not verbose:  # distributed configures its loggers from this when first imported
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
+        # "critical": a task that raised is logged by its worker with Dask's traceback text;
+        # the error reaches the client, which reports it in one line (-v shows everything)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "critical")
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     logging.basicConfig(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.render import console
+from geoseg.cli.render import console, terminal_safe
 
 
 def _pct(value: float | None) -> str:
@@ -43,11 +43,11 @@ def evaluate(mask: Path, reference: Path, class_field: str | None, ignore_value:
                            layer=layer)
     scores = report.scores
     table = Table("id", "class", "precision %", "recall %", "F1 %", "IoU %", "reference px",
-                  "mask px", title=f"{mask.name} vs {reference.name}")
+                  "mask px", title=f"{terminal_safe(mask.name)} vs {terminal_safe(reference.name)}")
     for c in scores.classes:
-        table.add_row(str(c.id), c.name, _pct(c.precision), _pct(c.recall), _pct(c.f1),
+        table.add_row(str(c.id), terminal_safe(c.name), _pct(c.precision), _pct(c.recall), _pct(c.f1),
                       _pct(c.iou), f"{c.reference_pixels:,}", f"{c.predicted_pixels:,}")
-    names = [c.name for c in scores.classes]
+    names = [terminal_safe(c.name) for c in scores.classes]
     matrix = Table("reference \\ mask", *names, title="confusion matrix (pixels)")
     for name, row in zip(names, scores.confusion, strict=True):
         matrix.add_row(name, *(f"{v:,}" for v in row))
@@ -60,4 +60,4 @@ def evaluate(mask: Path, reference: Path, class_field: str | None, ignore_value:
                       "hold class ids the mask does not know; they were ignored")
     if json_out is not None:
         report.write_json(json_out)
-        console.print(f"[green]wrote[/] {json_out}")
+        console.print(f"[green]wrote[/] {terminal_safe(json_out)}")

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from geoseg.cli.options import config_options, overrides_from, parse_split
-from geoseg.cli.render import console
+from geoseg.cli.render import console, terminal_safe
 
 
 @click.command()
@@ -35,9 +35,8 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
     from geoseg.batch import plan_batch
     from geoseg.batch.estimate import worker_peak_bytes
     from geoseg.batch.sources import open_source
-    from geoseg.pipeline import batch_size, plan_scene
+    from geoseg.pipeline import batch_size, check_scene
     from geoseg.predict import resolve_device
-    from geoseg.scene import select_bands
 
     plan = plan_batch(inputs, bundle_path, None, config_path, overrides_from(options),
                       parse_split(split))
@@ -49,8 +48,7 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
         row: dict[str, Any] = {"scene": source.name, "kind": source.kind, "path": str(source.path)}
         try:
             scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill)
-            bands = select_bands(scene, bundle.meta.band_names, str(source.path))
-            grid = plan_scene(scene, bundle, cfg.predict, bundle.align)
+            bands, grid = check_scene(scene, bundle, cfg.predict, str(source.path))
             itemsize = {"uint8": 1, "uint16": 2, "int16": 2, "float32": 4}[scene.dtype]
             batch = batch_size(cfg.predict, grid.lattice)
             peak = worker_peak_bytes(bundle, grid, batch, len(bands), itemsize,
@@ -81,10 +79,11 @@ def _table(rows: list[dict[str, Any]], found: int) -> None:
         table.add_column(col, overflow="fold")
     for r in rows:
         if "error" in r:
-            table.add_row(r["scene"], "[red]error[/]", r["error"], "", "", "")
+            table.add_row(terminal_safe(r["scene"]), "[red]error[/]", terminal_safe(r["error"]),
+                          "", "", "")
             continue
         h, w = r["size"]
         bands = ", ".join(f"{k}←{v}" for k, v in r["bands"].items())
-        table.add_row(r["scene"], f"{w}×{h} {r['dtype']}", bands, str(r["blocks"]),
+        table.add_row(terminal_safe(r["scene"]), f"{w}×{h} {r['dtype']}", terminal_safe(bands), str(r["blocks"]),
                       str(r["tiles"]), str(r["peak_memory_mib"]))
     console.print(table)

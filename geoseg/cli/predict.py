@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from geoseg.cli.allocator import rerun_under_allocator
-from geoseg.cli.render import console, progress_bar
+from geoseg.cli.render import console, progress_bar, terminal_safe
 
 
 @click.command()
@@ -72,14 +72,14 @@ def predict(scene: Path, bundle: Path, out: Path, config_path: Path | None, over
     threads = torch_threads(cfg.cluster, gpus)
     plan = plan_prediction(scene, bundle, out, cfg.predict, overwrite, threads)  # fail early
     with connect(cfg.cluster, cfg.predict.device) as client, \
-            progress_bar(f"predict {scene.name}") as advance:
+            progress_bar(f"predict {terminal_safe(scene.name)}") as advance:
         if client is not None:
             console.log(f"dashboard: {client.dashboard_link}")
         policy = task_policy(cfg.cluster, gpu_workers=gpus > 0)
         result = run_prediction(plan, client, progress=advance, policy=policy)
     grid = result.grid
     console.print(
-        f"[green]wrote[/] {', '.join(str(p) for p in result.outputs.values())} "
+        f"[green]wrote[/] {terminal_safe(', '.join(str(p) for p in result.outputs.values()))} "
         f"({grid.width}x{grid.height} px, {len(grid)} blocks, {result.tiles} tiles, "
         f"{result.seconds:.1f} s)"
     )

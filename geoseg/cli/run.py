@@ -12,7 +12,8 @@ from geoseg.cli.allocator import rerun_under_allocator
 from geoseg.cli.options import config_options, overrides_from, parse_split
 from geoseg.cli.render import console, new_progress, terminal_safe
 
-#: Exit status when the run finished but some scenes failed (1: nothing ran, 2: usage).
+#: Exit status when the run went through but some (or all) scenes failed; 1: nothing could start
+#: or the output folder failed, 2: usage error (click), 0: every scene ok or skipped.
 EXIT_SOME_FAILED = 3
 
 
@@ -42,7 +43,14 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     reported and the others go on (--on-error fail stops instead).
 
     \b
-    Exit status: 0 every scene ok or skipped; 3 some scenes failed; 1 nothing could run.
+    Exit status:
+      0  every scene ok or skipped (also: no scene of this --split to do)
+      3  the run went through and at least one scene failed (all of them
+         failing included); report.json says why for each
+      1  nothing could start (bad bundle, config, inputs or output folder),
+         or the output folder failed mid-run (full, read-only): scenes
+         finished before are kept and skipped when the run is repeated
+      2  a usage error (unknown option, missing argument)
 
     \b
     Examples:
@@ -59,13 +67,13 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     plan = plan_batch(inputs, bundle_path, out_dir, config_path, cfg_overrides,
                       parse_split(split))
     console.print(f"{len(plan.todo)} scene(s) to process of {len(plan.sources)} found "
-                  f"→ {out_dir}")
+                  f"→ {terminal_safe(out_dir)}")
     with _Display(len(plan.todo)) as events:
         result, report_path = run_planned(plan, overwrite=overwrite, events=events,
                                           on_client=lambda c: console.print(
                                               f"dashboard: {c.dashboard_link}"))
     _summary(result.entries)
-    console.print(f"report: {report_path} (and report.html)")
+    console.print(f"report: {terminal_safe(report_path)} (and report.html)")
     if result.failed:
         console.print(f"[red]{result.failed} scene(s) failed[/]")
         sys.exit(EXIT_SOME_FAILED)
@@ -90,10 +98,11 @@ class _Display:
     def scene_started(self, index: int, total: int, name: str) -> None:
         self.name = name
         if not self.live:
-            console.print(f"[{index + 1}/{total}] {name}", highlight=False, soft_wrap=True)
+            console.print(f"\\[{index + 1}/{total}] {terminal_safe(name)}", highlight=False,
+                          soft_wrap=True)
 
     def progress(self, stage: str, done: int, total: int) -> None:
-        self.bar.update(self.stage, description=f"  {self.name}: {stage} blocks",
+        self.bar.update(self.stage, description=f"  {terminal_safe(self.name)}: {stage} blocks",
                              completed=done, total=total, visible=True)
 
     def scene_finished(self, entry: dict[str, Any]) -> None:
@@ -101,11 +110,11 @@ class _Display:
         self.bar.update(self.stage, visible=False)
         status = entry["status"]
         colour = {"ok": "green", "failed": "red"}.get(status, "dim")
-        line = f"[{colour}]{status}[/] {entry['scene']}"
+        line = f"[{colour}]{status}[/] {terminal_safe(entry['scene'])}"
         if status == "ok":
             line += f" ({entry['timings_s']['total']:.1f} s)"
         if entry.get("error"):
-            line += f": {entry['error']}"
+            line += f": {terminal_safe(entry['error'])}"
         console.print(line, highlight=False, soft_wrap=True)
         for warning in entry.get("warnings", []) if status == "ok" else []:
             console.print(f"  [yellow]warning[/] {terminal_safe(warning)}", highlight=False,
@@ -120,9 +129,10 @@ def _summary(entries: list[dict[str, Any]]) -> None:
         table.add_column(col, overflow="fold")
     for e in entries:
         size = "×".join(str(x) for x in reversed(e.get("size", []))) or "-"
-        classes = ", ".join(f"{n} {c['area_m2'] / 1e6:.2f}" for n, c in
+        classes = ", ".join(f"{terminal_safe(n)} {c['area_m2'] / 1e6:.2f}" for n, c in
                             e.get("classes", {}).items() if c["pixels"])
         secs = e.get("timings_s", {}).get("total")
-        table.add_row(e["scene"], e["status"], size, classes or (e.get("error") or "")[:200],
+        error = terminal_safe((e.get("error") or "")[:200])
+        table.add_row(terminal_safe(e["scene"]), e["status"], size, classes or error,
                       f"{secs:.1f} s" if secs is not None else "-")
     console.print(table)

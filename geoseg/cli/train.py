@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.render import console
+from geoseg.cli.render import console, terminal_safe
 
 
 def _fmt(value: float | None) -> str:
@@ -111,7 +111,7 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
                              overwrite=overwrite, progress=progress, on_epoch=on_epoch)
     meta = result.meta
     console.print(
-        f"[green]wrote[/] {out}: {meta.arch}/{meta.encoder}, best epoch {result.best_epoch} "
+        f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/{meta.encoder}, best epoch {result.best_epoch} "
         f"(val mIoU {_fmt(result.best_val_miou)}), {result.train_chips} train / "
         f"{result.val_chips} validation chips, tile {meta.tile_size} px, halo {meta.halo} px, "
         f"{result.seconds:.0f} s"

@@ -55,6 +55,9 @@ def vectorize(mask: Path, out: Path, min_area: float, simplify: float, connectiv
             connectivity=int(connectivity), layer=layer, block_size=block_size, client=client,
             overwrite=overwrite, policy=task_policy(cfg, gpu_workers=False),
         )
-    click.echo(f"{result.path}: layer {result.layer}, {result.n_features} polygons, "
-               f"{len(result.class_features)} classes, {result.blocks} blocks, "
-               f"{result.seconds:.1f} s")
+    from geoseg.cli.render import console, terminal_safe
+
+    console.print(f"{terminal_safe(result.path)}: layer {terminal_safe(result.layer)}, "
+                  f"{result.n_features} polygons, {len(result.class_features)} classes, "
+                  f"{result.blocks} blocks, {result.seconds:.1f} s", highlight=False,
+                  soft_wrap=True)
