@@ -387,6 +387,14 @@ def select_bands(scene: Scene, wanted: Sequence[str], source: str = "") -> tuple
     )
 
 
+def _gdal_reason(exc: BaseException) -> str:
+    """GDAL's own words for a failed read: rasterio's "Read failed. See previous exception for
+    details." points at its cause, which holds them (e.g. "TIFFFillTile: Read error …")."""
+    cause = exc.__cause__
+    text = str(cause if cause is not None and str(cause).strip() else exc).strip()
+    return text.rstrip(".") or type(exc).__name__
+
+
 def read_window(
     bands: Sequence[BandRef],
     window: Window,
@@ -432,8 +440,8 @@ def read_window(
         except RasterioError as exc:
             raise SceneError(
                 f"{path}: cannot read pixels (rows {inside.row}-{inside.row_stop}, cols "
-                f"{inside.col}-{inside.col_stop}): {exc}. The file may be truncated or "
-                "corrupt; re-download or re-export it"
+                f"{inside.col}-{inside.col_stop}): {_gdal_reason(exc)}. The file may be "
+                "truncated or corrupt; re-download or re-export it"
             ) from exc
         if data is None:
             data = np.zeros((len(bands), *window.shape), dtype=pixels.dtype)

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 from geoseg.batch.discover import SceneSource
 from geoseg.batch.outdir import output_error
 from geoseg.batch.sources import open_source
-from geoseg.batch.state import RECORD, SceneFolder, atomic_write_json, fingerprint, read_record
+from geoseg.batch.state import (
+    RECORD,
+    STATE_DIR,
+    SceneFolder,
+    atomic_write_json,
+    fingerprint,
+    read_record,
+)
 from geoseg.config import Config
 from geoseg.errors import OutputError, SceneError
 from geoseg.models.bundle import Bundle
@@ -89,7 +96,7 @@ def settings_of(cfg: Config) -> dict[str, Any]:
 
 def failure_path(out_dir: Path, name: str) -> Path:
     """Where a scene's last failure is recorded (removed when it next succeeds)."""
-    return out_dir / ".geoseg" / f"{name}.failed.json"
+    return out_dir / STATE_DIR / f"{name}.failed.json"
 
 
 def _class_areas(mask: Path, pixels: dict[int, int]) -> dict[int, float]:

@@ -32,8 +32,9 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
     if missing:
         have = ", ".join(source.bands) or "none"
         raise SceneError(
-            f"{source.path}/{source.name}_*: band file(s) for {', '.join(missing)} not found "
-            f"(found {have}); add the missing file(s), named like {source.name}_{missing[0]}.tif"
+            f"{source.path}/{source.original}_*: band file(s) for {', '.join(missing)} not "
+            f"found (found {have}); add the missing file(s), named like "
+            f"{source.original}_{missing[0]}.tif"
         )
     files = {b: by_key[band_key(b)] for b in band_names}
     return open_band_files(source.name, files, fill)

@@ -15,7 +15,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-console = Console(stderr=True)
+#: geoseg's console (stderr). No emoji codes: a class or file named ``:smile:`` prints as written.
+console = Console(stderr=True, emoji=False)
 
 
 def new_progress(unit: str = "") -> Progress:

@@ -77,7 +77,10 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from geoseg.cli.model import _depth_kwargs, _parse_classes, _split
+    from pydantic import ValidationError
+
     from geoseg.errors import ConfigError
+    from geoseg.models.bundle import validation_message
     from geoseg.train import TrainConfig, train_model
 
     try:
@@ -87,8 +90,8 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
             arch_kwargs=_depth_kwargs(str(options["arch"]), encoder_depth) or {},
             **options,  # type: ignore[arg-type]
         )
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(f"invalid training settings: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"invalid training settings: {validation_message(exc)}") from None
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console,
                   disable=not console.is_terminal) as bar:
