@@ -32,7 +32,7 @@ from geoseg.cluster import (
 from geoseg.config import ClusterConfig, PredictConfig, load_config
 from geoseg.errors import ClusterError, ConfigError
 from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
-from geoseg.stitch import TaskPolicy, iter_blocks, lazy_prediction
+from geoseg.graph import TaskPolicy, iter_blocks, lazy_prediction
 
 from .conftest import TINY_UNET, assert_same_mask, cli_env
 

@@ -20,7 +20,7 @@ from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import pinched, polygons_from_shapes
 
 if TYPE_CHECKING:
-    from geoseg.stitch import TaskPolicy
+    from geoseg.graph import TaskPolicy
 
 __all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
            "to_crs"]
@@ -228,7 +228,7 @@ def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
     if client is None:
         yield from map(fn, tasks)
         return
-    from geoseg.stitch import TaskPolicy, as_finished
+    from geoseg.graph import TaskPolicy, as_finished
 
     policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
         if policy else TaskPolicy()

@@ -22,7 +22,7 @@ from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
 from geoseg.vectorize.seams import sieve_plan
 
 if TYPE_CHECKING:
-    from geoseg.stitch import TaskPolicy
+    from geoseg.graph import TaskPolicy
 
 __all__ = ["ProgressCallback", "VectorizeResult", "vectorize_mask"]
 
