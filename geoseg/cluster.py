@@ -28,7 +28,7 @@ from typing import Any
 from geoseg.allocator import ENV_CHOICE, GLIBC_TUNING, resolve_allocator
 from geoseg.config import ClusterConfig, PBSConfig, SlurmConfig
 from geoseg.errors import ConfigError
-from geoseg.graph import TaskPolicy
+from geoseg.tasks import TaskPolicy
 
 __all__ = [
     "SYNCHRONOUS",

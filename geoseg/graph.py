@@ -1,4 +1,4 @@
-"""The lazy prediction: one Dask task per block, each reading its own pixels.
+"""The lazy prediction graph: one Dask task per block, each reading its own pixels.
 
 ``lazy_prediction`` returns a ``(bands, H, W)`` uint8 dask array on the scene's grid whose
 chunks are the block cores. Nothing runs until a writer pulls the blocks (``iter_blocks``).
@@ -8,32 +8,17 @@ client and no process ever holds more than one block per running task.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from geoseg.errors import ClusterError, GeoSegError, detached
+from geoseg.errors import GeoSegError, detached
 from geoseg.predict import BlockJob, predict_block
+from geoseg.tasks import TaskPolicy, map_as_finished
 from geoseg.tiling import SceneGrid
 
-__all__ = ["TaskPolicy", "as_finished", "iter_blocks", "lazy_prediction"]
-
-
-@dataclass(frozen=True)
-class TaskPolicy:
-    """How block tasks run on a cluster.
-
-    Attributes:
-        resources: Dask resources each block task needs (e.g. ``{"GPU": 1}``); empty: none.
-        retries: times a task that raised is run again before the scene fails.
-        stall_timeout: seconds without any finished block before the scene fails; None: never.
-    """
-
-    resources: dict[str, float] = field(default_factory=dict)
-    retries: int = 0
-    stall_timeout: float | None = None
+__all__ = ["iter_blocks", "lazy_prediction"]
 
 
 def _block_task(grid: SceneGrid, job: BlockJob, block_id: tuple[int, int, int]) -> np.ndarray:
@@ -91,55 +76,8 @@ def iter_blocks(
     """
     chunks = array.to_delayed(optimize_graph=False)
     rows, cols = chunks.shape[1:]
-    items = [((i, j), chunks[0, i, j]) for i in range(rows) for j in range(cols)]
-    if client is None:
-        for index, task in items:
-            yield index, task.compute(scheduler="synchronous")
-        return
-    policy = policy or TaskPolicy()
-    futures = client.compute([task for _, task in items], retries=policy.retries)
-    where = {future.key: index for future, (index, _) in zip(futures, items, strict=True)}
-    label = lambda future: str(where[future.key])  # noqa: E731
-    for future, block in as_finished(client, futures, policy, "block", label):
-        yield where[future.key], block
-
-
-def as_finished(client: Any, futures: list[Any], policy: TaskPolicy, what: str = "task",
-                label: Callable[[Any], str] | None = None) -> Iterator[tuple[Any, Any]]:
-    """``(future, result)`` of Dask futures as they finish, each released once yielded; all
-    cancelled when the caller stops early or fails. ``what``/``label(future)`` name a task in
-    errors.
-
-    Raises:
-        ClusterError: a task killed ``allowed-failures`` workers, or none finished within
-            ``policy.stall_timeout`` seconds (no worker offering the resources, paused
-            workers, a hung task…) instead of waiting for ever.
-    """
-    from distributed import wait
-    from distributed.scheduler import KilledWorker
-
-    pending = set(futures)
-    try:
-        while pending:
-            try:
-                done, pending = wait(pending, policy.stall_timeout, "FIRST_COMPLETED")
-            except TimeoutError:
-                raise ClusterError(
-                    f"no {what} finished in {policy.stall_timeout:g} s ({len(pending)} of "
-                    f"{len(futures)} left): are there running workers offering "
-                    f"{policy.resources or 'any'} resources (not paused for memory)? raise "
-                    f"cluster.stall_timeout for very slow {what}s"
-                ) from None
-            for future in done:
-                try:
-                    result = future.result()
-                except KilledWorker as exc:
-                    name = label(future) if label else str(future.key)
-                    raise ClusterError(
-                        f"{what} {name}: {exc} (raise cluster.allowed_failures, or give "
-                        "workers more memory)"
-                    ) from exc
-                yield future, result
-                future.release()
-    finally:
-        client.cancel(futures)
+    index = [(i, j) for i in range(rows) for j in range(cols)]
+    tasks = [chunks[0, i, j] for i, j in index]
+    for k, block in map_as_finished(None, tasks, client, policy, what="block",
+                                    label=lambda k: str(index[k])):
+        yield index[k], block

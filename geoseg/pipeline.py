@@ -16,11 +16,12 @@ import numpy as np
 
 from geoseg.config import PredictConfig
 from geoseg.errors import ConfigError, SceneError
+from geoseg.graph import iter_blocks, lazy_prediction
 from geoseg.models.bundle import Bundle, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
-from geoseg.graph import TaskPolicy, iter_blocks, lazy_prediction
+from geoseg.tasks import TaskPolicy
 from geoseg.tiling import SceneGrid, TileLattice
 from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 

@@ -31,8 +31,9 @@ from geoseg.cluster import (
 )
 from geoseg.config import ClusterConfig, PredictConfig, load_config
 from geoseg.errors import ClusterError, ConfigError
+from geoseg.graph import iter_blocks, lazy_prediction
 from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
-from geoseg.graph import TaskPolicy, iter_blocks, lazy_prediction
+from geoseg.tasks import TaskPolicy
 
 from .conftest import TINY_UNET, assert_same_mask, cli_env
 

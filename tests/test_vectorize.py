@@ -368,7 +368,7 @@ def test_a_cluster_with_no_running_worker_fails_the_stage_instead_of_hanging(mas
     from distributed import Client, LocalCluster
 
     from geoseg.errors import ClusterError
-    from geoseg.graph import TaskPolicy
+    from geoseg.tasks import TaskPolicy
 
     out = tmp_path / "never.gpkg"
     with LocalCluster(n_workers=0, dashboard_address=":0") as cluster, Client(cluster) as client:

@@ -30,7 +30,7 @@ from geoseg.batch.state import (
 from geoseg.config import Config
 from geoseg.errors import OutputError, SceneError
 from geoseg.models.bundle import Bundle
-from geoseg.graph import TaskPolicy
+from geoseg.tasks import TaskPolicy
 
 __all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "run_batch",
            "select_split", "settings_of"]

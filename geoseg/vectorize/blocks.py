@@ -7,20 +7,17 @@ edges are bit-identical between neighbouring blocks), mapped to the CRS only whe
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from geoseg.gpkg import multipolygon_wkb
+from geoseg.tasks import TaskPolicy, map_as_finished
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import pinched, polygons_from_shapes
-
-if TYPE_CHECKING:
-    from geoseg.graph import TaskPolicy
 
 __all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
            "to_crs"]
@@ -216,31 +213,17 @@ def block_windows(height: int, width: int, size: int) -> tuple[list[Window], int
 def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
                policy: TaskPolicy | None = None, what: str = "vectorize block",
                split: Callable[[Any], tuple[Any, Any]] | None = None) -> Iterator[Any]:
-    """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here.
+    """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here
+    (:func:`geoseg.tasks.map_as_finished`).
 
     On a cluster the tasks get ``policy``'s retries and stall timeout (a paused or missing
     worker fails the run instead of hanging it), not its resources: vectorizing needs no GPU.
 
-    ``split`` (cluster only): ``result -> (sent, kept)``, run on the worker; then only ``sent``
-    comes here and ``(sent, future of kept)`` is yielded: ``kept`` stays on the worker until
-    the caller drops that future (a worker that dies meanwhile has it recomputed).
+    ``split``: ``result -> (sent, kept)``, run where ``fn`` ran; then ``(sent, kept)`` is
+    yielded. On a cluster only ``sent`` comes here and ``kept`` is a future: it stays on the
+    worker until the caller drops that future (a worker that dies meanwhile has it
+    recomputed).
     """
-    if client is None:
-        yield from map(fn, tasks)
-        return
-    from geoseg.graph import TaskPolicy, as_finished
-
-    policy = TaskPolicy(retries=policy.retries, stall_timeout=policy.stall_timeout) \
-        if policy else TaskPolicy()
-    futures = [client.submit(fn, t, pure=False, retries=policy.retries) for t in tasks]
-    if split is None:
-        for _, result in as_finished(client, futures, policy, what):
-            yield result
-        return
-    parts = [client.submit(split, f, pure=False, retries=policy.retries) for f in futures]
-    sent = [client.submit(operator.getitem, p, 0, pure=False) for p in parts]
-    kept = {s.key: client.submit(operator.getitem, p, 1, pure=False)
-            for s, p in zip(sent, parts, strict=True)}
-    del futures, parts
-    for future, result in as_finished(client, sent, policy, what):
-        yield result, kept.pop(future.key)
+    policy = replace(policy or TaskPolicy(), resources={})
+    for _, result in map_as_finished(fn, tasks, client, policy, what=what, keep=split):
+        yield result

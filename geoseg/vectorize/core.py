@@ -9,20 +9,18 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from geoseg.errors import ConfigError
 from geoseg.gpkg import GpkgWriter
+from geoseg.tasks import TaskPolicy
 from geoseg.vectorize import join as join_module
 from geoseg.vectorize.blocks import BlockTask, block_windows, polygonize_task, run_blocks
 from geoseg.vectorize.join import BorderJoin, FarRegion, RemoteDissolve, dissolve_kept, split_border
 from geoseg.vectorize.maskinfo import MaskInfo, read_mask_info
 from geoseg.vectorize.seams import sieve_plan
-
-if TYPE_CHECKING:
-    from geoseg.graph import TaskPolicy
 
 __all__ = ["ProgressCallback", "VectorizeResult", "vectorize_mask"]
 
