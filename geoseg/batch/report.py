@@ -21,12 +21,11 @@ from typing import Any
 from urllib.parse import quote
 
 from geoseg.batch.discover import SceneSource, readable
+from geoseg.batch.record import STATUSES, SceneEntry
 from geoseg.batch.state import REPORT_JSON, atomic_write_json, atomic_write_text, read_record
 
 __all__ = ["CSP", "STATUSES", "build_report", "href", "write_html", "write_report"]
 
-#: Every scene status a report can hold.
-STATUSES = ("ok", "skipped", "failed", "pending")
 #: The page's Content-Security-Policy: no script, no frame, no form, no fetch; pictures only
 #: from the page's own origin (or its folder, opened as a file), style only inline.
 CSP = ("default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; base-uri 'none'; "
@@ -53,8 +52,9 @@ def _same_inputs(entry: dict[str, Any], source: SceneSource) -> bool:
 
 
 def _pending(source: SceneSource) -> dict[str, Any]:
-    return {"scene": source.name, "original": source.original, "status": "pending",
-            "kind": source.kind, "inputs": [str(f) for f in source.files]}
+    """The entry of a scene that no job has finished yet."""
+    return SceneEntry(scene=source.name, original=source.original, status="pending",
+                      kind=source.kind, inputs=tuple(str(f) for f in source.files)).to_json()
 
 
 def build_report(

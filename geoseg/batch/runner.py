@@ -8,16 +8,16 @@ with ``on_error="fail"``). Outputs appear under their final names only when a sc
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from geoseg.batch.discover import SceneSource
 from geoseg.batch.outdir import output_error
+from geoseg.batch.record import ClassCount, FailedRecord, SceneRecord, as_skipped, utc_now
 from geoseg.batch.sources import open_source
 from geoseg.batch.state import (
     RECORD,
@@ -31,6 +31,10 @@ from geoseg.config import Config
 from geoseg.errors import OutputError, SceneError
 from geoseg.models.bundle import Bundle
 from geoseg.tasks import TaskPolicy
+
+if TYPE_CHECKING:
+    from geoseg.pipeline import PredictionPlan, PredictResult
+    from geoseg.scene import Scene
 
 __all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "run_batch",
            "select_split", "settings_of"]
@@ -126,96 +130,43 @@ def process_scene(
     fp: str,
     progress: Callable[[str, int, int], None],
     policy: TaskPolicy | None = None,
-) -> dict[str, Any]:
+) -> SceneRecord:
     """Compute one scene into its staging folder and commit it; return its ``ok`` record.
 
-    Raises:
-        Exception: anything that went wrong; the staging folder is removed first.
-    """
-    from geoseg.batch.quicklook import mask_quicklook, scene_quicklook, write_png
-    from geoseg.batch.stac import stac_item
-    from geoseg.pipeline import plan_scene_prediction, run_prediction
-    from geoseg.vectorize import vectorize_mask
+    The stages, each timed into the record's ``timings_s``: open and plan (``open``), predict
+    the mask COG (``predict``), polygons (``vectorize``, when enabled), then quick-looks, class
+    areas and the STAC Item (``report``); the record is written last, and the folder committed.
 
-    name, meta = source.name, bundle.meta
+    Raises:
+        Exception: anything that went wrong; the staging folder is removed first. An error of
+            the output folder itself (disk full, read-only) is raised as
+            :class:`~geoseg.errors.OutputError`, classified before the partial files go.
+    """
     timings: dict[str, float] = {}
     t0 = t = time.perf_counter()
     try:
-        scene = open_source(source, meta.band_names, cfg.run.band_fill)
-        stage = folder.open()
-        plan = plan_scene_prediction(scene, bundle, stage / f"{name}.tif", cfg.predict,
-                                     overwrite=True, threads=threads, source=str(source.path))
+        scene, stage, plan = _open_scene(source, bundle, cfg, folder, threads)
         timings["open"] = time.perf_counter() - t
         t = time.perf_counter()
-        result = run_prediction(plan, client, lambda d, n: progress("predict", d, n),
-                                policy=policy)
+        result = _predict_mask(plan, client, progress, policy)
         timings["predict"] = time.perf_counter() - t
-        if not any(result.class_pixels.values()):
-            files = ", ".join(str(f) for f in scene.files)
-            raise SceneError(
-                f"{files}: every pixel is nodata (nodata value {scene.nodata}, masks, alpha or "
-                "NaN), so there is nothing to classify; check the file, or its nodata value "
-                "(`gdalinfo`)")
         outputs = dict(result.outputs)
         if cfg.vectorize.enabled:
             t = time.perf_counter()
-            v = cfg.vectorize
-            vec = vectorize_mask(outputs["mask"], stage / f"{name}.gpkg",
-                                 min_area_m2=v.min_area_m2, simplify_m=v.simplify_m,
-                                 connectivity=v.connectivity, layer=v.layer,
-                                 block_size=v.block_size, client=client, overwrite=True,
-                                 progress=lambda d, n: progress("vectorize", d, n),
-                                 policy=policy)
-            outputs["vectors"] = vec.path
+            outputs["vectors"] = _vectorize(outputs["mask"], stage / f"{source.name}.gpkg",
+                                            cfg, client, progress, policy)
             timings["vectorize"] = time.perf_counter() - t
         t = time.perf_counter()
-        size = cfg.run.quicklook_size
-        outputs["thumbnail"] = write_png(stage / "quicklook.png",
-                                         scene_quicklook(scene, plan.job.bands, size))
-        outputs["mask-thumbnail"] = write_png(stage / "mask.png",
-                                              mask_quicklook(outputs["mask"], size))
-        classes = [c.model_dump() for c in meta.classes]
-        areas = _class_areas(outputs["mask"], result.class_pixels)
-        provenance = {
-            "geoseg:version": _version(),
-            "geoseg:bundle": {"file": Path(bundle.path).name, "sha256": bundle.sha256,
-                              "arch": meta.arch, "encoder": meta.encoder,
-                              "description": meta.description},
-            "geoseg:settings": settings_of(cfg),
-            "geoseg:inputs": [str(f) for f in scene.files],
-        }
+        outputs.update(_quicklooks(scene, plan, outputs["mask"], stage, cfg.run.quicklook_size))
+        classes = _class_counts(outputs["mask"], result.class_pixels, bundle)
         if cfg.run.stac:
-            item = stac_item(scene, outputs, stage, classes, result.class_pixels, provenance)
-            outputs["stac"] = stage / "stac.json"
-            atomic_write_json(outputs["stac"], item)
+            outputs["stac"] = _write_stac(scene, outputs, stage, bundle, cfg, result.class_pixels)
         timings["report"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
-        names = {c.id: c.name for c in meta.classes}
-        record = {
-            "scene": name,
-            "original": source.original,
-            "status": "ok",
-            "kind": source.kind,
-            "inputs": [str(f) for f in scene.files],
-            "bands": {b.name: f"{Path(b.path).name}#{b.index}" + (" (resampled)" if b.warp
-                                                                  else "")
-                      for b in plan.job.bands},
-            "size": [scene.height, scene.width],
-            "crs": _crs_name(scene.crs_wkt),
-            "warnings": list(scene.warnings),  # usable, but the user should know (by file)
-            "outputs": {role: p.relative_to(stage).as_posix() for role, p in outputs.items()},
-            "classes": {names[c]: {"id": c, "pixels": n, "area_m2": round(areas[c], 3)}
-                        for c, n in result.class_pixels.items()},
-            "nodata_pixels": result.nodata_pixels,
-            "blocks": len(result.grid),
-            "tiles": result.tiles,
-            "timings_s": {k: round(v, 3) for k, v in timings.items()},
-            "fingerprint": fp,
-            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "geoseg_version": _version(),
-            "bundle_sha256": bundle.sha256,
-        }
-        atomic_write_json(stage / RECORD, record)
+        record = _ok_record(source, bundle, fp, plan, result, classes,
+                            {role: p.relative_to(stage).as_posix() for role, p in outputs.items()},
+                            timings)
+        atomic_write_json(stage / RECORD, record.to_json())
         folder.commit()
         return record
     except BaseException as exc:
@@ -225,6 +176,149 @@ def process_scene(
         if stopping is not None:
             raise stopping from exc
         raise
+
+
+def _open_scene(
+    source: SceneSource, bundle: Bundle, cfg: Config, folder: SceneFolder, threads: int | None
+) -> tuple[Scene, Path, PredictionPlan]:
+    """Stage ``open``: open the scene's files, create its staging folder and plan the
+    prediction into it (every check, nothing computed). Returns the scene, the staging folder
+    and the plan."""
+    from geoseg.pipeline import plan_scene_prediction
+
+    scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill)
+    stage = folder.open()
+    plan = plan_scene_prediction(scene, bundle, stage / f"{source.name}.tif", cfg.predict,
+                                 overwrite=True, threads=threads, source=str(source.path))
+    return scene, stage, plan
+
+
+def _predict_mask(
+    plan: PredictionPlan,
+    client: Any,
+    progress: Callable[[str, int, int], None],
+    policy: TaskPolicy | None,
+) -> PredictResult:
+    """Stage ``predict``: run the plan (the mask COG and its companions, block by block).
+
+    Raises:
+        SceneError: every pixel of the scene is nodata.
+    """
+    from geoseg.pipeline import run_prediction
+
+    result = run_prediction(plan, client, lambda d, n: progress("predict", d, n), policy=policy)
+    if not any(result.class_pixels.values()):
+        scene = plan.scene
+        files = ", ".join(str(f) for f in scene.files)
+        raise SceneError(
+            f"{files}: every pixel is nodata (nodata value {scene.nodata}, masks, alpha or "
+            "NaN), so there is nothing to classify; check the file, or its nodata value "
+            "(`gdalinfo`)")
+    return result
+
+
+def _vectorize(
+    mask: Path,
+    gpkg: Path,
+    cfg: Config,
+    client: Any,
+    progress: Callable[[str, int, int], None],
+    policy: TaskPolicy | None,
+) -> Path:
+    """Stage ``vectorize``: the mask's polygons into the GeoPackage ``gpkg``; returns its path."""
+    from geoseg.vectorize import vectorize_mask
+
+    v = cfg.vectorize
+    vec = vectorize_mask(mask, gpkg, min_area_m2=v.min_area_m2, simplify_m=v.simplify_m,
+                         connectivity=v.connectivity, layer=v.layer, block_size=v.block_size,
+                         client=client, overwrite=True,
+                         progress=lambda d, n: progress("vectorize", d, n), policy=policy)
+    return vec.path
+
+
+def _quicklooks(
+    scene: Scene, plan: PredictionPlan, mask: Path, stage: Path, size: int
+) -> dict[str, Path]:
+    """Stage ``report``, pictures: ``quicklook.png`` (the scene, true colour where it can) and
+    ``mask.png`` (the mask in its colours), at most ``size`` px a side. Role → path."""
+    from geoseg.batch.quicklook import mask_quicklook, scene_quicklook, write_png
+
+    return {
+        "thumbnail": write_png(stage / "quicklook.png",
+                               scene_quicklook(scene, plan.job.bands, size)),
+        "mask-thumbnail": write_png(stage / "mask.png", mask_quicklook(mask, size)),
+    }
+
+
+def _class_counts(mask: Path, pixels: dict[int, int], bundle: Bundle) -> dict[str, ClassCount]:
+    """Stage ``report``, areas: class name → id, pixel count and area (m², to the mm²)."""
+    names = {c.id: c.name for c in bundle.meta.classes}
+    areas = _class_areas(mask, pixels)
+    return {names[c]: ClassCount(id=c, pixels=n, area_m2=round(areas[c], 3))
+            for c, n in pixels.items()}
+
+
+def _write_stac(
+    scene: Scene,
+    outputs: dict[str, Path],
+    stage: Path,
+    bundle: Bundle,
+    cfg: Config,
+    class_pixels: dict[int, int],
+) -> Path:
+    """Stage ``report``, STAC: the scene's Item, with ``outputs`` as its assets and how it was
+    made (geoseg version, bundle, settings, inputs), as ``stac.json``; returns its path."""
+    from geoseg.batch.stac import stac_item
+
+    meta = bundle.meta
+    provenance = {
+        "geoseg:version": _version(),
+        "geoseg:bundle": {"file": Path(bundle.path).name, "sha256": bundle.sha256,
+                          "arch": meta.arch, "encoder": meta.encoder,
+                          "description": meta.description},
+        "geoseg:settings": settings_of(cfg),
+        "geoseg:inputs": [str(f) for f in scene.files],
+    }
+    classes = [c.model_dump() for c in meta.classes]
+    item = stac_item(scene, outputs, stage, classes, class_pixels, provenance)
+    path = stage / "stac.json"
+    atomic_write_json(path, item)
+    return path
+
+
+def _ok_record(
+    source: SceneSource,
+    bundle: Bundle,
+    fp: str,
+    plan: PredictionPlan,
+    result: PredictResult,
+    classes: dict[str, ClassCount],
+    outputs: dict[str, str],
+    timings: dict[str, float],
+) -> SceneRecord:
+    """The record of a finished scene (``outputs``: role → path relative to its folder)."""
+    scene = plan.scene
+    return SceneRecord(
+        scene=source.name,
+        original=source.original,
+        kind=source.kind,
+        inputs=tuple(str(f) for f in scene.files),
+        bands={b.name: f"{Path(b.path).name}#{b.index}" + (" (resampled)" if b.warp else "")
+               for b in plan.job.bands},
+        size=(scene.height, scene.width),
+        crs=_crs_name(scene.crs_wkt),
+        warnings=tuple(scene.warnings),  # usable, but the user should know (by file)
+        outputs=outputs,
+        classes=classes,
+        nodata_pixels=result.nodata_pixels,
+        blocks=len(result.grid),
+        tiles=result.tiles,
+        timings_s={k: round(v, 3) for k, v in timings.items()},
+        fingerprint=fp,
+        finished=utc_now(),
+        geoseg_version=_version(),
+        bundle_sha256=bundle.sha256,
+    )
 
 
 def _crs_name(wkt: str) -> str:
@@ -278,26 +372,25 @@ def run_batch(
         try:
             fp = fingerprint(bundle.sha256, settings, source.files)
             if not overwrite and folder.is_done(fp):
-                entry = dict(read_record(folder.final) or {}, status="skipped")
+                entry = as_skipped(read_record(folder.final))
             else:
                 entry = process_scene(source, bundle, cfg, folder, client, threads, fp,
-                                      events.progress, policy)
+                                      events.progress, policy).to_json()
             failed_file.unlink(missing_ok=True)
         except (KeyboardInterrupt, OutputError):
             raise  # the output folder fails every scene alike: stop, keeping finished ones
         except Exception as exc:  # noqa: BLE001 - any failure belongs to this scene only
             log.debug("scene %s failed", source.name, exc_info=True)
-            entry = {
-                "scene": source.name,
-                "original": source.original,
-                "status": "failed",
-                "kind": source.kind,
-                "inputs": [str(f) for f in source.files],
-                "error": _message(exc),
-                "error_type": type(exc).__name__,
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "timings_s": {"total": round(time.perf_counter() - start, 3)},
-            }
+            entry = FailedRecord(
+                scene=source.name,
+                original=source.original,
+                kind=source.kind,
+                inputs=tuple(str(f) for f in source.files),
+                error=_message(exc),
+                error_type=type(exc).__name__,
+                finished=utc_now(),
+                timings_s={"total": round(time.perf_counter() - start, 3)},
+            ).to_json()
             try:
                 failed_file.parent.mkdir(exist_ok=True)
                 atomic_write_json(failed_file, entry)
