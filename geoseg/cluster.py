@@ -3,11 +3,13 @@
 geoseg never invents its own distribution: it asks Dask (and dask-jobqueue) for a client and
 submits tasks. Kubernetes clusters are existing schedulers too (see ``workflows/k8s``).
 
-GPU layout: one worker process per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``) and
-offering the resource ``GPU=1``, which every prediction task needs; so a GPU runs one block at a
-time and holds one copy of the model. A local cluster does this itself; Slurm jobs get it from
-``--gres=gpu:1`` per worker job (one worker process each); elsewhere start one
-``dask worker --resources GPU=1`` per GPU.
+GPU layout: one worker process per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``),
+holding one copy of the model and offering the resource ``GPU=1``, of which every prediction
+task takes ``1/cluster.gpu_tasks`` (:func:`task_policy`); so a GPU runs ``cluster.gpu_tasks``
+blocks at once (while one runs the model, the others read and normalize theirs). A local cluster
+does this itself; Slurm jobs get it from ``--gres=gpu:1`` per worker job (one worker process
+each); elsewhere start one ``dask worker --resources GPU=1`` per GPU and set
+``cluster.resources`` (``{GPU: 0.5}``: two blocks at once), which tasks then take as given.
 
 Allocator: the workers of clusters geoseg starts (local, Slurm/PBS jobs) run under jemalloc
 where their node has it, else under glibc tuned to keep its large blocks (``cluster.allocator``,
@@ -23,6 +25,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from geoseg.allocator import ENV_CHOICE, GLIBC_TUNING, resolve_allocator
@@ -32,6 +35,7 @@ from geoseg.tasks import TaskPolicy
 
 __all__ = [
     "SYNCHRONOUS",
+    "ClusterSession",
     "available_cores",
     "connect",
     "jobqueue_kwargs",
@@ -40,6 +44,7 @@ __all__ = [
     "quiet_config",
     "quiet_environ",
     "resource_arg",
+    "session",
     "task_policy",
     "torch_threads",
     "worker_lifetime",
@@ -55,7 +60,8 @@ SYNCHRONOUS = "synchronous"
 #: Nanny preload that gives worker processes the configured memory allocator.
 ALLOCATOR_PRELOAD = "geoseg.allocator"
 
-#: The resource every prediction task needs on clusters of GPU workers geoseg starts.
+#: What a GPU worker geoseg starts offers per GPU; each prediction task takes
+#: ``1/cluster.gpu_tasks`` of it (:func:`task_policy`), unless ``cluster.resources`` is set.
 GPU_RESOURCE = {"GPU": 1.0}
 
 #: Set to the worker's cores on GPU workers: GDAL decodes the compressed tiles of one window
@@ -426,3 +432,47 @@ def gpu_workers(cfg: ClusterConfig, device: str = "auto") -> int:
     if cfg.kind == "local":
         return len(visible_gpus(cfg, device))
     return (cfg.slurm if cfg.kind == "slurm" else cfg.pbs).gpus
+
+
+@dataclass(frozen=True)
+class ClusterSession:
+    """How the tasks of one command run on the cluster ``cfg`` describes.
+
+    Built by :func:`session` before anything starts, so that a command can check its whole
+    plan (which needs ``threads``) and fail before a cluster or batch jobs are started;
+    :meth:`connect` then starts or joins the cluster.
+
+    Attributes:
+        cfg: the cluster section.
+        device: ``predict.device`` (``cpu`` keeps a local cluster off the GPUs).
+        gpus: GPUs behind the workers geoseg starts (0: CPU workers).
+        threads: torch intra-op threads per worker (None: torch's default).
+        policy: resources, retries and stall timeout of the block tasks.
+    """
+
+    cfg: ClusterConfig
+    device: str
+    gpus: int
+    threads: int | None
+    policy: TaskPolicy
+
+    @contextmanager
+    def connect(self) -> Iterator[Any]:
+        """Yield a ``distributed.Client`` (``None`` for the synchronous scheduler): see
+        :func:`connect`."""
+        with connect(self.cfg, self.device) as client:
+            yield client
+
+
+def session(cfg: ClusterConfig, device: str = "auto") -> ClusterSession:
+    """The cluster set-up every command shares: GPU count → torch threads → task policy.
+
+    Nothing starts here; ``with session(cfg, device).connect() as client:`` starts or joins
+    the cluster.
+
+    Raises:
+        ConfigError: ``cfg.gpus`` asks for more GPUs than this machine shows.
+    """
+    gpus = gpu_workers(cfg, device)
+    return ClusterSession(cfg, device, gpus, torch_threads(cfg, gpus),
+                          task_policy(cfg, gpu_workers=gpus > 0))

@@ -4,8 +4,11 @@ Every model forbids unknown keys, so a typo in a YAML file is an error naming th
 every value is checked against its real format when the config is loaded (Slurm names and time
 limits, Kubernetes names and image references, memory sizes, the device…): the renderers of job
 scripts and manifests trust what they get. No string value may hold a control character or a
-line break. Core functions never take these models whole; they take the small frozen objects
-built from them.
+line break. A section goes as it is to the functions of its stage (:class:`PredictConfig` to
+prediction planning in :mod:`geoseg.pipeline`, :class:`ClusterConfig` to :mod:`geoseg.cluster`,
+the whole :class:`Config` only to the batch runner, which hands each stage its section); the
+block tasks that run on workers never get these models: they get the small frozen objects built
+from them (``BlockJob``, ``ModelRef``, ``TaskPolicy``, the grids of :mod:`geoseg.tiling`).
 """
 
 from __future__ import annotations
@@ -521,9 +524,11 @@ class ClusterConfig(_Section):
         "its block, so memory grows with it). Local GPU workers get at least this many threads"
     )
     resources: dict[ResourceName, Number] = Field(
-        default_factory=dict, description="Dask resources every prediction task needs, e.g. "
-        "{GPU: 1}; workers must offer them (dask worker --resources GPU=1). Default: {GPU: 1} "
-        "on clusters of GPU workers geoseg starts, none otherwise"
+        default_factory=dict, description="Dask resources every prediction task needs, taken "
+        "as given, e.g. {GPU: 1} (one block per GPU at once) or {GPU: 0.5} (two); workers must "
+        "offer them (dask worker --resources GPU=1). Default (empty): on clusters of GPU "
+        "workers geoseg starts, which offer GPU=1, each task takes 1/gpu_tasks of it; no "
+        "resources otherwise"
     )
     allowed_failures: Int = Field(
         3, ge=0, description="worker deaths a task may cause before it fails (KilledWorker); "
