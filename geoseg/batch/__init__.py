@@ -157,21 +157,20 @@ def run_planned(
     on_client: Callable[[Any], None] | None = None,
 ) -> tuple[BatchResult, Path]:
     """Run a planned batch on the configured cluster; return its result and report path."""
-    from geoseg.cluster import connect, gpu_workers, task_policy, torch_threads
+    from geoseg.cluster import session
 
     if plan.out_dir is None:
         raise ConfigError("this batch was planned without an output directory")
     cfg = plan.cfg
-    gpus = gpu_workers(cfg.cluster, cfg.predict.device)
-    threads = torch_threads(cfg.cluster, gpus)
+    cluster = session(cfg.cluster, cfg.predict.device)
     check_output_dir(plan.out_dir)
     reporting = _Reporting(events or QuietEvents(), plan, _header(plan))
     if not plan.todo:
         return BatchResult(), reporting.write()
-    with connect(cfg.cluster, cfg.predict.device) as client:
+    with cluster.connect() as client:
         if client is not None and on_client is not None:
             on_client(client)
         result = run_batch(plan.todo, plan.bundle, cfg, plan.out_dir, client,
-                           overwrite=overwrite, threads=threads, events=reporting,
-                           policy=task_policy(cfg.cluster, gpu_workers=gpus > 0))
+                           overwrite=overwrite, threads=cluster.threads, events=reporting,
+                           policy=cluster.policy)
     return result, reporting.write()
