@@ -1,0 +1,105 @@
+"""What a batch run would do with each scene, before anything runs (``geoseg inspect``).
+
+:func:`inspect_batch` opens every scene of a :class:`~geoseg.batch.BatchPlan` (metadata only),
+runs the checks ``geoseg run`` runs (:func:`geoseg.pipeline.check_scene`, so both agree on which
+scenes can run) and plans its blocks; nothing is read beyond the headers and nothing is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geoseg.batch import BatchPlan
+    from geoseg.batch.discover import SceneSource
+
+__all__ = ["SceneInspection", "inspect_batch"]
+
+
+@dataclass(frozen=True)
+class SceneInspection:
+    """How a batch run would process one scene; ``error`` set (and the rest None) when it
+    would fail.
+
+    Attributes:
+        scene: the scene's name (its output folder). kind: ``raster`` or ``bands``.
+        path: the raster, or the band files' directory.
+        size: ``(height, width)``, px. dtype: the pixels' numpy dtype name.
+        bands: model band → file it is read from (``name.tif#2`` for a band of a raster;
+            `` (resampled)`` when it is not on the scene grid).
+        blocks, tiles: Dask blocks and model tiles of the scene.
+        block_size, tile_size, halo: px, as planned (rounded to the model's stride).
+        peak_memory_mib: estimated peak memory of one prediction worker, MiB (±30 %).
+        error: why the run would fail on this scene.
+    """
+
+    scene: str
+    kind: str
+    path: str
+    size: tuple[int, int] | None = None
+    dtype: str | None = None
+    bands: dict[str, str] | None = None
+    blocks: int | None = None
+    tiles: int | None = None
+    block_size: int | None = None
+    tile_size: int | None = None
+    halo: int | None = None
+    peak_memory_mib: int | None = None
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready: the fields that are set, ``size`` as a list."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.size is not None:
+            out["size"] = list(self.size)
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def inspect_batch(plan: BatchPlan) -> list[SceneInspection]:
+    """One :class:`SceneInspection` per scene of this job (``plan.todo``), in order.
+
+    Peak memory assumes a worker holds ``cluster.gpu_tasks`` blocks at once when the device is
+    a GPU (one reads while another computes), one block on CPU.
+    """
+    from geoseg.predict import resolve_device
+
+    gpu = resolve_device(plan.cfg.predict.device) != "cpu"
+    tasks = plan.cfg.cluster.gpu_tasks if gpu else 1
+    return [_inspect(source, plan, tasks) for source in plan.todo]
+
+
+def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspection:
+    import numpy as np
+
+    from geoseg.batch.estimate import worker_peak_bytes
+    from geoseg.batch.sources import open_source
+    from geoseg.pipeline import batch_size, check_scene
+
+    bundle, cfg = plan.bundle, plan.cfg
+    where = {"scene": source.name, "kind": source.kind, "path": str(source.path)}
+    try:
+        scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill)
+        bands, grid = check_scene(scene, bundle, cfg.predict, str(source.path))
+        p = cfg.predict
+        outputs = 1 + int(p.confidence) + len(bundle.meta.classes) * int(p.probabilities)
+        peak = worker_peak_bytes(bundle, grid, batch_size(p, grid.lattice), len(bands),
+                                 np.dtype(scene.dtype).itemsize, p.stitch == "blend",
+                                 outputs, tasks)
+    except Exception as exc:  # noqa: BLE001 - report it, as the run would
+        return SceneInspection(**where, error=str(exc))
+    index = source.kind == "raster"
+    return SceneInspection(
+        **where,
+        size=(scene.height, scene.width),
+        dtype=scene.dtype,
+        bands={b.name: Path(b.path).name + (f"#{b.index}" if index else "")
+               + (" (resampled)" if b.warp else "") for b in bands},
+        blocks=len(grid),
+        tiles=sum(len(b.tiles) for b in grid.blocks()),
+        block_size=grid.block_size,
+        tile_size=grid.lattice.tile_size,
+        halo=grid.lattice.halo,
+        peak_memory_mib=round(peak / 2**20),
+    )
