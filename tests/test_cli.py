@@ -89,7 +89,8 @@ def test_model_init_and_info(make_scene, tmp_path: Path) -> None:
                     scene, "--encoder-depth", "3", "-o", out)
     assert result.exit_code == 0, result.output
     info = invoke("model", "info", out, "--json")
-    assert '"name": "trees"' in info.output and '"color": [\n        0,\n        170,' in info.output
+    assert '"name": "trees"' in info.output
+    assert '"color": [\n        0,\n        170,' in info.output
     rf = invoke("model", "info", out, "--receptive-field")
     assert "receptive field radius 65 px" in rf.output, rf.output
     again = invoke("model", "init", "--bands", "B02", "--classes", "a", "--mean", "0",

@@ -78,7 +78,7 @@ def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspectio
     from geoseg.pipeline import batch_size, check_scene
 
     bundle, cfg = plan.bundle, plan.cfg
-    where = {"scene": source.name, "kind": source.kind, "path": str(source.path)}
+    name, kind, path = source.name, source.kind, str(source.path)
     try:
         scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill)
         bands, grid = check_scene(scene, bundle, cfg.predict, str(source.path))
@@ -88,10 +88,10 @@ def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspectio
                                  np.dtype(scene.dtype).itemsize, p.stitch == "blend",
                                  outputs, tasks)
     except Exception as exc:  # noqa: BLE001 - report it, as the run would
-        return SceneInspection(**where, error=str(exc))
-    index = source.kind == "raster"
+        return SceneInspection(name, kind, path, error=str(exc))
+    index = kind == "raster"
     return SceneInspection(
-        **where,
+        name, kind, path,
         size=(scene.height, scene.width),
         dtype=scene.dtype,
         bands={b.name: Path(b.path).name + (f"#{b.index}" if index else "")

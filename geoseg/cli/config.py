@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from geoseg.cli.options import config_options, overrides_from
+from geoseg.cli.options import config_options, config_overrides
 
 
 @click.group()
@@ -17,7 +17,7 @@ def config() -> None:
 
 @config.command()
 @config_options
-def show(config_path: Path | None, **options: Any) -> None:
+def show(config_path: Path | None, **_settings: Any) -> None:
     """Print the effective config: defaults, then --config, then the options given.
 
     \b
@@ -28,5 +28,5 @@ def show(config_path: Path | None, **options: Any) -> None:
 
     from geoseg.config import load_config
 
-    cfg = load_config(config_path, overrides_from(options))
+    cfg = load_config(config_path, config_overrides())
     click.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), nl=False)

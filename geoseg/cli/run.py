@@ -9,7 +9,13 @@ from typing import Any
 import click
 
 from geoseg.cli.allocator import rerun_under_allocator
-from geoseg.cli.options import config_options, overrides_from, parse_split
+from geoseg.cli.options import (
+    config_options,
+    config_overrides,
+    model_option,
+    overwrite_option,
+    split_option,
+)
 from geoseg.cli.render import console, new_progress, terminal_safe
 
 #: Exit status when the run went through but some (or all) scenes failed; 1: nothing could start
@@ -19,24 +25,23 @@ EXIT_SOME_FAILED = 3
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-m", "--model", "bundle_path", required=True, type=click.Path(path_type=Path),
-              help="Model bundle (.safetensors).")
+@model_option
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
               help="Output directory: one folder per scene, report.json, report.html.")
 @config_options
-@click.option("--split", help="Process only scenes I, I+N, I+2N… of the sorted list (I/N), "
-              "e.g. $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.")
-@click.option("--overwrite", is_flag=True, help="Recompute scenes that are already done.")
+@split_option
+@overwrite_option
 def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: Path | None,
-        split: str | None, overwrite: bool, **options: Any) -> None:
+        split: tuple[int, int] | None, overwrite: bool, **_settings: Any) -> None:
     """Map every scene in INPUTS: class mask COG, land-cover GeoPackage, report.
 
     INPUTS are files, directories (searched recursively) or globs. A scene is a multi-band
     GeoTIFF/COG, or one file per band (Sentinel-2 `*_B02.jp2`, Landsat `*_B4.TIF`): bands
     are matched to the model's by name, and coarser bands are resampled on read onto the
     finest grid used. For each scene, OUT/<scene>/ gets <scene>.tif (mask), <scene>.gpkg
-    (polygons, styled for QGIS), quick-looks, stac.json and scene.json; OUT/report.json and
-    OUT/report.html cover the whole run.
+    (polygons, styled for QGIS), quick-looks, stac.json and scene.json (and, with
+    --confidence / --probabilities, <scene>.confidence.tif / <scene>.probabilities.tif);
+    OUT/report.json and OUT/report.html cover the whole run.
 
     Finished scenes are skipped on a re-run with the same model and settings (--overwrite
     recomputes); a killed run never leaves partial files under final names. A broken scene is
@@ -62,16 +67,15 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     from geoseg.batch import plan_batch, run_planned
     from geoseg.config import load_config
 
-    cfg_overrides = overrides_from(options)
-    rerun_under_allocator(load_config(config_path, cfg_overrides).cluster)
-    plan = plan_batch(inputs, bundle_path, out_dir, config_path, cfg_overrides,
-                      parse_split(split))
+    overrides = config_overrides()
+    rerun_under_allocator(load_config(config_path, overrides).cluster)
+    plan = plan_batch(inputs, bundle_path, out_dir, config_path, overrides, split)
     console.print(f"{len(plan.todo)} scene(s) to process of {len(plan.sources)} found "
                   f"→ {terminal_safe(out_dir)}")
     with _Display(len(plan.todo)) as events:
         result, report_path = run_planned(plan, overwrite=overwrite, events=events,
                                           on_client=lambda c: console.print(
-                                              f"dashboard: {c.dashboard_link}"))
+                                              f"dashboard: {terminal_safe(c.dashboard_link)}"))
     _summary(result.entries)
     console.print(f"report: {terminal_safe(report_path)} (and report.html)")
     if result.failed:
