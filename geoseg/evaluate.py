@@ -19,6 +19,7 @@ import numpy as np
 
 from geoseg.errors import GeoSegError, SceneError
 from geoseg.labels import IGNORE, Grid, open_labels
+from geoseg.maskfile import read_classes
 from geoseg.tiling import Window
 
 __all__ = [
@@ -154,16 +155,6 @@ class EvaluationReport:
         return path
 
 
-def _mask_classes(tags: dict[str, str]) -> list[str] | None:
-    raw = tags.get("GEOSEG_CLASSES")
-    if not raw:
-        return None
-    try:
-        return [str(c["name"]) for c in sorted(json.loads(raw), key=lambda c: c["id"])]
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
 def evaluate_mask(
     mask_path: str | os.PathLike[str],
     reference_path: str | os.PathLike[str],
@@ -177,8 +168,8 @@ def evaluate_mask(
 
     Args:
         mask_path: single-band integer raster of class ids (e.g. from ``geoseg predict``);
-            its nodata (255 for geoseg masks) is ignored. Class names come from its
-            ``GEOSEG_CLASSES`` tag when present.
+            its nodata (:data:`~geoseg.maskfile.NODATA` for geoseg masks) is ignored. Class
+            names come from its :data:`~geoseg.maskfile.CLASSES_TAG` when present.
         reference_path: raster of class ids (any CRS/resolution: warped nearest onto the mask
             grid) or polygons with a class field (ids, or names matching the mask's classes).
         class_field: the polygons' class field (guessed from class/label… when None).
@@ -187,8 +178,8 @@ def evaluate_mask(
         strip_rows: rows read at a time.
 
     Raises:
-        SceneError: unreadable inputs; GeoSegError: the two do not overlap, or share no
-            labelled pixel.
+        SceneError: unreadable inputs, or a malformed classes tag in the mask; GeoSegError:
+            the two do not overlap, or share no labelled pixel.
     """
     import rasterio
     from rasterio.errors import RasterioIOError
@@ -208,7 +199,8 @@ def evaluate_mask(
         if np.dtype(src.dtypes[0]).kind not in "ui":
             raise SceneError(f"{mask_path}: a mask holds integer class ids, not {src.dtypes[0]}")
         grid = Grid(src.crs.to_wkt(), tuple(src.transform)[:6], src.height, src.width)  # type: ignore[arg-type]
-        names = _mask_classes(src.tags())
+        classes = read_classes(src, mask_path)
+        names = [c.name for c in classes] if classes else None
         labels = open_labels(reference_path, grid, class_field=class_field, class_names=names,
                              ignore_value=ignore_value, layer=layer)
         try:

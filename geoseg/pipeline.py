@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -17,9 +16,11 @@ import numpy as np
 from geoseg.config import PredictConfig
 from geoseg.errors import ConfigError, SceneError
 from geoseg.graph import iter_blocks, lazy_prediction
+from geoseg.maskfile import CLASSES_TAG, NODATA, classes_tag
+from geoseg.maskfile import output_paths as mask_output_paths
 from geoseg.models.bundle import Bundle, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
-from geoseg.predict import NODATA, BlockJob, ModelRef, OutputSpec, cache_model, has_model
+from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
 from geoseg.tasks import TaskPolicy
 from geoseg.tiling import SceneGrid, TileLattice
@@ -40,9 +41,6 @@ __all__ = [
     "tile_lattice",
 ]
 
-#: GeoTIFF metadata tag holding the classes (JSON list of ``{id, name, color}``) in every mask.
-CLASSES_TAG = "GEOSEG_CLASSES"
-
 log = logging.getLogger(__name__)
 
 #: Called after every finished block with ``(blocks done, blocks total)``.
@@ -54,7 +52,8 @@ class PredictResult:
     """What :func:`predict_scene` wrote and measured.
 
     Attributes:
-        outputs: role (``mask``, ``confidence``, ``probabilities``) → path written.
+        outputs: role (``mask``, ``mask-style``, ``mask-categories``, ``confidence``,
+            ``probabilities``) → path written.
         grid: the block grid used.
         class_pixels: class id → number of pixels in the mask (nodata excluded).
         nodata_pixels: number of nodata pixels in the mask.
@@ -70,14 +69,9 @@ class PredictResult:
 
 
 def output_paths(mask: Path, cfg: PredictConfig) -> dict[str, Path]:
-    """The files a prediction writes: the mask, plus ``*.confidence.tif`` / ``*.probabilities.tif``."""
-    stem = mask.name[: -len(mask.suffix)] if mask.suffix else mask.name
-    paths = {"mask": mask}
-    if cfg.confidence:
-        paths["confidence"] = mask.with_name(f"{stem}.confidence.tif")
-    if cfg.probabilities:
-        paths["probabilities"] = mask.with_name(f"{stem}.probabilities.tif")
-    return paths
+    """The files a prediction writes: the mask with its style and category names, plus
+    ``*.confidence.tif`` / ``*.probabilities.tif`` (:func:`geoseg.maskfile.output_paths`)."""
+    return mask_output_paths(mask, cfg.confidence, cfg.probabilities)
 
 
 #: Model pixels per forward pass when no batch size is configured: 4 tiles of 512², 1 of 1024².
@@ -291,7 +285,7 @@ def run_prediction(
     tags = {
         "GEOSEG_MODEL_SHA256": bundle.sha256,
         "GEOSEG_SCENE": Path(scene.files[0]).name if len(scene.files) == 1 else scene.name,
-        CLASSES_TAG: json.dumps([c.model_dump() for c in meta.classes]),
+        CLASSES_TAG: classes_tag(meta.classes),
     }
     with ExitStack() as stack:
         writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite, tags)
@@ -354,7 +348,7 @@ def _open_writers(
     grid = dict(crs_wkt=scene.crs_wkt, transform=scene.transform, height=scene.height,
                 width=scene.width, nodata=NODATA, tags=tags)
     specs = {
-        "mask": RasterSpec(**grid, colormap=meta.colormap, descriptions=("class",),
+        "mask": RasterSpec(**grid, classes=meta.classes, descriptions=("class",),
                            resampling="mode"),
         "confidence": RasterSpec(**grid, descriptions=("confidence_percent",),
                                  resampling="average"),
@@ -364,5 +358,5 @@ def _open_writers(
     }
     return {
         role: stack.enter_context(StreamingCOGWriter(path, specs[role], overwrite))
-        for role, path in paths.items()
+        for role, path in paths.items() if role in specs  # the rest are the mask's sidecars
     }

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from geoseg.maskfile import NODATA
 from geoseg.models.bundle import BandSpec
 from geoseg.scene import BandRef, read_window
 from geoseg.tiling import Block, Tile, cosine_ramp
@@ -38,8 +39,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Value of nodata pixels in every uint8 output (class ids are 0..254; percentages 0..100).
-NODATA = 255
 Precision = Literal["fp32", "bf16", "fp16"]
 
 

@@ -29,7 +29,6 @@ Pixels where any band is nodata get :data:`~geoseg.labels.IGNORE`.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Mapping
@@ -38,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.labels import IGNORE
+from geoseg.maskfile import write_mask
+from geoseg.models.bundle import ClassSpec
 
 __all__ = [
     "RULE_BANDS",
@@ -145,25 +146,12 @@ def read_reflectance(
 
 def write_rule_labels(path: str | os.PathLike[str], labels: np.ndarray,
                       profile: Mapping[str, object]) -> Path:
-    """Write ``(H, W)`` uint8 rule labels as a tiled GeoTIFF on the grid of ``profile`` (a
-    rasterio profile), 255 = unlabelled, with the rule colours and the ``GEOSEG_CLASSES`` tag
-    (so ``geoseg evaluate`` names the classes). Atomic (temporary name, then rename)."""
-    import rasterio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    out = dict(driver="GTiff", width=labels.shape[1], height=labels.shape[0], count=1,
-               dtype="uint8", crs=profile["crs"], transform=profile["transform"], nodata=IGNORE,
-               tiled=True, blockxsize=256, blockysize=256, compress="deflate",
-               photometric="palette")
-    with rasterio.open(tmp, "w", **out) as dst:
-        dst.write_colormap(1, {i: (*c, 255) for i, (_, c) in enumerate(RULE_CLASSES)})
-        dst.write(labels, 1)
-        dst.update_tags(GEOSEG_CLASSES=json.dumps(
-            [{"id": i, "name": n, "color": list(c)} for i, (n, c) in enumerate(RULE_CLASSES)]))
-    os.replace(tmp, path)
-    return path
+    """Write ``(H, W)`` uint8 rule labels as a mask GeoTIFF on the grid of ``profile`` (a
+    rasterio profile) through :func:`geoseg.maskfile.write_mask`: 256 px tiles, 255 =
+    unlabelled (nodata), the rule colours, the ``GEOSEG_CLASSES`` tag (so ``geoseg evaluate``
+    names the classes), a QGIS style and category names beside it. Atomic."""
+    classes = tuple(ClassSpec(id=i, name=n, color=c) for i, (n, c) in enumerate(RULE_CLASSES))
+    return write_mask(path, labels, profile["crs"], profile["transform"], classes, block=256)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ GDAL's COG driver only creates copies, so a raster is written in two steps, both
 names in the destination directory: blocks go into a tiled, compressed GeoTIFF as they arrive;
 ``commit()`` copies it with the COG driver (internal overviews, lossless compression) and renames
 the result into place. Nothing ever appears under the final name unless it is complete.
+
+A class mask (a spec with ``classes``) gets the colour table, the classes tag and the sidecars
+of :mod:`geoseg.maskfile`; its sidecars are in place before the mask itself appears.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import numpy as np
 
 from geoseg.blockcache import bounded_block_cache
 from geoseg.errors import OutputExistsError
+from geoseg.maskfile import CLASSES_TAG, NODATA, class_colormap, classes_tag, write_sidecars
+from geoseg.models.bundle import ClassSpec
 from geoseg.tiling import Window
 
 __all__ = ["RasterSpec", "StreamingCOGWriter", "check_writable"]
@@ -35,7 +40,9 @@ class RasterSpec:
         crs_wkt, transform, height, width: the grid, exactly the input scene's.
         count: number of bands.
         nodata: nodata value (uint8).
-        colormap: class id → RGBA colour table (single-band outputs only).
+        classes: the classes of a class mask (single band): written as its colour table and
+            :data:`~geoseg.maskfile.CLASSES_TAG`, with the mask's QGIS style and category
+            names beside it (:func:`geoseg.maskfile.write_sidecars`).
         descriptions: one description per band.
         resampling: overview resampling (``mode`` for classes, ``average`` for percentages).
     """
@@ -45,8 +52,8 @@ class RasterSpec:
     height: int
     width: int
     count: int = 1
-    nodata: int = 255
-    colormap: dict[int, tuple[int, int, int, int]] | None = None
+    nodata: int = NODATA
+    classes: tuple[ClassSpec, ...] = ()
     descriptions: tuple[str, ...] = ()
     resampling: str = "mode"
     tags: dict[str, str] = field(default_factory=dict)
@@ -102,8 +109,8 @@ class StreamingCOGWriter:
             zlevel=1,
             bigtiff="if_safer",
         )
-        if s.colormap and s.count == 1:
-            self._dataset.write_colormap(1, s.colormap)  # before any pixel: sets palette
+        if s.classes and s.count == 1:  # before any pixel: sets the palette
+            self._dataset.write_colormap(1, class_colormap(s.classes))
         return self
 
     def write(self, window: Window, data: np.ndarray) -> None:
@@ -122,8 +129,9 @@ class StreamingCOGWriter:
         ds = self._dataset
         for i, text in enumerate(s.descriptions, start=1):
             ds.set_band_description(i, text)
-        if s.tags:
-            ds.update_tags(**s.tags)
+        tags = {**s.tags, CLASSES_TAG: classes_tag(s.classes)} if s.classes else s.tags
+        if tags:
+            ds.update_tags(**tags)
         ds.close()
         self._dataset = None
         rasterio.shutil.copy(
@@ -140,6 +148,8 @@ class StreamingCOGWriter:
             bigtiff="IF_SAFER",
             num_threads="ALL_CPUS",
         )
+        if s.classes and s.count == 1:
+            write_sidecars(self.path, s.classes)
         os.replace(self._cog, self.path)
         self._stage.unlink(missing_ok=True)
         log.info("wrote %s", self.path)

@@ -153,3 +153,23 @@ def test_cli_prints_and_writes_json(tmp_path: Path) -> None:
 def test_scores_need_pixels() -> None:
     with pytest.raises(GeoSegError, match="no pixel"):
         scores_from_confusion(np.zeros((2, 2), np.int64), ["a", "b"])
+
+
+def test_mask_classes_come_from_the_mask_format(tmp_path: Path) -> None:
+    """Names from a mask written through geoseg.maskfile (rules, predict); a malformed classes
+    tag is the same error here as when vectorizing, naming the file and the tag."""
+    from geoseg.errors import SceneError
+    from geoseg.maskfile import write_mask
+    from geoseg.models.bundle import ClassSpec
+
+    classes = (ClassSpec(id=0, name="sea", color=(0, 0, 255)),
+               ClassSpec(id=1, name="dunes", color=(230, 210, 150)))
+    mask = write_mask(tmp_path / "rules.tif", halves(), "EPSG:32618",
+                      from_origin(X0, Y0, 10.0, 10.0), classes)
+    ref = write(tmp_path / "ref.tif", halves(), tags=False)
+    assert [c.name for c in evaluate_mask(mask, ref).scores.classes] == ["sea", "dunes"]
+    bad = write(tmp_path / "bad.tif", halves(), tags=False)
+    with rasterio.open(bad, "r+") as dst:
+        dst.update_tags(GEOSEG_CLASSES='[{"id": 0}]')
+    with pytest.raises(SceneError, match=r"bad\.tif: tag GEOSEG_CLASSES is not a JSON list"):
+        evaluate_mask(bad, ref)

@@ -115,7 +115,8 @@ def test_output_grid_nodata_colours_and_cog(make_scene, make_bundle, tmp_path) -
     # the class is the most probable one (ties after rounding to whole percent aside)
     assert (probs[:, valid].argmax(axis=0) == mask[valid]).mean() > 0.99
     assert sorted(p.name for p in out.parent.iterdir()) == [
-        "mask.confidence.tif", "mask.probabilities.tif", "mask.tif"]
+        "mask.confidence.tif", "mask.probabilities.tif", "mask.qml", "mask.tif",
+        "mask.tif.aux.xml"]
 
 
 def test_nodata_blocks_never_reach_the_model(make_scene, make_bundle, tmp_path) -> None:

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 from rasterio.enums import Resampling
 
-from geoseg.batch.quicklook import _strips, scene_quicklook
+from geoseg.batch.quicklook import _strips, mask_quicklook, scene_quicklook
 from geoseg.scene import open_scene
 
 from .conftest import coherent_field, write_raster
@@ -69,3 +69,19 @@ def test_strip_reads_give_the_one_read_picture(tmp_path: Path, monkeypatch, tile
         lo, hi = np.percentile(plane[valid], [2, 98])
         expected = np.clip(np.nan_to_num((plane - lo) / max(float(hi - lo), 1e-6) * 255), 0, 255)
         assert np.array_equal(picture[..., k], expected.astype(np.uint8)), k
+
+
+def test_mask_quicklook_paints_the_classes_and_leaves_nodata_clear(tmp_path: Path) -> None:
+    from rasterio.transform import from_origin
+
+    from geoseg.maskfile import NODATA, write_mask
+    from geoseg.models.bundle import ClassSpec
+
+    classes = (ClassSpec(id=0, name="a", color=(10, 20, 30)),
+               ClassSpec(id=1, name="b", color=(200, 100, 0)))
+    labels = np.array([[0, 1], [NODATA, 1]], np.uint8)
+    mask = write_mask(tmp_path / "m.tif", labels, "EPSG:32618",
+                      from_origin(420000.0, 4150000.0, 10.0, 10.0), classes)
+    rgba = mask_quicklook(mask, 64)
+    assert rgba.tolist() == [[[10, 20, 30, 255], [200, 100, 0, 255]],
+                             [[0, 0, 0, 0], [200, 100, 0, 255]]]

@@ -114,7 +114,8 @@ def test_good_scenes_complete_and_bad_ones_are_reported(first_run) -> None:
     for name in GOOD:
         assert status[name]["status"] == "ok"
         folder = out / name
-        expected = {f"{name}.tif", f"{name}.confidence.tif", f"{name}.gpkg", "quicklook.png",
+        expected = {f"{name}.tif", f"{name}.qml", f"{name}.tif.aux.xml",
+                    f"{name}.confidence.tif", f"{name}.gpkg", "quicklook.png",
                     "mask.png", "stac.json", "scene.json"}
         assert {p.name for p in folder.iterdir()} == expected
     for name, words in BAD.items():

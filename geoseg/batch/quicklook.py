@@ -16,6 +16,7 @@ import numpy as np
 
 from geoseg.batch.discover import band_key
 from geoseg.blockcache import bounded_block_cache
+from geoseg.maskfile import NODATA
 from geoseg.scene import BandRef, Scene, open_on_grid
 
 __all__ = ["mask_quicklook", "pick_rgb", "quicklook_shape", "scene_quicklook", "write_png"]
@@ -144,10 +145,11 @@ def mask_quicklook(mask_path: Path, size: int) -> np.ndarray:
         shape = quicklook_shape(src.height, src.width, size)
         data = src.read(1, out_shape=shape, resampling=Resampling.nearest)
         cmap = src.colormap(1)
+        nodata = NODATA if src.nodata is None else int(src.nodata)
     lut = np.zeros((256, 4), np.uint8)
     for value, rgba in cmap.items():
         lut[value] = rgba
-    lut[255] = 0
+    lut[nodata] = 0
     return lut[data]
 
 

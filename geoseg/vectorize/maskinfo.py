@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 
 from geoseg.errors import SceneError
 from geoseg.gpkg import ClassStyle
+from geoseg.maskfile import NODATA, classes_from_colormap, confidence_path, read_classes
 
 __all__ = ["MaskInfo", "read_mask_info"]
 
@@ -53,14 +53,13 @@ def read_mask_info(path: str | os.PathLike[str]) -> MaskInfo:
                              "; give the mask written by 'geoseg predict'")
         if src.crs is None:
             raise SceneError(f"{p}: the mask has no CRS; assign one (gdal_edit.py -a_srs)")
-        nodata = 255 if src.nodata is None else int(src.nodata)
-        classes = _read_classes(src, p)
+        nodata = NODATA if src.nodata is None else int(src.nodata)
+        classes = _read_classes(src, p, nodata)
         t = src.transform
         crs = CRS.from_wkt(src.crs.to_wkt())
         info = MaskInfo(str(p), None, src.height, src.width, (t.a, t.b, t.c, t.d, t.e, t.f),
                         src.crs.to_wkt(), nodata, classes, abs(t.determinant))
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    conf = p.with_name(f"{stem}.confidence.tif")
+    conf = confidence_path(p)
     if conf.exists():
         info = replace(info, confidence=str(conf))
     if crs.is_geographic:
@@ -77,20 +76,13 @@ def read_mask_info(path: str | os.PathLike[str]) -> MaskInfo:
     return info
 
 
-def _read_classes(src: Any, path: Path) -> tuple[ClassStyle, ...]:
-    from geoseg.pipeline import CLASSES_TAG
-
-    tag = src.tags().get(CLASSES_TAG)
-    if tag:
+def _read_classes(src: Any, path: Path, nodata: int) -> tuple[ClassStyle, ...]:
+    """The mask's classes from its tag, else its colour table (``class_<id>``)."""
+    classes = read_classes(src, path)
+    if classes is None:
         try:
-            return tuple(ClassStyle(int(c["id"]), str(c["name"]), tuple(c["color"])[:3])
-                         for c in json.loads(tag))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SceneError(f"{path}: tag {CLASSES_TAG} is not a JSON list of "
-                             f"{{id, name, color}} ({exc}); rewrite it or delete it") from exc
-    try:
-        cmap = src.colormap(1)
-    except ValueError:
-        cmap = {}
-    return tuple(ClassStyle(i, f"class_{i}", tuple(rgba[:3])) for i, rgba in sorted(cmap.items())
-                 if i != 255 and any(rgba[:3]))
+            cmap = src.colormap(1)
+        except ValueError:
+            cmap = {}
+        classes = classes_from_colormap(cmap, nodata)
+    return tuple(ClassStyle(c.id, c.name, c.color) for c in classes)
