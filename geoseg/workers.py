@@ -64,4 +64,5 @@ def register_model(client: Any, ref: ModelRef, resources: dict[str, float] | Non
     payload = Path(ref.path).read_bytes()
     client.register_plugin(ModelPlugin(ref, payload, resources))
     _REGISTERED.add(key)
-    log.info("model %s… registered on %d workers", ref.sha256[:12], len(client.scheduler_info()["workers"]))
+    log.info("model %s… registered on %d workers", ref.sha256[:12],
+             len(client.scheduler_info()["workers"]))

@@ -20,7 +20,8 @@ from .conftest import TINY_DEEPLAB, TINY_UNET
 def test_round_trip(make_bundle, spec) -> None:
     path = make_bundle(spec)
     bundle = load_bundle(path)
-    assert bundle.meta.arch == spec["arch"] and bundle.meta.band_names == ("B02", "B03", "B04", "B08")
+    assert bundle.meta.arch == spec["arch"]
+    assert bundle.meta.band_names == ("B02", "B03", "B04", "B08")
     assert bundle.meta.colormap[1] == (50, 170, 90, 255)
     assert len(bundle.sha256) == 64
     model = bundle.build()

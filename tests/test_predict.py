@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+
 from geoseg.config import PredictConfig
 from geoseg.pipeline import CLASSES_TAG, predict_scene
 from geoseg.predict import _CACHE
@@ -43,7 +44,7 @@ def test_unet_mask_does_not_depend_on_tiling(make_scene, make_bundle, tmp_path) 
     configs.append({})  # the defaults: the auto tile (1024 here) and batch (1)
     masks = [run(scene, bundle, tmp_path / f"m{i}.tif", **c) for i, c in enumerate(configs)]
     assert len(np.unique(masks[0])) >= 3  # a real, varied mask, not a constant
-    for config, mask in zip(configs[1:], masks[1:]):
+    for config, mask in zip(configs[1:], masks[1:], strict=True):
         assert np.array_equal(mask, masks[0]), f"{config}: {(mask != masks[0]).sum()} px differ"
 
 

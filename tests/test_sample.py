@@ -59,7 +59,8 @@ def test_sentinel2_mask_vectorizes_seam_free_at_any_block_size(s2_mask, tmp_path
         _, _, wkb, (cls, *_rest) = pyogrio.raw.read(r.path, layer="landcover")
         geoms = shapely.from_wkb(wkb)
         assert shapely.is_valid(geoms).all()
-        layers[bs] = sorted(zip(cls.tolist(), shapely.to_wkb(shapely.normalize(geoms))))
+        layers[bs] = sorted(zip(cls.tolist(), shapely.to_wkb(shapely.normalize(geoms)),
+                                strict=True))
         back = rasterio.features.rasterize(zip(geoms, cls.tolist(), strict=True),
                                            out_shape=data.shape, transform=transform, fill=255,
                                            dtype="uint8")

@@ -68,7 +68,8 @@ def test_boundless_read_with_nodata(make_scene) -> None:
 def _write(path: Path, data: np.ndarray, alpha: bool = False) -> None:
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
                        count=data.shape[0], dtype=data.dtype.name, crs="EPSG:4326",
-                       transform=from_origin(10, 50, 0.001, 0.001), photometric="MINISBLACK") as dst:
+                       transform=from_origin(10, 50, 0.001, 0.001),
+                       photometric="MINISBLACK") as dst:
         if alpha:
             dst.colorinterp = [ColorInterp.gray, ColorInterp.alpha]
         dst.write(data)

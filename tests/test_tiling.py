@@ -102,7 +102,7 @@ def test_cosine_ramp() -> None:
     ramp = cosine_ramp(256, 64)
     assert len(ramp) == 256 and ramp[64:192] == [1.0] * 128
     assert 0 < ramp[0] < 0.01 and ramp[0] == ramp[-1]
-    assert all(x < y for x, y in zip(ramp[:63], ramp[1:64]))
+    assert all(x < y for x, y in zip(ramp[:63], ramp[1:64], strict=True))
 
 
 def test_grid_rejects_bad_sizes() -> None:

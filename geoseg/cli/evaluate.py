@@ -16,11 +16,14 @@ def _pct(value: float | None) -> str:
 @click.command()
 @click.argument("mask", type=click.Path(path_type=Path))
 @click.option("-r", "--reference", required=True, type=click.Path(path_type=Path),
-              help="Reference: raster of class ids (any CRS/resolution) or polygons with a class field.")
+              help="Reference: raster of class ids (any CRS/resolution) or polygons with a "
+                   "class field.")
 @click.option("--class-field", help="Polygon field holding class ids or names [class/label].")
-@click.option("--ignore-value", type=int, help="Reference raster value meaning unlabelled (besides nodata).")
+@click.option("--ignore-value", type=int,
+              help="Reference raster value meaning unlabelled (besides nodata).")
 @click.option("--layer", help="Vector layer, when the reference file holds several.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path), help="Also write the results as JSON.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path),
+              help="Also write the results as JSON.")
 def evaluate(mask: Path, reference: Path, class_field: str | None, ignore_value: int | None,
              layer: str | None, json_out: Path | None) -> None:
     """Compare MASK (e.g. from `geoseg predict`) with a reference map.
@@ -45,8 +48,8 @@ def evaluate(mask: Path, reference: Path, class_field: str | None, ignore_value:
     table = Table("id", "class", "precision %", "recall %", "F1 %", "IoU %", "reference px",
                   "mask px", title=f"{terminal_safe(mask.name)} vs {terminal_safe(reference.name)}")
     for c in scores.classes:
-        table.add_row(str(c.id), terminal_safe(c.name), _pct(c.precision), _pct(c.recall), _pct(c.f1),
-                      _pct(c.iou), f"{c.reference_pixels:,}", f"{c.predicted_pixels:,}")
+        table.add_row(str(c.id), terminal_safe(c.name), _pct(c.precision), _pct(c.recall),
+                      _pct(c.f1), _pct(c.iou), f"{c.reference_pixels:,}", f"{c.predicted_pixels:,}")
     names = [terminal_safe(c.name) for c in scores.classes]
     matrix = Table("reference \\ mask", *names, title="confusion matrix (pixels)")
     for name, row in zip(names, scores.confusion, strict=True):

@@ -82,7 +82,7 @@ def _parse_classes(text: str) -> tuple:
                 raise ConfigError(f"--classes: class {name!r} has colour {colour!r}, not "
                                   "#rrggbb (six hex digits, e.g. water:#1f78b4)")
             hexa = colour.lstrip("#")
-            rgb = tuple(int(hexa[k : k + 2], 16) for k in (0, 2, 4))
+            rgb = (int(hexa[0:2], 16), int(hexa[2:4], 16), int(hexa[4:6], 16))
         else:
             rgb = default_color(name, i)
         classes.append(ClassSpec(id=i, name=name, color=rgb))
@@ -109,22 +109,29 @@ def model() -> None:
 
 
 @model.command("init")
-@click.option("--arch", default="unet", show_default=True, help="smp architecture: unet, deeplabv3plus, fpn, …")
-@click.option("--encoder", default="resnet34", show_default=True, help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
-@click.option("--bands", required=True, help="Input band names in model order, e.g. B02,B03,B04,B08.")
-@click.option("--classes", required=True, help="Class names, optionally name:#rrggbb, e.g. water:#1f78b4,trees,crops.")
+@click.option("--arch", default="unet", show_default=True,
+              help="smp architecture: unet, deeplabv3plus, fpn, …")
+@click.option("--encoder", default="resnet34", show_default=True,
+              help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
+@click.option("--bands", required=True,
+              help="Input band names in model order, e.g. B02,B03,B04,B08.")
+@click.option("--classes", required=True,
+              help="Class names, optionally name:#rrggbb, e.g. water:#1f78b4,trees,crops.")
 @click.option("--dtype", "input_dtype", default="uint16", show_default=True,
-              type=click.Choice(["uint8", "uint16", "int16", "float32"]), help="Pixel dtype the model expects.")
+              type=click.Choice(["uint8", "uint16", "int16", "float32"]),
+              help="Pixel dtype the model expects.")
 @click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
               help="Compute per-band mean/std from this scene (decimated read).")
 @click.option("--mean", help="Per-band means (comma list), if not --stats-from.")
 @click.option("--std", help="Per-band standard deviations (comma list), if not --stats-from.")
 @click.option("--tile-size", default=512, show_default=True, help="Model input tile side, px.")
 @click.option("--halo", type=int, help="Context px per tile side [recommended for the arch].")
-@click.option("--encoder-depth", type=int, help="Encoder stages (3-5); fewer = smaller receptive field.")
+@click.option("--encoder-depth", type=int,
+              help="Encoder stages (3-5); fewer = smaller receptive field.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
 @click.option("--description", default="", help="What this model is (stored in the bundle).")
-@click.option("-o", "--out", required=True, type=click.Path(path_type=Path), help="Bundle to write.")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Bundle to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
          stats_from: Path | None, mean: str | None, std: str | None, tile_size: int,
@@ -154,7 +161,8 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
         from geoseg.scene import open_scene, select_bands
 
         scene = open_scene(stats_from)
-        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height, scene.width)
+        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height,
+                                scene.width)
     elif mean and std:
         stats = list(zip(_numbers("--mean", mean, len(names)),
                          _numbers("--std", std, len(names), positive=True), strict=True))
@@ -217,7 +225,7 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
         bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}")
     classes = Table("id", "name", "colour", title="classes")
     for c in meta.classes:
-        hexa = "#%02x%02x%02x" % c.color
+        hexa = "#{:02x}{:02x}{:02x}".format(*c.color)
         classes.add_row(str(c.id), safe(c.name), f"[{hexa}]██[/] {hexa}")
     console.print(bands, classes)
     if receptive_field:

@@ -24,35 +24,49 @@ def _fmt(value: float | None) -> str:
               help="Bundle to write (.safetensors); rewritten whenever validation improves.")
 @click.option("--classes", help="Class names in id order, optionally name:#rrggbb "
                                 "(label value k is class k). Required unless --resume.")
-@click.option("--bands", help="Input bands in model order, e.g. B02,B03,B04,B08 [all, in file order].")
+@click.option("--bands",
+              help="Input bands in model order, e.g. B02,B03,B04,B08 [all, in file order].")
 @click.option("--class-field", help="Polygon field holding class ids or names [class/label].")
-@click.option("--ignore-value", type=int, help="Label raster value meaning unlabelled (besides nodata).")
-@click.option("--arch", default="unet", show_default=True, help="smp architecture: unet, deeplabv3plus, fpn, …")
-@click.option("--encoder", default="resnet18", show_default=True, help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
-@click.option("--encoder-depth", type=int, help="Encoder stages (3-5); fewer = smaller, faster model.")
+@click.option("--ignore-value", type=int,
+              help="Label raster value meaning unlabelled (besides nodata).")
+@click.option("--arch", default="unet", show_default=True,
+              help="smp architecture: unet, deeplabv3plus, fpn, …")
+@click.option("--encoder", default="resnet18", show_default=True,
+              help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
+@click.option("--encoder-depth", type=int,
+              help="Encoder stages (3-5); fewer = smaller, faster model.")
 @click.option("--chip-size", default=256, show_default=True, help="Training chip side, px.")
 @click.option("--chip-stride", type=int, help="Step between chips, px [chip size / 2].")
-@click.option("--min-labelled", default=0.05, show_default=True, help="Least labelled fraction of a chip.")
+@click.option("--min-labelled", default=0.05, show_default=True,
+              help="Least labelled fraction of a chip.")
 @click.option("--max-chips", default=4000, show_default=True, help="Most chips held in memory.")
-@click.option("--tile-size", default=512, show_default=True, help="Prediction tile side stored in the bundle, px.")
-@click.option("--halo", type=int, help="Prediction halo stored in the bundle, px [measured receptive field].")
+@click.option("--tile-size", default=512, show_default=True,
+              help="Prediction tile side stored in the bundle, px.")
+@click.option("--halo", type=int,
+              help="Prediction halo stored in the bundle, px [measured receptive field].")
 @click.option("--epochs", default=20, show_default=True, help="Most epochs.")
 @click.option("--steps-per-epoch", type=int, help="Batches per epoch [one pass over the chips].")
 @click.option("--batch-size", default=8, show_default=True, help="Chips per step.")
-@click.option("--lr", default=1e-3, show_default=True, help="AdamW learning rate (cosine schedule).")
+@click.option("--lr", default=1e-3, show_default=True,
+              help="AdamW learning rate (cosine schedule).")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
 @click.option("--class-weighting", type=click.Choice(["balanced", "none"]), default="balanced",
               show_default=True, help="Cross-entropy class weights.")
-@click.option("--val-fraction", default=0.2, show_default=True, help="Share of labelled blocks held out (0: none).")
-@click.option("--val-block", default=512, show_default=True, help="Side of the validation blocks, px.")
-@click.option("--patience", default=5, show_default=True, help="Epochs without val mIoU gain before stopping.")
-@click.option("--seed", default=0, show_default=True, help="Seed of weights, chips, split and batches.")
+@click.option("--val-fraction", default=0.2, show_default=True,
+              help="Share of labelled blocks held out (0: none).")
+@click.option("--val-block", default=512, show_default=True,
+              help="Side of the validation blocks, px.")
+@click.option("--patience", default=5, show_default=True,
+              help="Epochs without val mIoU gain before stopping.")
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of weights, chips, split and batches.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
               show_default=True, help="Mixed precision on CUDA.")
 @click.option("--threads", type=int, help="torch CPU threads [all cores].")
 @click.option("--resume", type=click.Path(path_type=Path),
-              help="Continue training this bundle (keeps its architecture, bands, normalization, classes).")
+              help="Continue training this bundle (keeps its architecture, bands, normalization, "
+                   "classes).")
 @click.option("--description", default="", help="What this model is (stored in the bundle).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes: str | None,
@@ -74,11 +88,17 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
           --classes water,trees,crops -o model.safetensors
       geoseg train -s scene.tif -l labels.tif --resume model.safetensors -o model2.safetensors
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from pydantic import ValidationError
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from geoseg.cli.model import _depth_kwargs, _parse_classes, _split
-    from pydantic import ValidationError
-
     from geoseg.errors import ConfigError
     from geoseg.models.bundle import validation_message
     from geoseg.train import TrainConfig, train_model
@@ -95,7 +115,7 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console,
                   disable=not console.is_terminal) as bar:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
             if stage not in tasks:
@@ -114,7 +134,8 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
                              overwrite=overwrite, progress=progress, on_epoch=on_epoch)
     meta = result.meta
     console.print(
-        f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/{meta.encoder}, best epoch {result.best_epoch} "
+        f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/{meta.encoder}, "
+        f"best epoch {result.best_epoch} "
         f"(val mIoU {_fmt(result.best_val_miou)}), {result.train_chips} train / "
         f"{result.val_chips} validation chips, tile {meta.tile_size} px, halo {meta.halo} px, "
         f"{result.seconds:.0f} s"
