@@ -28,6 +28,7 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from geoseg.maskfile import xml_text
 from geoseg.writers import check_writable
 
 __all__ = ["GEOMETRY_COLUMN", "ClassStyle", "GpkgWriter", "categorized_qml", "multipolygon_wkb"]
@@ -58,7 +59,7 @@ def categorized_qml(field: str, classes: Sequence[ClassStyle]) -> str:
         r, g, b = (int(v) for v in c.color)
         cats.append(
             f'      <category render="true" value="{int(c.id)}" '
-            f'label={quoteattr(c.name)} symbol="{i}"/>'
+            f'label={quoteattr(xml_text(c.name))} symbol="{i}"/>'
         )
         props = {
             "color": f"{r},{g},{b},255",

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from geoseg.errors import ConfigError, SceneError
+from geoseg.maskfile import NODATA
 from geoseg.tiling import Window
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Label value meaning "no label here" (ignored by losses and metrics).
-IGNORE = 255
+IGNORE = NODATA
 
 _RASTER_SUFFIXES = {".tif", ".tiff", ".vrt", ".img", ".jp2", ".png"}
 

@@ -61,6 +61,7 @@ __all__ = [
     "style_path",
     "write_mask",
     "write_sidecars",
+    "xml_text",
 ]
 
 #: Value of nodata pixels in a mask and in its uint8 sidecars (class ids are 0..254,
@@ -168,7 +169,9 @@ def classes_from_colormap(colormap: Mapping[int, Sequence[int]],
                  if i != nodata and i <= 254 and any(rgba[:3]))
 
 
-def _xml(text: str) -> str:
+def xml_text(text: str) -> str:
+    """``text`` with the characters XML 1.0 cannot hold at all (most C0 controls) replaced by
+    U+FFFD; escape the result for its place (``quoteattr``/``escape``) as usual."""
     return _NOT_XML.sub("\ufffd", text)
 
 
@@ -177,7 +180,7 @@ def paletted_qml(classes: Iterable[ClassSpec], band: int = 1) -> str:
     per class (value, colour, class name as label), as QGIS 3.22 saves a raster layer's
     Symbology. Nodata is left to the layer's nodata value (transparent)."""
     entries = "\n".join(
-        f"        <paletteEntry label={quoteattr(_xml(c.name))} value=\"{int(c.id)}\" "
+        f"        <paletteEntry label={quoteattr(xml_text(c.name))} value=\"{int(c.id)}\" "
         f"color=\"#{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}\" alpha=\"255\"/>"
         for c in classes)
     return (
@@ -225,7 +228,7 @@ def category_names_xml(classes: Iterable[ClassSpec], band: int = 1) -> str:
     """GDAL PAM (``.aux.xml``) giving ``band`` its category names: entry ``k`` names pixel
     value ``k`` (empty for ids that are not classes; none past the last class or for nodata)."""
     names = {c.id: c.name for c in classes}
-    cats = "\n".join(f"      <Category>{escape(_xml(names.get(k, '')))}</Category>"
+    cats = "\n".join(f"      <Category>{escape(xml_text(names.get(k, '')))}</Category>"
                      for k in range(max(names, default=-1) + 1))
     return (
         "<PAMDataset>\n"

@@ -39,6 +39,7 @@ from geoseg.batch.state import (
     reported_scene_names,
 )
 from geoseg.errors import ConfigError
+from geoseg.maskfile import RASTER_SIDECAR_SUFFIXES
 
 __all__ = [
     "BAND_FILE",
@@ -61,7 +62,7 @@ BAND_SUFFIXES = (".tif", ".tiff", ".jp2")
 #: ``<prefix>_<band>[_<resolution>]`` in a file stem.
 BAND_FILE = re.compile(r"^(?P<prefix>.+?)[_-](?P<band>B(?:\d{1,2}A?|QA))(?:_\d+m)?$", re.I)
 #: Files geoseg writes itself, never taken as inputs.
-_OUTPUT_SUFFIXES = (".confidence.tif", ".probabilities.tif")
+_OUTPUT_SUFFIXES = RASTER_SIDECAR_SUFFIXES
 #: geoseg's temporary files (writers, GeoPackages, atomic JSON): ``.<name>.<token>.partial…``.
 _TEMPORARY = re.compile(r"^\..+\.(partial|stage)(\.[A-Za-z]+)?$")
 #: Longest scene name in UTF-8 bytes. The longest file name geoseg derives from a scene name is

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from geoseg.maskfile import NODATA
 from geoseg.scene import Scene
 
 __all__ = ["scene_datetime", "stac_item"]
@@ -22,7 +23,11 @@ _MEDIA = {
     ".gpkg": "application/geopackage+sqlite3",
     ".png": "image/png",
     ".json": "application/json",
+    ".qml": "application/xml",
+    ".xml": "application/xml",
 }
+#: asset file suffix → STAC roles (default: data).
+_ROLES = {".png": ["thumbnail"], ".qml": ["style"], ".xml": ["metadata"]}
 _STAMP = re.compile(r"(?<!\d)(\d{8})T(\d{6})(?!\d)")
 
 
@@ -101,12 +106,12 @@ def stac_item(
     for role, path in assets.items():
         asset = pystac.Asset(href=f"./{path.relative_to(folder).as_posix()}",
                              media_type=_MEDIA.get(path.suffix.lower()),
-                             roles=["thumbnail"] if path.suffix == ".png" else ["data"],
+                             roles=_ROLES.get(path.suffix.lower(), ["data"]),
                              title=role)
         item.add_asset(role, asset)
         if role in ("mask", "confidence"):
             RasterExtension.ext(asset, add_if_missing=True).apply(
-                [RasterBand.create(nodata=255, data_type=DataType.UINT8,
+                [RasterBand.create(nodata=NODATA, data_type=DataType.UINT8,
                                    unit="percent" if role == "confidence" else None)])
         if role == "mask":
             ClassificationExtension.ext(asset, add_if_missing=True).apply([

@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -40,7 +40,7 @@ __all__ = [
     "validation_message",
 ]
 
-BUNDLE_FORMAT = "geoseg-bundle/1"
+BUNDLE_FORMAT: Final = "geoseg-bundle/1"
 _META_KEY = "geoseg.bundle"
 InputDtype = Literal["uint8", "uint16", "int16", "float32"]
 
@@ -138,8 +138,10 @@ class BundleMeta(_Strict):
 
     @property
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
-        """GDAL colour table: class id → RGBA."""
-        return {c.id: (*c.color, 255) for c in self.classes}
+        """GDAL colour table: class id → RGBA (:func:`geoseg.maskfile.class_colormap`)."""
+        from geoseg.maskfile import class_colormap
+
+        return class_colormap(self.classes)
 
 
 def check_class_names(names: Iterable[str]) -> None:
