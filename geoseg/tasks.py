@@ -10,7 +10,7 @@ naming the task, never a hang. Prediction (:func:`geoseg.graph.iter_blocks`) and
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ def map_as_finished(
     what: str = "task",
     label: Callable[[int], str] | None = None,
     keep: Callable[[Any], tuple[Any, Any]] | None = None,
-) -> Iterator[tuple[int, Any]]:
+) -> Generator[tuple[int, Any], None, None]:
     """``(position in items, result)`` of every task, as each finishes.
 
     Args:
@@ -70,9 +70,9 @@ def map_as_finished(
             workers, a hung task…) instead of waiting for ever.
     """
     if client is None:
-        for position, item in enumerate(items):
+        for k, item in enumerate(items):
             result = fn(item) if fn is not None else item.compute(scheduler="synchronous")
-            yield position, keep(result) if keep is not None else result
+            yield k, keep(result) if keep is not None else result
         return
     policy = policy or TaskPolicy()
     if fn is None:

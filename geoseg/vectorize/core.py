@@ -179,6 +179,7 @@ def vectorize_mask(
                             pixel)
             tasks = sieve_plan(tasks, ncols, min_area_m2 / pixel, connectivity, client, tick,
                                policy)
+        results: Iterator[tuple[dict[str, Any], Any]]
         if client is None:
             join = BorderJoin(len(tasks) // ncols, ncols, connectivity, info, block_size)
             results = ((r, None) for r in run_blocks(polygonize_task, tasks, None))
@@ -190,7 +191,8 @@ def vectorize_mask(
             results = run_blocks(polygonize_task, tasks, client, policy, split=keep)
         for r, kept in results:
             join.add(r["index"], r["n"], r["cls"], r["edges"], r["border"], kept)
-            emit(_features(*r["done"], names, with_conf))
+            done_cls, done_geoms, done_stats = r["done"]
+            emit(_features(done_cls, done_geoms, done_stats, names, with_conf))
             emit(_features(*join.ready(), names, with_conf))
             tick()
         emit(_features(*join.ready(final=True), names, with_conf))
