@@ -15,7 +15,7 @@ from geoseg.cli.options import (
     model_option,
     split_option,
 )
-from geoseg.cli.render import console, terminal_safe
+from geoseg.cli.render import console, counted, terminal_safe
 
 if TYPE_CHECKING:
     from geoseg.batch.inspect import SceneInspection
@@ -55,7 +55,7 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
 def _table(rows: list[SceneInspection], found: int) -> None:
     from rich.table import Table
 
-    table = Table(title=f"{found} scene(s) found")
+    table = Table(title=f"{counted(found, 'scene')} found")
     for col in ("scene", "size", "bands", "blocks", "tiles", "peak MiB/worker"):
         table.add_column(col, overflow="fold")
     for r in rows:

@@ -71,3 +71,8 @@ def terminal_safe(text: object, *, newlines: bool = False) -> str:
     from rich.markup import escape
 
     return escape(str(text).translate(_UNSAFE[newlines]))
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 scene``, ``2 scenes``, ``0 scenes``: a count with its noun, in English plural."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -16,7 +16,7 @@ from geoseg.cli.options import (
     overwrite_option,
     split_option,
 )
-from geoseg.cli.render import console, new_progress, terminal_safe
+from geoseg.cli.render import console, counted, new_progress, terminal_safe
 
 #: Exit status when the run went through but some (or all) scenes failed; 1: nothing could start
 #: or the output folder failed, 2: usage error (click), 0: every scene ok or skipped.
@@ -70,7 +70,7 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     overrides = config_overrides()
     rerun_under_allocator(load_config(config_path, overrides).cluster)
     plan = plan_batch(inputs, bundle_path, out_dir, config_path, overrides, split)
-    console.print(f"{len(plan.todo)} scene(s) to process of {len(plan.sources)} found "
+    console.print(f"{counted(len(plan.todo), 'scene')} to process of {len(plan.sources)} found "
                   f"→ {terminal_safe(out_dir)}")
     with _Display(len(plan.todo)) as events:
         result, report_path = run_planned(plan, overwrite=overwrite, events=events,
@@ -79,7 +79,7 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     _summary(result.entries)
     console.print(f"report: {terminal_safe(report_path)} (and report.html)")
     if result.failed:
-        console.print(f"[red]{result.failed} scene(s) failed[/]")
+        console.print(f"[red]{counted(result.failed, 'scene')} failed[/]")
         sys.exit(EXIT_SOME_FAILED)
 
 
