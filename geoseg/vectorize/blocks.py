@@ -17,7 +17,8 @@ from geoseg.gpkg import multipolygon_wkb
 from geoseg.tasks import TaskPolicy, map_as_finished
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
-from geoseg.vectorize.rings import pinched, polygons_from_shapes
+from geoseg.vectorize.rings import pinched
+from geoseg.vectorize.trace import trace
 
 __all__ = ["BlockTask", "block_windows", "polygonize_task", "run_blocks", "sieve_stats_task",
            "to_crs"]
@@ -121,9 +122,7 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     inner border ``(local ids, classes, pixel-space WKB, stats (k, 4), WKB sizes in bytes)``.
     Stats are pixels, area m², confidence sum, confidence count (float64).
     """
-    import rasterio.features
     import shapely
-    from rasterio.transform import Affine
 
     info, w = task.info, task.window
     labels, cls = _block_labels(task)
@@ -141,15 +140,7 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
         ok = conf != 255
         conf_sum = np.bincount(flat[ok], weights=conf[ok].astype(np.float64), minlength=n + 1)
         conf_n = np.bincount(flat[ok], minlength=n + 1).astype(np.float64)
-    geoms = np.empty(n + 1, dtype=object)
-    values, polys = polygons_from_shapes(rasterio.features.shapes(
-        labels, mask=labels > 0, transform=Affine.translation(w.col, w.row),
-        connectivity=task.connectivity))
-    v = values.astype(np.int64)
-    geoms[v] = polys
-    dup = np.flatnonzero(np.bincount(v, minlength=n + 1) > 1)
-    for k in dup:  # a region GDAL split in two (not expected with matching connectivity)
-        geoms[k] = shapely.union_all(polys[v == k])
+    geoms = trace(labels, n, (w.col, w.row), task.connectivity)
     top, bottom, left, right = _edges(labels)
     inner = [e for e, side in ((top, w.row > 0), (bottom, w.row_stop < info.height),
                                (left, w.col > 0), (right, w.col_stop < info.width)) if side]

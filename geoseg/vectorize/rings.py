@@ -1,22 +1,26 @@
-"""Pixel-polygon geometry in numpy: rasterio shapes to shapely, and seam dissolve without overlay.
+"""Pixel-polygon geometry in numpy: rings to polygons, and seam dissolve without overlay.
 
-Every polygon here is in *pixel* coordinates: integer vertices, axis-parallel edges, as GDAL's
-polygonizer makes them. That structure lets two expensive GEOS steps become array arithmetic:
+Every polygon here is in *pixel* coordinates: integer vertices, axis-parallel edges, rings with
+the interior on the left (shells of positive signed area). That structure lets expensive GEOS
+steps become array arithmetic:
 
-* :func:`polygons_from_shapes` builds the shapely polygons of ``rasterio.features.shapes`` in one
-  ``from_ragged_array`` call instead of one Python object per vertex;
+* :func:`assemble` builds the polygons of rings grouped by region in one ``from_ragged_array``
+  call (for :func:`geoseg.vectorize.trace.trace` and :func:`dissolve`); :func:`cycles` orders
+  linked edges into rings;
 * :func:`dissolve` joins the pieces of regions cut by block borders. Pieces of one region only
   share edges on the block seams, so the union is: orient every ring with the interior on the
   left, split the edges lying on seam lines into unit steps, drop the unit edges that two pieces
   share (they appear once in each direction), and relink what is left into rings. Where a
-  boundary touches itself at a vertex (two interior quadrants diagonal to each other, e.g. two
-  pieces meeting at a corner) the relinking turns right, keeping each exterior corner whole, so
-  a hole touching the shell stays a ring of its own (valid OGC polygons). Groups that do not
-  form one shell with holes, or whose ring passes a vertex twice (both only possible with
-  8-connectivity), are handed back for a GEOS union.
+  boundary touches itself at a vertex the relinking turns right, keeping each exterior corner
+  whole, so a hole touching the shell stays a ring of its own (valid OGC polygons). Groups that
+  do not form one shell with holes, or whose ring passes a vertex twice (both only possible
+  with 8-connectivity), are handed back for a GEOS union.
 
-The result carries no collinear vertices, like GDAL's own polygons, so a region gets the same
-vertices whether or not it was cut by a block border.
+A dissolved ring keeps its pieces' vertices off the seam lines (corners, and nodes: where a
+third region meets its edge) and, on seam lines, those where it turns and the seam *nodes* it is
+given (:func:`kept_vertices`): a region gets the same vertices whether or not a block border
+cut it, and the layer is a valid coverage. :func:`polygons_from_shapes` converts
+``rasterio.features.shapes`` output (GDAL's polygons: no nodes) for comparisons.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dissolve", "pinched", "polygons_from_shapes"]
+__all__ = ["assemble", "close", "cycles", "dissolve", "kept_vertices", "pinched",
+           "polygons_from_shapes", "ragged"]
 
 
 def polygons_from_shapes(shapes: Iterable[tuple[dict[str, Any], float]], chunk: int = 20_000
@@ -62,7 +67,7 @@ def pinched(polygons: np.ndarray, connectivity: int = 4) -> np.ndarray:
     out = np.zeros(len(polygons), bool)
     if len(polygons) == 0:
         return out
-    xy, (ring_off, poly_off) = _ragged(polygons)
+    xy, (ring_off, poly_off) = ragged(polygons)
     ring_poly = np.repeat(np.arange(len(poly_off) - 1), np.diff(poly_off))
     owner = np.arange(len(ring_off) - 1) if connectivity == 4 else ring_poly
     ids = np.repeat(owner, np.diff(ring_off))
@@ -77,7 +82,7 @@ def pinched(polygons: np.ndarray, connectivity: int = 4) -> np.ndarray:
     return out
 
 
-def _ragged(polygons: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+def ragged(polygons: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     import shapely
 
     kind, xy, offsets = shapely.to_ragged_array(np.asarray(polygons, dtype=object))
@@ -86,7 +91,7 @@ def _ragged(polygons: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndar
     return xy, (np.asarray(offsets[0], np.int64), np.asarray(offsets[1], np.int64))
 
 
-def _close(xy: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[np.ndarray, np.ndarray]:
+def close(xy: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[np.ndarray, np.ndarray]:
     """Append each ring's first vertex after its last; ``xy`` sorted by ``ring``."""
     counts = np.bincount(ring, minlength=n_rings)
     starts = np.r_[0, np.cumsum(counts)[:-1]]
@@ -98,8 +103,8 @@ def _close(xy: np.ndarray, ring: np.ndarray, n_rings: int) -> tuple[np.ndarray, 
     return out, np.r_[0, np.cumsum(counts + 1)]
 
 
-def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: int
-             ) -> tuple[np.ndarray, np.ndarray]:
+def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: int,
+             nodes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Union the pixel polygons of each group, which touch only along block seams.
 
     Args:
@@ -107,6 +112,10 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
         group: group index ``0..n_groups-1`` of each piece, int ``(n,)``.
         n_groups: number of groups.
         block_size: block side, pixels; seams lie on multiples of it.
+        nodes: pixel corners ``(k, 2)`` on seam lines that stay vertices where a dissolved
+            ring runs straight through them (where a third region meets its edge). Other
+            vertices on seam lines are kept only where the ring turns; vertices off seam lines
+            are the pieces' own and always kept.
 
     Returns:
         ``(merged object (n_groups,), fallback bool (n_groups,))``: one polygon per group, or
@@ -121,7 +130,7 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
     if len(pieces) == 0:
         return merged, fallback
     parts, part_idx = shapely.get_parts(np.asarray(pieces, dtype=object), return_index=True)
-    xy, (ring_off, poly_off) = _ragged(shapely.orient_polygons(parts, exterior_cw=False))
+    xy, (ring_off, poly_off) = ragged(shapely.orient_polygons(parts, exterior_cw=False))
     ring_group = np.repeat(group[part_idx], np.diff(poly_off))
     # rings with no vertex on a seam line (most holes) come through unchanged
     n_vert = np.diff(ring_off)
@@ -140,38 +149,81 @@ def dissolve(pieces: np.ndarray, group: np.ndarray, n_groups: int, block_size: i
     if bad.any():  # not a clean boundary: leave those groups to GEOS
         fallback[np.unique(g[bad])] = True
         ok = ~fallback[group]
-        sub, _ = dissolve(np.asarray(pieces, dtype=object)[ok], group[ok], n_groups, block_size)
+        sub, _ = dissolve(np.asarray(pieces, dtype=object)[ok], group[ok], n_groups, block_size,
+                          nodes)
         merged[~fallback] = sub[~fallback]
         return merged, fallback
-    ring_of, order = _cycles(succ)
-    pts, rof, rgroup = _corners(a, b, g, ring_of, order)
+    ring_of, order = cycles(succ)
+    pts, rof, rgroup = _corners(a, b, g, ring_of, order, kept_vertices(a, block_size, nodes))
     del a, b, g, succ, ring_of, order
     span = _span(pts)
     key = np.sort(_keys(rof, pts, span))  # a ring through one vertex twice: 8-connected pinch
     fallback[rgroup[key[1:][key[1:] == key[:-1]] // span**2]] = True
     del key
     pts, rof, rgroup = _with_rings(pts, rof, rgroup, *through)
-    n_rings = len(rgroup)
+    out, shells = assemble(pts, rof, rgroup, n_groups, skip=fallback)
+    fallback |= (np.bincount(group, minlength=n_groups) > 0) & (shells != 1)
+    merged[~fallback] = out[~fallback]
+    return merged, fallback
+
+
+def assemble(pts: np.ndarray, rof: np.ndarray, rgroup: np.ndarray, n_groups: int,
+             skip: np.ndarray | None = None, offset: tuple[int, int] = (0, 0)
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Polygons from rings grouped by region.
+
+    Args:
+        pts: open ring vertices ``(k, 2)``, pixel coordinates, ring after ring, each in order
+            (shells with a positive signed area, holes negative: interior on the left).
+        rof: ring of each vertex, non-decreasing ``(k,)``. rgroup: group of each ring.
+        n_groups: number of groups. skip: bool ``(n_groups,)``, groups to leave out.
+        offset: ``(x, y)`` added to every vertex (pixels).
+
+    Returns:
+        ``(polygons object (n_groups,), shells int (n_groups,))``: a Polygon (the shell, then
+        the holes) for each group with exactly one shell that is not skipped, None elsewhere;
+        and each group's number of shells.
+    """
+    merged = np.empty(n_groups, dtype=object)
+    kstart, kcount, area2 = _ring_areas(pts, rof, len(rgroup))
+    shells = np.bincount(rgroup, weights=area2 > 0, minlength=n_groups).astype(np.int64)
+    ok = shells == 1
+    if skip is not None:
+        ok &= ~skip
+    rorder = np.lexsort((area2 <= 0, rgroup))  # one polygon per group: shell, then holes
+    rorder = rorder[ok[rgroup[rorder]]]
+    if len(rorder):
+        present, per_group = np.unique(rgroup[rorder], return_counts=True)
+        merged[present] = _build(pts, kstart[rorder], kcount[rorder], per_group, offset)
+    return merged, shells
+
+
+def _ring_areas(pts: np.ndarray, rof: np.ndarray, n_rings: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(first vertex, vertex count, twice the signed area)`` of every ring."""
     kcount = np.bincount(rof, minlength=n_rings)
     kstart = np.r_[0, np.cumsum(kcount)[:-1]]
     nxt = np.empty_like(pts)
     nxt[:-1] = pts[1:]
     nxt[kstart + kcount - 1] = pts[kstart]
     area2 = np.bincount(rof, weights=(pts[:, 0] * nxt[:, 1] - nxt[:, 0] * pts[:, 1]).astype(
-        np.float64), minlength=n_rings)  # twice the signed area: > 0 shell, < 0 hole
-    shells = np.bincount(rgroup, weights=area2 > 0, minlength=n_groups)
-    fallback |= (np.bincount(group, minlength=n_groups) > 0) & (shells != 1)
-    # one polygon per good group: shell ring first, then holes
-    rorder = np.lexsort((area2 <= 0, rgroup))
-    rorder = rorder[~fallback[rgroup[rorder]]]
-    if len(rorder):
-        sel = _ranges(kstart[rorder], kcount[rorder])
-        ring_seq = np.repeat(np.arange(len(rorder)), kcount[rorder])
-        xy_c, roff = _close(pts[sel].astype(np.float64), ring_seq, len(rorder))
-        present, per_group = np.unique(rgroup[rorder], return_counts=True)
-        merged[present] = shapely.from_ragged_array(
-            shapely.GeometryType.POLYGON, xy_c, (roff, np.r_[0, np.cumsum(per_group)]))
-    return merged, fallback
+        np.float64), minlength=n_rings)  # > 0 shell, < 0 hole
+    return kstart, kcount, area2
+
+
+def _build(pts: np.ndarray, kstart: np.ndarray, kcount: np.ndarray, per_poly: np.ndarray,
+           offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """Polygons of ``per_poly`` rings each from the open rings ``pts[kstart:kstart + kcount]``,
+    closed, ``offset`` added."""
+    import shapely
+
+    sel = _ranges(kstart, kcount)
+    xy = pts[sel].astype(np.float64)
+    if offset != (0, 0):
+        xy += offset
+    xy, roff = close(xy, np.repeat(np.arange(len(kstart)), kcount), len(kstart))
+    return shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy,
+                                     (roff, np.r_[0, np.cumsum(per_poly)]))
 
 
 def _with_rings(pts: np.ndarray, rof: np.ndarray, rgroup: np.ndarray, xy: np.ndarray,
@@ -294,52 +346,72 @@ def _successors(a: np.ndarray, b: np.ndarray, g: np.ndarray, nxt: np.ndarray, ke
     return succ, bad | (hits[succ] != 1)
 
 
-def _cycles(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cycles(succ: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cycles of the permutation ``succ``: ``(ring, order)``, ``order`` listing the elements
-    cycle after cycle, each in successor order, ``ring`` the cycle number (0..) at each place.
+    cycle after cycle (ordered by their smallest element, which each starts with), each in
+    successor order, ``ring`` the cycle number (0..) at each place.
 
-    Works on runs where ``succ[e] == e + 1`` (most of every ring), so the pointer jumping that
-    ranks elements along their cycle runs over few nodes.
+    Works on runs where ``succ[e] == e + 1`` (most of every ring a dissolve relinks): each cycle
+    of runs is cut before its smallest run and linked to the next cycle's, and the one path that
+    makes is walked with scipy's graph routines (linear time, no pointer jumping).
     """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components, depth_first_order
+
     n = len(succ)
+    if n == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
     last = np.flatnonzero(succ != np.arange(1, n + 1))  # each run's last element
     start = np.r_[0, last[:-1] + 1]
     run_len = last - start + 1
     run_of = np.repeat(np.arange(len(last)), run_len)
     nxt = run_of[succ[last]]
     r = len(last)
-    root = np.arange(r)  # smallest run of each cycle, and steps from it, by pointer jumping
-    ptr, dist = nxt.copy(), np.ones(r, np.int64)
-    lowest = np.minimum(root, nxt)
-    for _ in range(max(1, int(np.ceil(np.log2(r + 1)))) + 1):
-        lowest = np.minimum(lowest, lowest[ptr])
-        ptr = ptr[ptr]
-    # ranks: walk back from each run to its cycle's lowest run
-    pred = np.empty(r, np.int64)
-    pred[nxt] = np.arange(r)
-    is_root = root == lowest
-    ptr = np.where(is_root, root, pred)
-    dist = (~is_root).astype(np.int64)
-    while not is_root[ptr].all():
-        dist = dist + dist[ptr]
-        ptr = ptr[ptr]
-    seq = np.lexsort((dist, lowest))
-    cycle_of_seq = np.cumsum(np.r_[0, lowest[seq][1:] != lowest[seq][:-1]])
+    k, comp = connected_components(
+        csr_matrix((np.ones(r, np.int8), (np.arange(r), nxt)), shape=(r, r)),
+        directed=True, connection="weak")
+    first = np.full(k, r)
+    np.minimum.at(first, comp, np.arange(r))
+    first.sort()
+    is_first = np.zeros(r, bool)
+    is_first[first] = True
+    ends = np.flatnonzero(is_first[nxt])  # each cycle's last run
+    nth = np.searchsorted(first, nxt[ends])
+    src = np.delete(ends, np.flatnonzero(nth == k - 1))  # ... but the last cycle's leads on
+    src = np.r_[np.flatnonzero(~is_first[nxt]), src]
+    dst = np.r_[nxt[~is_first[nxt]], first[nth[nth < k - 1] + 1]]
+    seq = depth_first_order(csr_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(r, r)),
+                            int(first[0]), directed=True, return_predecessors=False)
+    cycle_of_seq = np.cumsum(is_first[seq]) - 1
     order = _ranges(start[seq], run_len[seq])
     return np.repeat(cycle_of_seq, run_len[seq]), order
 
 
-def _corners(a: np.ndarray, b: np.ndarray, g: np.ndarray, ring: np.ndarray, order: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ring vertices where the direction changes: ``(points (k, 2), ring (k,), group per ring)``."""
+def _corners(a: np.ndarray, b: np.ndarray, g: np.ndarray, ring: np.ndarray, order: np.ndarray,
+             fixed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ring vertices where the direction changes or the edge starts at a ``fixed`` vertex:
+    ``(points (k, 2), ring (k,), group per ring)``."""
     counts = np.bincount(ring)
     rstart = np.r_[0, np.cumsum(counts)[:-1]]
     d = np.sign(b - a)[order]
     prev = np.empty_like(d)
     prev[1:] = d[:-1]
     prev[rstart] = d[rstart + counts - 1]
-    corner = (d != prev).any(1)
+    corner = (d != prev).any(1) | fixed[order]
     return a[order][corner], ring[corner], g[order[rstart]]
+
+
+def kept_vertices(xy: np.ndarray, block_size: int, nodes: np.ndarray | None) -> np.ndarray:
+    """Vertices (bool ``(k,)``) kept even where a ring runs straight: off every seam line (a
+    piece's own vertex: a corner or a node), or one of the ``nodes``."""
+    out = (xy % block_size != 0).all(1)
+    if nodes is not None and len(nodes):
+        nodes = np.asarray(nodes, np.int64)
+        span = max(_span(xy), _span(nodes))
+        zero = np.zeros(1, np.int64)
+        out |= np.isin(_keys(zero.repeat(len(xy)), xy, span),
+                       _keys(zero.repeat(len(nodes)), nodes, span))
+    return out
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
