@@ -29,7 +29,7 @@ from geoseg.gpkg import multipolygon_wkb
 from geoseg.vectorize.blocks import to_crs
 from geoseg.vectorize.maskinfo import MaskInfo
 from geoseg.vectorize.rings import dissolve
-from geoseg.vectorize.seams import components
+from geoseg.vectorize.seams import components, straight_nodes, unseam
 
 __all__ = ["KEEP_PIECE_BYTES", "REMOTE_DISSOLVE_BYTES", "BorderJoin", "FarRegion", "FetchKept",
            "RemoteDissolve", "dissolve_kept", "dissolve_region", "gather_pieces",
@@ -95,6 +95,7 @@ class BorderJoin:
         self.blocks: dict[int, _Block] = {}
         self.total = 0
         self.pairs: list[np.ndarray] = []  # (k, 2) global ids, same class, across a seam
+        self.nodes: list[np.ndarray] = []  # (k, 3): global id, x, y of seam nodes (_seam_nodes)
         self.held: list[dict[str, np.ndarray]] = []
         self.fallbacks = 0  # regions GEOS had to union (only expected with 8-connectivity)
 
@@ -113,6 +114,13 @@ class BorderJoin:
         for dr, dc in _DIRS[: 4 if self.connectivity == 4 else 8]:
             if 0 <= r + dr < self.nrows and 0 <= c + dc < self.ncols and self.done[r + dr, c + dc]:
                 self.pairs.append(self._seam_pairs(index, (r + dr) * self.ncols + c + dc))
+                if dr == 0 or dc == 0:
+                    self.nodes.append(self._seam_nodes(index, (r + dr) * self.ncols + c + dc))
+        for dr, dc in _DIRS[4:]:  # block corners, once the four blocks around are done
+            rr, cc = min(r, r + dr), min(c, c + dc)
+            if 0 <= rr < self.nrows - 1 and 0 <= cc < self.ncols - 1 \
+                    and self.done[rr : rr + 2, cc : cc + 2].all():
+                self.nodes.append(self._corner_nodes(rr, cc))
         for dr in (-1, 0, 1):  # forget the edges of blocks whose neighbours are all done
             for dc in (-1, 0, 1):
                 rr, cc = r + dr, c + dc
@@ -171,6 +179,34 @@ class BorderJoin:
         p = p[A.cls[p[:, 0]] == B.cls[p[:, 1]]]
         return np.unique(p + [A.base, B.base], axis=0)
 
+    def _seam_nodes(self, a: int, b: int) -> np.ndarray:
+        """Seam nodes between blocks a and b (4-neighbours), inside their common border."""
+        (ra, ca), (rb, cb) = divmod(a, self.ncols), divmod(b, self.ncols)
+        if (ra, ca) > (rb, cb):
+            a, b, ra, ca, rb, cb = b, a, rb, cb, ra, ca
+        A, B = self.blocks[a], self.blocks[b]
+        bs = self.block_size
+        if ra == rb:  # a left of b: corners down the vertical seam
+            p, q = A.edges[3], B.edges[2]
+            quads = ((p[:-1], A), (q[:-1], B), (q[1:], B), (p[1:], A))
+            at = np.arange(1, len(p))
+            x, y = np.full(len(at), cb * bs), ra * bs + at
+        else:  # a above b: corners along the horizontal seam
+            p, q = A.edges[1], B.edges[0]
+            quads = ((p[:-1], A), (p[1:], A), (q[1:], B), (q[:-1], B))
+            at = np.arange(1, len(p))
+            x, y = ca * bs + at, np.full(len(at), rb * bs)
+        return straight_nodes(quads, x, y)
+
+    def _corner_nodes(self, r: int, c: int) -> np.ndarray:
+        """The seam node (0 or 1) at the corner shared by blocks (r, c) to (r + 1, c + 1)."""
+        k = r * self.ncols + c
+        ul, ur, lr, ll = (self.blocks[i] for i in (k, k + 1, k + self.ncols + 1, k + self.ncols))
+        quads = ((ul.edges[1][-1:], ul), (ur.edges[1][:1], ur), (lr.edges[0][:1], lr),
+                 (ll.edges[0][-1:], ll))
+        bs = self.block_size
+        return straight_nodes(quads, np.array([(c + 1) * bs]), np.array([(r + 1) * bs]))
+
     def ready(self, final: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dissolve the regions whose pieces can no longer grow: ``(class, geometry, stats)``
         with geometries as MultiPolygon WKB in the CRS (what :class:`geoseg.gpkg.GpkgWriter`
@@ -182,6 +218,7 @@ class BorderJoin:
         order = np.argsort(h["gid"])
         h = {k: v[order] for k, v in h.items()}
         pairs = np.concatenate(self.pairs) if self.pairs else np.empty((0, 2), np.int64)
+        nodes = np.concatenate(self.nodes) if self.nodes else np.empty((0, 3), np.int64)
         pos = np.searchsorted(h["gid"], pairs)
         inside = (pos < len(h["gid"])).all(1)
         inside[inside] = (h["gid"][pos[inside]] == pairs[inside]).all(1)
@@ -203,19 +240,28 @@ class BorderJoin:
         self.held = [{k: v[keep] for k, v in h.items()}] if keep.any() else []
         gone = h["gid"][fin]
         self.pairs = [pairs[~np.isin(pairs[:, 0], gone)]] if len(pairs) else []
-        out = self._dissolve(comp[fin], {k: v[fin] for k, v in h.items()})
+        used = np.isin(nodes[:, 0], gone)
+        self.nodes = [nodes[~used]] if not used.all() else []
+        node_comp = comp[np.searchsorted(h["gid"], nodes[used, 0])]
+        out = self._dissolve(comp[fin], {k: v[fin] for k, v in h.items()},
+                             (node_comp, nodes[used, 1:]))
         still = set(h["block"][keep & h["away"]].tolist())
         self.kept = {b: k for b, k in self.kept.items() if b in still}
         return out
 
-    def _dissolve(self, comp: np.ndarray, h: dict[str, np.ndarray]
+    def _dissolve(self, comp: np.ndarray, h: dict[str, np.ndarray],
+                  nodes: tuple[np.ndarray, np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dissolve the pieces ``h`` by component ``comp``; ``nodes`` = (component, x y) of
+        the seam nodes of their outlines."""
         import shapely
 
         order = np.argsort(comp, kind="stable")
         starts = np.flatnonzero(np.r_[True, comp[order][1:] != comp[order][:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         group = np.repeat(np.arange(len(starts)), sizes)
+        node_group = np.searchsorted(comp[order][starts], nodes[0])
+        node_xy = nodes[1]
         h = {k: v[order] for k, v in h.items()}
         cls, wkb, stats = h["cls"], h["wkb"], h["stats"]
         far = np.zeros(len(starts), bool)
@@ -228,17 +274,20 @@ class BorderJoin:
         pieces = np.empty(len(wkb), dtype=object)
         pieces[near] = shapely.from_wkb(wkb[near])
         merged = np.empty(len(starts), dtype=object)
-        single = sizes == 1
+        # a piece alone is finished, unless a seam node must be added to its outline
+        single = (sizes == 1) & (np.bincount(node_group, minlength=len(starts)) == 0)
         merged[single] = pieces[starts[single]]
         multi = np.flatnonzero(~single & ~far)
         if len(multi):
             members = np.isin(group, multi)
             which = np.searchsorted(multi, group[members])
-            joined, fallback = dissolve(pieces[members], which, len(multi), self.block_size)
+            joined, fallback = dissolve(pieces[members], which, len(multi), self.block_size,
+                                        node_xy[np.isin(node_group, multi)])
             self.fallbacks += int(fallback.sum())
             for j in np.flatnonzero(fallback):  # several shells (8-connectivity): GEOS union
                 g = pieces[group == multi[j]]
-                joined[j] = shapely.simplify(shapely.union_all(g), 0.0)
+                joined[j] = unseam(np.array([shapely.union_all(g)]), self.block_size,
+                                   node_xy[node_group == multi[j]])[0]
             merged[multi] = joined
         del pieces
         out = np.empty(len(starts), dtype=object)
@@ -246,21 +295,28 @@ class BorderJoin:
             out[~far] = multipolygon_wkb(to_crs(merged[~far], self.info, self.connectivity))
         del merged
         if far.any():
-            self._dissolve_far(np.flatnonzero(far), group, h, out)
+            self._dissolve_far(np.flatnonzero(far), group, h, out, (node_group, node_xy))
         gstats = np.add.reduceat(stats, starts, axis=0)
         return cls[starts], out, gstats
 
     def _dissolve_far(self, far: np.ndarray, group: np.ndarray, h: dict[str, np.ndarray],
-                      out: np.ndarray) -> None:
+                      out: np.ndarray, nodes: tuple[np.ndarray, np.ndarray]) -> None:
         """Dissolve regions ``far`` (group numbers of ``h``'s pieces) with ``remote`` into
-        ``out``; those it fails are fetched and dissolved here."""
+        ``out``; those it fails are fetched and dissolved here. A region's seam nodes (``nodes``
+        = group, x y) travel with its pieces as one MultiPoint."""
+        import shapely
+
         regions: list[FarRegion] = []
         for j in far:
             mine = group == j
             away = mine & h["away"]
             refs = [(self.kept[b], h["lid"][away & (h["block"] == b)].tolist())
                     for b in np.unique(h["block"][away]).tolist()]
-            regions.append((list(h["wkb"][mine & ~h["away"]]), refs))
+            local = list(h["wkb"][mine & ~h["away"]])
+            xy = nodes[1][nodes[0] == j]
+            if len(xy):
+                local.append(shapely.to_wkb(shapely.multipoints(xy.astype(np.float64))))
+            regions.append((local, refs))
         todo = set(range(len(regions)))
         try:
             for i, geom, fell_back in self.remote(regions):  # type: ignore[misc]
@@ -313,14 +369,20 @@ def dissolve_region(wkb: Sequence[bytes], block_size: int, info: MaskInfo, conne
                     ) -> tuple[bytes, bool]:
     """Dissolve the pixel-space pieces of one region (WKB) into one geometry in the CRS.
 
-    Returns ``(MultiPolygon WKB, fallback)``: ``fallback`` when the pieces needed a GEOS union
-    (several shells, only with 8-connectivity). Runs as a Dask task for :class:`BorderJoin`'s
-    ``remote``.
+    ``wkb`` may hold one MultiPoint: the seam nodes its outline keeps (see
+    :func:`geoseg.vectorize.rings.dissolve`). Returns ``(MultiPolygon WKB, fallback)``:
+    ``fallback`` when the pieces needed a GEOS union (several shells, only with
+    8-connectivity). Runs as a Dask task for :class:`BorderJoin`'s ``remote``.
     """
     import shapely
 
-    pieces = shapely.from_wkb(np.asarray(wkb, dtype=object))
-    joined, fallback = dissolve(pieces, np.zeros(len(pieces), np.int64), 1, block_size)
-    geom = shapely.simplify(shapely.union_all(pieces), 0.0) if fallback[0] else joined[0]
+    geoms = shapely.from_wkb(np.asarray(wkb, dtype=object))
+    point = shapely.get_type_id(geoms) == shapely.GeometryType.MULTIPOINT
+    nodes = shapely.get_coordinates(geoms[point]).astype(np.int64)
+    pieces = geoms[~point]
+    joined, fallback = dissolve(pieces, np.zeros(len(pieces), np.int64), 1, block_size, nodes)
+    geom = unseam(np.array([shapely.union_all(pieces)]), block_size, nodes)[0] if fallback[0] \
+        else joined[0]
     crs_geom = to_crs(np.array([geom], dtype=object), info, connectivity)
     return multipolygon_wkb(crs_geom)[0], bool(fallback[0])
+

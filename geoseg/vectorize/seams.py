@@ -9,15 +9,16 @@ are the scene's regions, independent of the block size.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from geoseg.vectorize.blocks import BlockTask, run_blocks, sieve_stats_task
+from geoseg.vectorize.rings import close, kept_vertices, ragged
 
-__all__ = ["Seams", "components", "sieve_plan"]
+__all__ = ["Seams", "components", "sieve_plan", "straight_nodes", "unseam"]
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,56 @@ def sieve_plan(tasks: list[BlockTask], ncols: int, threshold: float, connectivit
         remap = ((g - seams.base[t.index]).astype(np.int64), target[comp[g]].astype(np.uint8))
         out.append(replace(t, remap=remap))
     return out
+
+
+def straight_nodes(quads: Sequence[tuple[np.ndarray, Any]], x: np.ndarray, y: np.ndarray
+                   ) -> np.ndarray:
+    """Seam nodes among pixel corners ``(x, y)`` (scene pixels), given the local labels and
+    blocks (with ``cls`` and ``base``, see :class:`~geoseg.vectorize.join.BorderJoin`) of the
+    four pixels around each, clockwise from above-left: corners where exactly
+    three classes meet (nodata counting as one) and two pixels side by side are of one region,
+    whose ring therefore runs straight through. ``(k, 3)`` int64: that region's global id, x, y.
+    """
+    labels = [np.asarray(lab, np.int64) for lab, _ in quads]
+    tl, tr, br, bl = (blk.cls[lab].astype(np.int16) for lab, (_, blk) in zip(labels, quads,
+                                                                             strict=True))
+    distinct = 1 + (tr != tl) + ((br != tl) & (br != tr)) + ((bl != tl) & (bl != tr) & (bl != br))
+    side = np.select([tl == tr, tr == br, br == bl, bl == tl], [0, 1, 2, 3], -1)
+    ok = (distinct == 3) & (side >= 0)
+    side = side[ok]
+    lab = np.choose(side, [lab[ok] for lab in labels])
+    gid = lab + np.choose(side, [blk.base for _, blk in quads])
+    keep = lab > 0  # nodata has no ring
+    return np.stack([gid[keep], x[ok][keep], y[ok][keep]], 1).astype(np.int64)
+
+
+def unseam(geoms: np.ndarray, block_size: int, nodes: np.ndarray | None = None) -> np.ndarray:
+    """Pixel (multi)polygons (a GEOS union of pieces) with the vertices on seam lines that
+    :func:`~geoseg.vectorize.rings.dissolve` would give them: where a ring turns, and at
+    ``nodes`` (added where a ring runs straight through one). Object ``(n,)``, MultiPolygons."""
+    import shapely
+
+    parts, idx = shapely.get_parts(np.asarray(geoms, dtype=object), return_index=True)
+    xy, (ring_off, poly_off) = ragged(parts)
+    n_rings = len(ring_off) - 1
+    is_open = np.ones(len(xy), bool)
+    is_open[ring_off[1:] - 1] = False  # drop each ring's closing vertex
+    pts = xy[is_open].astype(np.int64)
+    ring = np.repeat(np.arange(n_rings), np.diff(ring_off) - 1)
+    # unit steps along the edges lying on seam lines, so that any node on them is a vertex
+    step = np.diff(xy, axis=0)[is_open[:-1]].astype(np.int64)
+    on_seam = np.where(step[:, 0] == 0, pts[:, 0], pts[:, 1]) % block_size == 0
+    reps = np.where(on_seam, np.abs(step).sum(1), 1)
+    k = np.arange(int(reps.sum())) - np.repeat(np.cumsum(reps) - reps, reps)
+    pts = np.repeat(pts, reps, 0) + np.repeat(np.sign(step), reps, 0) * k[:, None]
+    ring = np.repeat(ring, reps)
+    kcount = np.bincount(ring, minlength=n_rings)
+    kstart = np.r_[0, np.cumsum(kcount)[:-1]]
+    prev, nxt = np.roll(pts, 1, 0), np.roll(pts, -1, 0)
+    prev[kstart] = pts[kstart + kcount - 1]
+    nxt[kstart + kcount - 1] = pts[kstart]
+    u, v = pts - prev, nxt - pts
+    keep = (u[:, 0] * v[:, 1] != u[:, 1] * v[:, 0]) | kept_vertices(pts, block_size, nodes)
+    xy_c, roff = close(pts[keep].astype(np.float64), ring[keep], n_rings)
+    polys = shapely.from_ragged_array(shapely.GeometryType.POLYGON, xy_c, (roff, poly_off))
+    return shapely.multipolygons(polys, indices=idx, out_size=len(geoms))
