@@ -2,9 +2,9 @@
 
 Every block (a window of the mask, ``block_size`` pixels square) is one task: it reads its own
 window, labels the connected regions of each class (``scipy.ndimage.label``, 4- or 8-connected,
-nodata never labelled), polygonizes the *label* raster with ``rasterio.features.shapes`` and
-computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions that
-do not touch an inner block border are finished features and stream to the writer; pieces that
+nodata never labelled), traces the rings of the *label* raster (:mod:`geoseg.vectorize.trace`)
+and computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions
+that do not touch an inner block border are finished features and stream to the writer; pieces that
 touch one go back to the client (:mod:`geoseg.vectorize.join`), except, on a cluster, pieces over
 64 KiB of WKB: those stay on their worker and only their size travels. As blocks finish, the client
 pairs the labels on both sides of each seam (and across block corners with 8-connectivity),
@@ -35,11 +35,14 @@ block per task plus O(number of regions) on the client. Same semantics as GDAL (
 a neighbour and never changes) except ties between equally large neighbours, which geoseg breaks
 by the neighbour's first pixel in raster order so that the result never depends on the blocks.
 
-Simplification (``simplify_m``) holds the whole layer (vectors only, no pixels): GDAL's polygons
-share edges without sharing every vertex, so the layer is first noded with
-``shapely.coverage_clean`` (areas unchanged), then ``shapely.coverage_simplify`` simplifies every
-shared edge once — no gaps or overlaps. Without simplification features stream to the file; they
-then tile the plane without gaps or overlaps but are not vertex-matched (as GDAL's own output).
+The layer is a valid coverage (``shapely.coverage_is_valid``): no gaps, no overlaps, and every
+pixel corner where three or more regions meet (nodata and the scene's outside counting as one)
+is a vertex of every polygon touching it. GDAL's polygonizer leaves such T-junctions out; the
+ring tracer puts them in by construction (a ring edge ends wherever the region on its other side
+changes), and on block seams the join finds them from the labels on both sides and the dissolve
+keeps them. Simplification (``simplify_m``) holds the whole layer (vectors only, no pixels) and
+runs ``shapely.coverage_simplify``, which simplifies every shared edge once: still a valid
+coverage. Without simplification features stream to the file.
 """
 
 

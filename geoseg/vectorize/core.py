@@ -199,9 +199,8 @@ def vectorize_mask(
         if held:
             cols = {k: np.concatenate([h[k] for h in held]) for k in held[0]}
             tol = simplify_m if info.row_area_m2 is None else simplify_m / 111_320.0
-            # pieces from GDAL are not vertex-matched along shared edges: clean (node) first
-            cleaned = shapely.coverage_clean(cols["geometry"])
-            cols["geometry"] = shapely.coverage_simplify(cleaned, tol)
+            # a valid coverage already (every T-junction is a vertex): no coverage_clean
+            cols["geometry"] = shapely.coverage_simplify(cols["geometry"], tol)
             writer.write(**cols)
         writer.commit()
     n = sum(counts.values())
