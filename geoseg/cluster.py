@@ -261,7 +261,9 @@ def worker_setup(cfg: ClusterConfig, read_threads: int = 0) -> tuple[list[str], 
     pins one: a jemalloc nanny fails on a node without it), ``GDAL_NUM_THREADS`` on GPU workers
     (``read_threads`` cores; 0 for CPU workers) and :func:`quiet_environ`."""
     args = [] if cfg.allocator == "system" else ["--preload-nanny", ALLOCATOR_PRELOAD]
-    env = {ENV_CHOICE: cfg.allocator} if cfg.allocator in ("jemalloc", "glibc") else {}
+    env: dict[str, str] = (
+        {ENV_CHOICE: cfg.allocator} if cfg.allocator in ("jemalloc", "glibc") else {}
+    )
     if read_threads:
         env[READ_THREADS_ENV] = str(read_threads)
     return args, {**env, **quiet_environ()}
@@ -344,7 +346,7 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
 
     memory = (
         MEMORY_LIMIT // workers if cfg.memory_limit == "auto"
-        else parse_memory_limit(cfg.memory_limit, cfg.threads_per_worker)
+        else parse_memory_limit(cfg.memory_limit, cfg.threads_per_worker, logger=log)
     )
     specs = {
         f"gpu{gpu}": {
@@ -368,16 +370,17 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
 
 def _jobqueue_cluster(cfg: ClusterConfig) -> Any:
     try:
-        if cfg.kind == "slurm":
-            from dask_jobqueue import SLURMCluster as Cluster
-        else:
-            from dask_jobqueue import PBSCluster as Cluster
+        import dask_jobqueue
     except ImportError as exc:
         raise ConfigError(
             f"--cluster {cfg.kind} needs dask-jobqueue: pip install dask-jobqueue"
         ) from exc
+    if cfg.kind == "slurm":
+        cluster_class: type[dask_jobqueue.JobQueueCluster] = dask_jobqueue.SLURMCluster
+    else:
+        cluster_class = dask_jobqueue.PBSCluster
     jobs = cfg.slurm if cfg.kind == "slurm" else cfg.pbs
-    cluster = Cluster(**jobqueue_kwargs(cfg))
+    cluster = cluster_class(**jobqueue_kwargs(cfg))
     log.debug("worker job script:\n%s", cluster.job_script())
     # adapt (not scale) so the jobs of workers that retire at their lifetime are replaced
     cluster.adapt(minimum_jobs=jobs.jobs, maximum_jobs=jobs.jobs)

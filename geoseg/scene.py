@@ -14,7 +14,7 @@ GDAL warped VRT — never a full-scene copy.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,7 +159,7 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
 
 
 def open_band_files(
-    name: str, files: dict[str, str | os.PathLike[str]], fill: float | None = 0
+    name: str, files: Mapping[str, str | os.PathLike[str]], fill: float | None = 0
 ) -> Scene:
     """A scene delivered as one single-band file per band (``band name → path``).
 

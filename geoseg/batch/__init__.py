@@ -102,14 +102,14 @@ def _check_inputs_outside(inputs: Sequence[str | os.PathLike[str]], out: Path) -
                 "another --out (e.g. a sibling folder)")
 
 
-def _header(plan: BatchPlan) -> dict[str, Any]:
+def _header(plan: BatchPlan, out: Path) -> dict[str, Any]:
     from geoseg.batch.runner import _version
 
     meta = plan.bundle.meta
     return {
         "geoseg_version": _version(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "out_dir": str(plan.out_dir.resolve()),
+        "out_dir": str(out.resolve()),
         "split": list(plan.split) if plan.split else None,
         "bundle": {"file": Path(plan.bundle.path).name, "path": str(plan.bundle.path),
                    "sha256": plan.bundle.sha256, "arch": meta.arch, "encoder": meta.encoder,
@@ -122,8 +122,8 @@ def _header(plan: BatchPlan) -> dict[str, Any]:
 class _Reporting:
     """Events that also rewrite the report after every scene (so a killed run has one)."""
 
-    def __init__(self, inner: BatchEvents, plan: BatchPlan, header: dict[str, Any]):
-        self.inner, self.plan, self.header = inner, plan, header
+    def __init__(self, inner: BatchEvents, plan: BatchPlan, out: Path, header: dict[str, Any]):
+        self.inner, self.plan, self.out, self.header = inner, plan, out, header
         self.entries: list[dict[str, Any]] = []
 
     def scene_started(self, index: int, total: int, name: str) -> None:
@@ -138,7 +138,7 @@ class _Reporting:
         self.inner.scene_finished(entry)
 
     def write(self) -> Path:
-        out = self.plan.out_dir
+        out = self.out
         report = build_report(self.plan.sources, self.entries, out, self.header)
         try:
             return write_report(report, out, self.plan.cfg.run.html)
@@ -159,18 +159,19 @@ def run_planned(
     """Run a planned batch on the configured cluster; return its result and report path."""
     from geoseg.cluster import session
 
-    if plan.out_dir is None:
+    out = plan.out_dir
+    if out is None:
         raise ConfigError("this batch was planned without an output directory")
     cfg = plan.cfg
     cluster = session(cfg.cluster, cfg.predict.device)
-    check_output_dir(plan.out_dir)
-    reporting = _Reporting(events or QuietEvents(), plan, _header(plan))
+    check_output_dir(out)
+    reporting = _Reporting(events or QuietEvents(), plan, out, _header(plan, out))
     if not plan.todo:
         return BatchResult(), reporting.write()
     with cluster.connect() as client:
         if client is not None and on_client is not None:
             on_client(client)
-        result = run_batch(plan.todo, plan.bundle, cfg, plan.out_dir, client,
+        result = run_batch(plan.todo, plan.bundle, cfg, out, client,
                            overwrite=overwrite, threads=cluster.threads, events=reporting,
                            policy=cluster.policy)
     return result, reporting.write()

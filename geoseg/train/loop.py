@@ -11,7 +11,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -78,7 +78,7 @@ def class_weights(labels: np.ndarray, n_classes: int, mode: str) -> np.ndarray:
 
 
 def make_batch(
-    chips: ChipSet, index: Sequence[int], bands: Sequence[BandSpec],
+    chips: ChipSet, index: Iterable[int], bands: Sequence[BandSpec],
     rng: np.random.Generator | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Normalized inputs ``(B, C, S, S)`` float32 and labels ``(B, S, S)`` int64.

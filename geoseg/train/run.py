@@ -8,6 +8,7 @@ the best model so far and a stopped run leaves a usable bundle).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -218,7 +219,7 @@ def train_model(
             stage = f"chips {scene.name}"
             chips = read_chips(i, bands, scene.height, scene.width, source, windows,
                                cfg.min_labelled,
-                               (lambda d, t, s=stage: progress(s, d, t)) if progress else None)
+                               functools.partial(progress, stage) if progress else None)
         finally:
             source.close()
         if chips.labels.size and int(chips.labels[chips.labels != 255].max(initial=0)) >= len(
