@@ -129,35 +129,40 @@ def test_policy_defaults() -> None:
     assert task_policy(ClusterConfig(resources={"GPU": 2})).resources == {"GPU": 2}
 
 
-def _most_at_once(intervals: list[tuple[float, float]], slack: float = 0.03) -> int:
-    """Most intervals open at one time; each counts as closed ``slack`` s before its stop (a
-    worker stamps a task's stop a few ms after it hands the thread to the next one)."""
-    events = sorted([(start, 1) for start, _ in intervals]
-                    + [(stop - slack, -1) for _, stop in intervals])
-    running = most = 0
-    for _, step in events:  # a stop sorts before a start at the same instant
-        running += step
-        most = max(most, running)
-    return most
-
-
 @pytest.mark.parametrize("gpu_tasks", [1, 2])
 def test_gpu_tasks_share_a_gpu_worker(make_scene, make_bundle, tmp_path, gpu_tasks) -> None:
     """A worker offering GPU=1 runs ``gpu_tasks`` prediction tasks at once (one reads while
-    another runs the model), and never more, whatever its thread count."""
-    from distributed import Client, LocalCluster, get_task_stream
+    another runs the model), and never more, whatever its thread count.
+
+    Counted on the worker (tests/concurrency.py), not read off task timestamps: the first
+    tasks wait there until ``gpu_tasks`` of them run, so a busy machine cannot hide the
+    overlap, and the most that ever ran at once is exact."""
+    from distributed import Client, LocalCluster
+
+    from . import concurrency
 
     plan = plan_prediction(make_scene(height=300, width=400), make_bundle(TINY_UNET),
                            tmp_path / "m.tif", PredictConfig(block_size=64, tile_size=256))
     policy = task_policy(ClusterConfig(gpu_tasks=gpu_tasks), gpu_workers=True)
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, resources=GPU,
-                      dashboard_address=":0") as cluster, Client(cluster) as client, \
-            get_task_stream(client) as stream:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        client.run(concurrency.install, "geoseg.graph", "predict_block", gpu_tasks)
         run_prediction(plan, client, policy=policy)
-    spans = [(ss["start"], ss["stop"]) for t in stream.data if "geoseg-predict" in str(t["key"])
-             for ss in t["startstops"] if ss["action"] == "compute"]
-    assert len(spans) == len(plan.grid) > 6
-    assert _most_at_once(spans) == gpu_tasks
+        [(most, calls)] = client.run(concurrency.read).values()
+    assert calls == len(plan.grid) > 6
+    assert most == gpu_tasks
+
+
+def test_gpu_workers_take_the_memory_limit(monkeypatch) -> None:
+    """A local GPU cluster gives each worker ``cluster.memory_limit``, parsed as Dask does."""
+    import distributed
+
+    from geoseg.cluster import _local_cluster
+
+    made: dict = {}
+    monkeypatch.setattr(distributed, "SpecCluster", lambda **kw: made.update(kw) or "cluster")
+    assert _local_cluster(ClusterConfig(memory_limit="1GiB"), ["0", "1"]) == "cluster"
+    assert [w["options"]["memory_limit"] for w in made["workers"].values()] == [2**30] * 2
 
 
 def test_block_tasks_carry_paths_not_pixels(make_scene, make_bundle, tmp_path) -> None:
