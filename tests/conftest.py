@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# torch's OpenMP threads sleep when idle instead of spinning (GNU OpenMP spins 300k turns by
+# default): on 2 busy cores — CI, or this suite beside Dask worker processes — spinning
+# threads starve the ones with work, and a 20 s training test took 60-100 s. Set before anything
+# loads libgomp (it reads the variable once); inherited by every worker and CLI subprocess.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
