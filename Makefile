@@ -1,4 +1,4 @@
-# geoseg: `make demo` maps the real Sentinel-2 sample, `make test` runs the test suite.
+# geoseg: `make demo` maps the real Sentinel-2 sample, `make test` lints and runs the test suite.
 # Both create .venv and install geoseg into it first (torch + torchvision as a matched pair).
 PYTHON ?= python3
 VENV   ?= .venv
@@ -7,7 +7,7 @@ GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
 DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory bench-gpu clean
+.PHONY: install lint test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -17,9 +17,16 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-test: install
+# ruff and mypy as configured in pyproject.toml (seconds): first in `make test`, so in CI
+lint: install
+	$(PY) -m ruff check geoseg tests benchmarks scripts
+	$(PY) -m mypy geoseg
+
+# every test, slow ones included (end-to-end on the real sample, real clusters, Slurm)
+test: lint
 	$(PY) -m pytest -q
 
+# the quick tier, under 3 minutes on 2 cores: everything not marked slow
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
