@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,56 @@ from .test_run import pixels
 GEOSEG = str(Path(sys.executable).parent / "geoseg")
 
 
-def run_geoseg(args: list[str], kill_after: float | None = None) -> int | None:
+#: Where each interrupted run is killed: as soon as it writes a path matching the pattern
+#: (relative to the output folder), or one of a later stage (a path that exists only briefly
+#: may be missed). One run per stage, each resuming what the last one left.
+KILL_AT = (
+    ".partial-scene0/.scene0.tif.*",  # the first scene's mask being written
+    ".partial-scene0/scene0.tif",  # its mask written; the confidence and the layer next
+    ".partial-scene0/.scene0.gpkg.*",  # its layer being written
+    "scene0/scene.json",  # the first scene done: the report next, then the second scene
+    ".partial-scene1/quicklook.png",  # the second scene's quick-looks
+)
+#: Later still, before the run's end: where a run is killed if its stage passed unseen.
+LATER = ("scene1/scene.json", ".partial-scene2")
+
+
+def _written(out: Path, patterns: Sequence[str]) -> set[tuple[str, int, int]]:
+    """The paths under ``out`` matching ``patterns``, as ``(path, inode, mtime ns)``."""
+    found = set()
+    for path in (p for pattern in patterns for p in out.glob(pattern)):
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # renamed or removed since the listing
+            continue
+        found.add((str(path), st.st_ino, st.st_mtime_ns))
+    return found
+
+
+def run_geoseg(args: list[str], out: Path, kill_at: Sequence[str] = ()) -> int | None:
+    """Run ``geoseg args``; with ``kill_at``, SIGKILL it (and its children) as soon as it writes
+    a path matching one of those patterns under ``out``. Its exit status, or None if it was
+    killed.
+
+    Killed on what the run has done, not after some seconds: how long a stage takes depends
+    on the machine and its load."""
+    before = _written(out, kill_at)
     proc = subprocess.Popen([GEOSEG, *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    if kill_after is None:
-        return proc.wait(timeout=600)
     try:
-        return proc.wait(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        return None
+        if not kill_at:
+            return proc.wait(timeout=600)
+        while proc.poll() is None:
+            if _written(out, kill_at) - before:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None
+            time.sleep(0.005)
+        return proc.returncode
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def assert_only_complete_outputs(out: Path) -> list[str]:
@@ -67,19 +107,14 @@ def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_outputs(
     bundle = make_bundle(n_classes=4)
     common = ["-m", str(bundle), "--scheduler", "synchronous", "--confidence"]
     ref = tmp_path / "ref"
-    start = time.perf_counter()
-    assert run_geoseg(["run", str(scenes), "-o", str(ref), *common]) == 0
-    total = time.perf_counter() - start
+    assert run_geoseg(["run", str(scenes), "-o", str(ref), *common], ref) == 0
     out = tmp_path / "out"
-    killed = 0
-    for fraction in (0.35, 0.55, 0.7, 0.85, 0.95):
-        if run_geoseg(["run", str(scenes), "-o", str(out), *common],
-                      kill_after=fraction * total) is None:
-            killed += 1
-        if out.exists():
-            assert_only_complete_outputs(out)
-    assert killed >= 3  # the run really was interrupted, several times, at different stages
-    assert run_geoseg(["run", str(scenes), "-o", str(out), *common]) == 0
+    for i, stage in enumerate(KILL_AT):
+        code = run_geoseg(["run", str(scenes), "-o", str(out), *common], out,
+                          kill_at=(*KILL_AT[i:], *LATER))
+        assert code is None, f"the run finished before it wrote {stage}"  # really interrupted
+        assert_only_complete_outputs(out)
+    assert run_geoseg(["run", str(scenes), "-o", str(out), *common], out) == 0
     assert sorted(assert_only_complete_outputs(out)) == ["scene0", "scene1", "scene2"]
     assert not list(out.glob(".partial-*"))
     for k in range(3):
