@@ -1,9 +1,15 @@
-"""Client side of vectorizing: regions joined across block seams (union-find), exact sieve.
+"""Client side of vectorizing: regions joined across block seams (union-find), exact sieve, and
+the nodes on seams.
 
 Block results carry their regions' labels along the four block edges. Concatenated along every
 inner seam (full scene width/height, so 8-connected diagonals across block corners are seen),
 they give the pairs of regions that touch across a border; connected components of that graph
 are the scene's regions, independent of the block size.
+
+The same edge labels give the *seam nodes* (:func:`straight_nodes`): pixel corners on a seam
+where three regions meet and one of them runs straight through, so no block alone knows its
+ring needs a vertex there (inside a block the ring tracer makes nodes by construction). The
+dissolve keeps them; :func:`unseam` gives a GEOS union the same seam vertices.
 """
 
 from __future__ import annotations
@@ -125,9 +131,9 @@ def straight_nodes(quads: Sequence[tuple[np.ndarray, Any]], x: np.ndarray, y: np
                    ) -> np.ndarray:
     """Seam nodes among pixel corners ``(x, y)`` (scene pixels), given the local labels and
     blocks (with ``cls`` and ``base``, see :class:`~geoseg.vectorize.join.BorderJoin`) of the
-    four pixels around each, clockwise from above-left: corners where exactly
-    three classes meet (nodata counting as one) and two pixels side by side are of one region,
-    whose ring therefore runs straight through. ``(k, 3)`` int64: that region's global id, x, y.
+    four pixels around each, clockwise from above-left: corners where exactly three classes meet
+    (nodata counting as one) and two pixels side by side are of one region, whose ring therefore
+    runs straight through. ``(k, 3)`` int64: that region's global id, x, y.
     """
     labels = [np.asarray(lab, np.int64) for lab, _ in quads]
     tl, tr, br, bl = (blk.cls[lab].astype(np.int16) for lab, (_, blk) in zip(labels, quads,

@@ -93,7 +93,7 @@ def trace(labels: np.ndarray, n: int, offset: tuple[int, int] = (0, 0), connecti
         raise ValueError("ring tracing found a region without exactly one outer ring")
     if parent is None:
         return geoms
-    out = geoms[: n + 1]  # a region's first part has the region's id
+    out = geoms[: n + 1].copy()  # a region's first part has the region's id
     several = np.flatnonzero(np.bincount(parent, minlength=n + 1) > 1)
     if len(several):
         import shapely
