@@ -33,8 +33,15 @@ def run(scene: Path, bundle: Path, out: Path, **cfg) -> np.ndarray:
         return src.read(1)
 
 
-def test_unet_mask_does_not_depend_on_tiling(make_scene, make_bundle, tmp_path) -> None:
-    scene, bundle = make_scene(), make_bundle(TINY_UNET)  # receptive field 65 px, halo 72 px
+@pytest.mark.parametrize("size", [
+    # 400 rows still give several rows of blocks in every configuration but the 880-px ones
+    # (tile 1024, halo 72); 1001 columns two columns of those. make_scene's default in slow.
+    pytest.param((400, 1001), id="400x1001"),
+    pytest.param((777, 1001), id="777x1001", marks=pytest.mark.slow),
+])
+def test_unet_mask_does_not_depend_on_tiling(make_scene, make_bundle, tmp_path, size) -> None:
+    scene = make_scene(height=size[0], width=size[1])
+    bundle = make_bundle(TINY_UNET)  # receptive field 65 px, halo 72 px
     configs = [
         dict(tile_size=208, block_size=1, batch_size=3),     # smallest tiles, one per block
         dict(tile_size=400, block_size=5000, batch_size=4),  # one block for the whole scene
@@ -68,11 +75,17 @@ def test_default_tile_and_batch_size(make_scene, make_bundle, tmp_path, spec, bu
     assert (plan.grid.lattice.tile_size, plan.job.batch_size) == (tile, batch)
 
 
-def test_deeplab_mask_does_not_depend_on_block_size(make_scene, make_bundle, tmp_path) -> None:
+@pytest.mark.parametrize(("size", "middle"), [
+    pytest.param((301, 433), 200, id="301x433"),  # blocks of 128 (3x4), 256 (2x2), the scene
+    pytest.param((777, 1001), 400, id="777x1001", marks=pytest.mark.slow),  # 128, 512, scene
+])
+def test_deeplab_mask_does_not_depend_on_block_size(make_scene, make_bundle, tmp_path, size,
+                                                    middle) -> None:
     # DeepLabV3+ pools over the whole tile, so only the tile size is fixed (the bundle's).
-    scene, bundle = make_scene(), make_bundle(TINY_DEEPLAB, tile_size=256)
+    scene = make_scene(height=size[0], width=size[1])
+    bundle = make_bundle(TINY_DEEPLAB, tile_size=256)
     masks = [run(scene, bundle, tmp_path / f"d{b}.tif", block_size=b, batch_size=bs)
-             for b, bs in ((1, 2), (400, 4), (5000, 3))]
+             for b, bs in ((1, 2), (middle, 4), (5000, 3))]
     assert len(np.unique(masks[0])) >= 2
     assert all(np.array_equal(m, masks[0]) for m in masks[1:])
 
