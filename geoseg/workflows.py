@@ -13,6 +13,7 @@ the whole config or the rendered text. The copies in ``workflows/`` are these re
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shlex
@@ -261,6 +262,22 @@ def _check_k8s_name(name: str) -> None:
             f"characters (e.g. 'geoseg')")
 
 
+@functools.cache
+def _templates() -> Any:
+    """The Jinja environment of ``geoseg/templates``: made once per process, so each template
+    is compiled once (its loader still notices a template file that changed)."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(_TEMPLATES),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["q"] = lambda value: shlex.quote(str(value))
+    return env
+
+
 def render_workflow(
     kind: str, cfg: Config, config_path: str | os.PathLike[str], config_text: str
 ) -> dict[str, str]:
@@ -281,8 +298,6 @@ def render_workflow(
         ConfigError: an unknown kind, a config path with control characters, a job name that
             cannot name Kubernetes objects, or setup lines that leave a script bash cannot parse.
     """
-    import jinja2
-
     if kind not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {kind!r}: choose one of {', '.join(WORKFLOWS)}")
     if not str(config_path).isprintable():
@@ -291,13 +306,7 @@ def render_workflow(
     job = cfg.cluster.job
     if kind == "k8s":
         _check_k8s_name(job.name)
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    env.filters["q"] = lambda value: shlex.quote(str(value))
+    env = _templates()
     context: dict[str, Any] = {
         "name": job.name,
         "job": job,
