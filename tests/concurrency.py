@@ -15,10 +15,12 @@ from typing import Any
 
 _cond = threading.Condition()
 _state = {"running": 0, "most": 0, "calls": 0}
+_originals: dict[tuple[str, str], Callable[..., Any]] = {}
 
 
 def install(module: str, name: str, wait_for: int = 1, timeout: float = 120.0) -> None:
-    """Count the calls of ``module.name`` in this process from now on.
+    """Count the calls of ``module.name`` in this process from now on (from zero again when
+    called again, the function then wrapped anew).
 
     The first calls wait until ``wait_for`` calls are running at once (or ``timeout`` s have
     passed, after which they go on uncounted-for): so a worker that may run ``wait_for`` tasks
@@ -26,7 +28,7 @@ def install(module: str, name: str, wait_for: int = 1, timeout: float = 120.0) -
     limit itself. The timeout only bounds a test that is failing anyway; it decides nothing.
     """
     target = importlib.import_module(module)
-    inner: Callable[..., Any] = getattr(target, name)
+    inner = _originals.setdefault((module, name), getattr(target, name))
     with _cond:
         _state.update(running=0, most=0, calls=0)
 

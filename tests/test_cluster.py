@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -129,26 +130,33 @@ def test_policy_defaults() -> None:
     assert task_policy(ClusterConfig(resources={"GPU": 2})).resources == {"GPU": 2}
 
 
+@pytest.fixture(scope="module")
+def gpu_worker() -> Iterator[Any]:
+    """A client of a local cluster of one worker process with 3 threads, offering GPU=1."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, resources=GPU,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
 @pytest.mark.parametrize("gpu_tasks", [1, 2])
-def test_gpu_tasks_share_a_gpu_worker(make_scene, make_bundle, tmp_path, gpu_tasks) -> None:
+def test_gpu_tasks_share_a_gpu_worker(gpu_worker, make_scene, make_bundle, tmp_path,
+                                      gpu_tasks) -> None:
     """A worker offering GPU=1 runs ``gpu_tasks`` prediction tasks at once (one reads while
     another runs the model), and never more, whatever its thread count.
 
     Counted on the worker (tests/concurrency.py), not read off task timestamps: the first
     tasks wait there until ``gpu_tasks`` of them run, so a busy machine cannot hide the
     overlap, and the most that ever ran at once is exact."""
-    from distributed import Client, LocalCluster
-
     from . import concurrency
 
     plan = plan_prediction(make_scene(height=300, width=400), make_bundle(TINY_UNET),
                            tmp_path / "m.tif", PredictConfig(block_size=64, tile_size=256))
     policy = task_policy(ClusterConfig(gpu_tasks=gpu_tasks), gpu_workers=True)
-    with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, resources=GPU,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
-        client.run(concurrency.install, "geoseg.graph", "predict_block", gpu_tasks)
-        run_prediction(plan, client, policy=policy)
-        [(most, calls)] = client.run(concurrency.read).values()
+    gpu_worker.run(concurrency.install, "geoseg.graph", "predict_block", gpu_tasks)
+    run_prediction(plan, gpu_worker, policy=policy)
+    [(most, calls)] = gpu_worker.run(concurrency.read).values()
     assert calls == len(plan.grid) > 6
     assert most == gpu_tasks
 
@@ -339,10 +347,8 @@ def test_unsatisfiable_resources_fail_instead_of_hanging(dask_processes, referen
     plan = plan_prediction(reference["scene"], reference["bundle"], tmp_path / "m.tif", PREDICT)
     array = lazy_prediction(plan.grid, plan.job, {"TPU": 1})
     blocks = iter_blocks(array, client, TaskPolicy({"TPU": 1}, 0, stall_timeout=2))
-    start = time.perf_counter()
-    with pytest.raises(ClusterError, match="no block finished in 2 s"):
+    with pytest.raises(ClusterError, match="no block finished in 2 s"):  # the stall timeout
         next(blocks)
-    assert time.perf_counter() - start < 10
     cfg = ClusterConfig(scheduler=dask_processes.address, resources={"TPU": 1})
     with pytest.raises(ConfigError, match="no worker of .* offers resources TPU=1"), connect(cfg):
         pass
@@ -354,10 +360,10 @@ def test_failing_scene_fails_fast_and_writes_nothing(dask_processes, reference, 
     scene.write_bytes(reference["scene"].read_bytes())
     plan = plan_prediction(scene, reference["bundle"], tmp_path / "m.tif", PREDICT)
     scene.write_bytes(b"not a GeoTIFF any more")  # every block task now fails to read
-    start = time.perf_counter()
-    with pytest.raises(Exception, match="not recognized|not a supported|scene.tif"):
+    # no stall timeout in this policy: only a block's own error can end the run
+    with pytest.raises(Exception, match="not recognized|not a supported|scene.tif") as error:
         run_prediction(plan, dask_processes.client, policy=TaskPolicy(GPU, retries=1))
-    assert time.perf_counter() - start < 60
+    assert not isinstance(error.value, ClusterError), error.value
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]  # no partial outputs
 
 
@@ -418,10 +424,8 @@ def test_task_killing_its_workers_is_reported(tmp_path) -> None:
     array = da.map_blocks(crash, chunks=((1,), (4,), (4,)), dtype=np.uint8,
                           meta=np.empty((0, 0, 0), np.uint8))
     cfg = ClusterConfig(workers=1, allowed_failures=0, memory_limit="1GiB")
-    start = time.perf_counter()
     with connect(cfg) as client, pytest.raises(ClusterError, match="allowed_failures"):
         list(iter_blocks(array, client, TaskPolicy()))
-    assert time.perf_counter() - start < 60
 
 
 # --- Slurm: Dask workers as Slurm jobs -----------------------------------------------------------

@@ -158,7 +158,7 @@ def test_training_learns_an_easy_task_and_resumes(tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "scene.tif", truth)
     label_path = write_labels(tmp_path / "labels.tif", truth)
     out = tmp_path / "model.safetensors"
-    cfg = quick_config(epochs=12, steps_per_epoch=6, patience=12)
+    cfg = quick_config(epochs=8, steps_per_epoch=6, patience=8)  # val mIoU 0.98 by epoch 6
     result = train_model([scene], [label_path], out, cfg)
     assert result.best_val_miou is not None and result.best_val_miou > 0.9, result.history
     # the whole scene, through the prediction pipeline, agrees with the truth
