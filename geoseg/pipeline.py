@@ -288,9 +288,9 @@ def run_prediction(
         CLASSES_TAG: classes_tag(meta.classes),
     }
     with ExitStack() as stack:
-        writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite, tags)
-        done = 0
-        for (i, j), block in iter_blocks(array, client, policy):
+        writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite,
+                                tags)
+        for done, ((i, j), block) in enumerate(iter_blocks(array, client, policy), start=1):
             window = grid.block(i, j).core
             band = 0
             for writer in writers.values():
@@ -298,7 +298,6 @@ def run_prediction(
                 writer.write(window, block[band : band + n])
                 band += n
             counts += np.bincount(block[0].ravel(), minlength=256)
-            done += 1
             if progress is not None:
                 progress(done, len(grid))
         for writer in writers.values():
@@ -345,8 +344,8 @@ def _open_writers(
     tags: dict[str, str],
 ) -> dict[str, StreamingCOGWriter]:
     meta = bundle.meta
-    grid = dict(crs_wkt=scene.crs_wkt, transform=scene.transform, height=scene.height,
-                width=scene.width, nodata=NODATA, tags=tags)
+    grid: dict[str, Any] = dict(crs_wkt=scene.crs_wkt, transform=scene.transform,
+                                height=scene.height, width=scene.width, nodata=NODATA, tags=tags)
     specs = {
         "mask": RasterSpec(**grid, classes=meta.classes, descriptions=("class",),
                            resampling="mode"),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from geoseg.gpkg import multipolygon_wkb
+from geoseg.maskfile import NODATA
 from geoseg.tasks import TaskPolicy, map_as_finished
 from geoseg.tiling import Window
 from geoseg.vectorize.maskinfo import MaskInfo
@@ -131,13 +132,14 @@ def polygonize_task(task: BlockTask) -> dict[str, Any]:
     counts = np.bincount(flat, minlength=n + 1).astype(np.float64)
     if info.row_area_m2 is not None:
         rows = np.asarray(info.row_area_m2[w.row : w.row_stop])
-        area = np.bincount(flat, weights=np.repeat(rows, w.width), minlength=n + 1)
+        area: np.ndarray = np.bincount(flat, weights=np.repeat(rows, w.width), minlength=n + 1)
     else:
         area = counts * info.pixel_area_m2
-    conf_sum = conf_n = np.zeros(n + 1)
+    conf_sum: np.ndarray = np.zeros(n + 1)
+    conf_n: np.ndarray = conf_sum
     if info.confidence is not None:
         conf = _read(info.confidence, w).ravel()
-        ok = conf != 255
+        ok = conf != NODATA
         conf_sum = np.bincount(flat[ok], weights=conf[ok].astype(np.float64), minlength=n + 1)
         conf_n = np.bincount(flat[ok], minlength=n + 1).astype(np.float64)
     geoms = trace(labels, n, (w.col, w.row), task.connectivity)

@@ -130,7 +130,7 @@ class BorderJoin:
                     del self.blocks[k]
         ids, bcls, wkb, stats, nbytes = border
         wkb = np.asarray(wkb, dtype=object)
-        away = np.equal(wkb, None)
+        away = np.array([w is None for w in wkb], dtype=bool)
         if away.any():
             if kept is None or self.remote is None:
                 raise ValueError(f"block {index}: pieces kept elsewhere need a handle and remote")
@@ -220,7 +220,7 @@ class BorderJoin:
         pairs = np.concatenate(self.pairs) if self.pairs else np.empty((0, 2), np.int64)
         nodes = np.concatenate(self.nodes) if self.nodes else np.empty((0, 3), np.int64)
         pos = np.searchsorted(h["gid"], pairs)
-        inside = (pos < len(h["gid"])).all(1)
+        inside = np.asarray((pos < len(h["gid"])).all(axis=1), dtype=bool)
         inside[inside] = (h["gid"][pos[inside]] == pairs[inside]).all(1)
         comp = components(len(h["gid"]) - 1, pos[inside])
         if final:

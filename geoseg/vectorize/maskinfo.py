@@ -66,6 +66,9 @@ def read_mask_info(path: str | os.PathLike[str]) -> MaskInfo:
         if t.b or t.d:
             raise SceneError(f"{p}: rotated geographic grids are not supported; warp it north-up")
         geod = crs.get_geod()
+        if geod is None:
+            raise SceneError(f"{p}: its CRS has no ellipsoid to measure areas on; assign a "
+                             "CRS with a datum (e.g. EPSG:4326)")
         rows = np.arange(info.height + 1)
         lat = t.f + rows * t.e
         lon0, lon1 = t.c, t.c + t.a

@@ -47,7 +47,9 @@ class Seams:
     def pairs(self, connectivity: int) -> np.ndarray:
         """``(k, 2)`` global ids of pixels adjacent across inner block borders."""
         nrows = len(self.edges) // self.ncols
-        e = self.edges
+        e = [edges for edges in self.edges if edges is not None]
+        if len(e) != len(self.edges):
+            raise ValueError("Seams.pairs needs the seam edges of every block")
         lines = [
             (np.concatenate([e[(i - 1) * self.ncols + j][1] for j in range(self.ncols)]),
              np.concatenate([e[i * self.ncols + j][0] for j in range(self.ncols)]))
