@@ -70,7 +70,7 @@ def write_labels(path: Path, labels: np.ndarray, crs: str = "EPSG:32618") -> Pat
 def quick_config(**extra) -> TrainConfig:
     base = dict(**TINY, classes=CLASSES, chip_size=64, chip_stride=32, val_block=64,
                 val_fraction=0.25, tile_size=128, halo=32, batch_size=8, epochs=2,
-                steps_per_epoch=3, lr=3e-3, threads=2)
+                steps_per_epoch=3, lr=3e-3, threads=1)
     return TrainConfig(**(base | extra))
 
 
