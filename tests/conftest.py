@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
-# torch's OpenMP threads sleep when idle instead of spinning (GNU OpenMP spins 300k turns by
-# default): on 2 busy cores — CI, or this suite beside Dask worker processes — spinning
-# threads starve the ones with work, and a 20 s training test took 60-100 s. Set before anything
-# loads libgomp (it reads the variable once); inherited by every worker and CLI subprocess.
+# The suite runs on 2 busy cores (CI; or beside Dask workers it starts, and other runs). There,
+# torch's OpenMP threads wait for each other at every operation: with its default of one thread
+# per core the prediction tests took 156-225 s instead of 60 s at load 3. So torch gets one
+# thread in this process and the geoseg commands it starts (Dask's workers start with one too;
+# those of the clusters geoseg starts get theirs from cluster.torch_threads), and OpenMP threads
+# sleep rather than spin while idle (GNU OpenMP spins 300k turns by default). Set before
+# anything loads libgomp, which reads them once; an exported value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from collections.abc import Callable, Iterator, Sequence
