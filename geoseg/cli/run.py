@@ -71,13 +71,14 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     rerun_under_allocator(load_config(config_path, overrides).cluster)
     plan = plan_batch(inputs, bundle_path, out_dir, config_path, overrides, split)
     console.print(f"{counted(len(plan.todo), 'scene')} to process of {len(plan.sources)} found "
-                  f"→ {terminal_safe(out_dir)}")
+                  f"→ {terminal_safe(out_dir)}", highlight=False, soft_wrap=True)  # paths whole
     with _Display(len(plan.todo)) as events:
         result, report_path = run_planned(plan, overwrite=overwrite, events=events,
                                           on_client=lambda c: console.print(
                                               f"dashboard: {terminal_safe(c.dashboard_link)}"))
     _summary(result.entries)
-    console.print(f"report: {terminal_safe(report_path)} (and report.html)")
+    console.print(f"report: {terminal_safe(report_path)} (and report.html)", highlight=False,
+                  soft_wrap=True)
     if result.failed:
         console.print(f"[red]{counted(result.failed, 'scene')} failed[/]")
         sys.exit(EXIT_SOME_FAILED)
