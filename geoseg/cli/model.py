@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from geoseg.cli.options import architecture_options
 from geoseg.cli.render import console, terminal_safe
 
 
@@ -109,10 +110,7 @@ def model() -> None:
 
 
 @model.command("init")
-@click.option("--arch", default="unet", show_default=True,
-              help="smp architecture: unet, deeplabv3plus, fpn, …")
-@click.option("--encoder", default="resnet34", show_default=True,
-              help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
+@architecture_options(encoder="resnet34")
 @click.option("--bands", required=True,
               help="Input band names in model order, e.g. B02,B03,B04,B08.")
 @click.option("--classes", required=True,

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SharedOption",
+    "architecture_options",
     "cluster_options",
     "config_option",
     "config_options",
@@ -210,6 +211,19 @@ run_options = _group(VECTORIZE, MIN_AREA, SIMPLIFY, CONNECTIVITY, LAYER, ON_ERRO
 #: ``geoseg vectorize``: the polygons of one mask, in blocks of --block-size
 vectorize_options = _group(MIN_AREA, SIMPLIFY, CONNECTIVITY, LAYER, VECTORIZE_BLOCK_SIZE)
 cluster_options = _group(WORKERS, SCHEDULER, CLUSTER, ALLOCATOR)
+
+
+def architecture_options(encoder: str) -> Callable[[F], F]:
+    """``--arch`` and ``--encoder`` of a model to build (``model init``, ``train``); ``encoder``
+    is the command's default encoder. Not config options: a bundle records them."""
+
+    def decorate(f: F) -> F:
+        f = click.option("--encoder", default=encoder, show_default=True,
+                         help="smp encoder: resnet18, resnet34, efficientnet-b0, …")(f)
+        return click.option("--arch", default="unet", show_default=True,
+                            help="smp architecture: unet, deeplabv3plus, fpn, …")(f)
+
+    return decorate
 
 
 def config_options(f: F) -> F:

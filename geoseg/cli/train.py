@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from geoseg.cli.options import architecture_options
 from geoseg.cli.render import console, terminal_safe
 
 
@@ -29,10 +30,7 @@ def _fmt(value: float | None) -> str:
 @click.option("--class-field", help="Polygon field holding class ids or names [class/label].")
 @click.option("--ignore-value", type=int,
               help="Label raster value meaning unlabelled (besides nodata).")
-@click.option("--arch", default="unet", show_default=True,
-              help="smp architecture: unet, deeplabv3plus, fpn, …")
-@click.option("--encoder", default="resnet18", show_default=True,
-              help="smp encoder: resnet18, resnet34, efficientnet-b0, …")
+@architecture_options(encoder="resnet18")
 @click.option("--encoder-depth", type=int,
               help="Encoder stages (3-5); fewer = smaller, faster model.")
 @click.option("--chip-size", default=256, show_default=True, help="Training chip side, px.")
