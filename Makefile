@@ -26,7 +26,7 @@ lint: install
 test: lint
 	$(PY) -m pytest -q
 
-# the quick tier, under 3 minutes on 2 cores: everything not marked slow
+# the quick tier: everything not marked slow (about 5 minutes on 2 cores, see docs/testing.md)
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
