@@ -104,6 +104,55 @@ def _depth_kwargs(arch: str, depth: int | None) -> dict | None:
     return kwargs
 
 
+def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
+                mean: str | None, std: str | None, scale: float | None = None) -> tuple:
+    """The bands' BandSpecs from ``--stats-from`` or ``--mean``/``--std`` (``model init`` and
+    ``model import``), with ``--scale`` folded in.
+
+    A model trained on ``x · scale`` normalized by ``m``/``s`` (given in those scaled units)
+    sees ``(x · scale − m) / s = (x − m/scale) / (s/scale)``: the bundle stores ``m/scale`` and
+    ``s/scale``, in the scene's units. ``--scale`` alone means ``m = 0``, ``s = 1``.
+
+    Raises:
+        ConfigError: no normalization given, half of it, bad numbers, --scale with
+            --stats-from, or statistics measured on the scene that cannot normalize.
+    """
+    from pydantic import ValidationError
+
+    from geoseg.errors import ConfigError
+    from geoseg.models.bundle import BandSpec, validation_message
+
+    if stats_from is not None:
+        if scale is not None:
+            raise ConfigError("--scale applies to --mean/--std (or to none); --stats-from "
+                              "measures the scene in its own units already: leave --scale out")
+        from geoseg.normalize import band_statistics
+        from geoseg.scene import open_scene, select_bands
+
+        scene = open_scene(stats_from)
+        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height,
+                                scene.width)
+    elif mean and std:
+        stats = list(zip(_numbers("--mean", mean, len(names)),
+                         _numbers("--std", std, len(names), positive=True), strict=True))
+    elif mean or std:
+        raise ConfigError(f"--{'std' if mean else 'mean'} is missing; give --mean and --std "
+                          "together (one value per band each)")
+    elif input_dtype == "float32" or scale is not None:
+        stats = [(0.0, 1.0)] * len(names)
+    else:
+        raise ConfigError("give --stats-from SCENE, or --mean and --std (one value per band)")
+    if scale is not None:
+        stats = [(m / scale, s / scale) for m, s in stats]
+    try:
+        return tuple(BandSpec(name=n, mean=m, std=s) for n, (m, s) in zip(names, stats,
+                                                                         strict=True))
+    except ValidationError as exc:  # statistics measured on --stats-from, or folded by --scale
+        source = stats_from if stats_from is not None else "--mean/--std/--scale"
+        raise ConfigError(f"{source}: no usable normalization statistics "
+                          f"({validation_message(exc)}); give --mean and --std") from exc
+
+
 @click.group()
 def model() -> None:
     """Create and inspect model bundles (safetensors weights + metadata in one file)."""
@@ -144,39 +193,15 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
       geoseg model init --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \\
           --classes water,trees,crops,built --stats-from scene.tif -o model.safetensors
     """
-    from pydantic import ValidationError
-
-    from geoseg.errors import ConfigError, OutputExistsError
-    from geoseg.models.bundle import BandSpec, init_bundle, validation_message
+    from geoseg.errors import OutputExistsError
+    from geoseg.models.bundle import init_bundle
     from geoseg.models.registry import recommended_halo
 
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
     names = _split(bands, "--bands")
     classes_ = _parse_classes(classes)
-    if stats_from is not None:
-        from geoseg.normalize import band_statistics
-        from geoseg.scene import open_scene, select_bands
-
-        scene = open_scene(stats_from)
-        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height,
-                                scene.width)
-    elif mean and std:
-        stats = list(zip(_numbers("--mean", mean, len(names)),
-                         _numbers("--std", std, len(names), positive=True), strict=True))
-    elif mean or std:
-        raise ConfigError(f"--{'std' if mean else 'mean'} is missing; give --mean and --std "
-                          "together (one value per band each)")
-    elif input_dtype == "float32":
-        stats = [(0.0, 1.0)] * len(names)
-    else:
-        raise ConfigError("give --stats-from SCENE, or --mean and --std (one value per band)")
-    try:
-        band_specs = tuple(BandSpec(name=n, mean=m, std=s)
-                           for n, (m, s) in zip(names, stats, strict=True))
-    except ValidationError as exc:  # statistics measured on --stats-from
-        raise ConfigError(f"{stats_from}: no usable normalization statistics "
-                          f"({validation_message(exc)}); give --mean and --std") from exc
+    band_specs = _band_specs(names, input_dtype, stats_from, mean, std)
     meta = init_bundle(
         out,
         arch=arch,
@@ -193,6 +218,94 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
     console.print(f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/"
                   f"{terminal_safe(meta.encoder)}, {len(meta.bands)} bands, "
                   f"{len(meta.classes)} classes (untrained)")
+
+
+@model.command("import")
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--bands", required=True,
+              help="Input band names in the model's channel order, e.g. B02,B03,B04,B08.")
+@click.option("--classes", required=True,
+              help="Class names in the model's output order, optionally name:#rrggbb.")
+@click.option("--dtype", "input_dtype", default="uint16", show_default=True,
+              type=click.Choice(["uint8", "uint16", "int16", "float32"]),
+              help="Pixel dtype of the scenes the model runs on.")
+@click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
+              help="Per-band mean/std measured on this scene (in its units).")
+@click.option("--mean", help="Per-band means the model was trained with (comma list).")
+@click.option("--std", help="Per-band standard deviations the model was trained with.")
+@click.option("--scale", type=click.FloatRange(min=0, min_open=True),
+              help="The model was trained on pixels × SCALE (e.g. 0.0001 for DN/10000); "
+                   "--mean/--std are in those scaled units (none: 0 and 1). Folded into the "
+                   "stored mean/std: (x·scale − m)/s = (x − m/scale)/(s/scale).")
+@click.option("--arch", help="smp architecture, where the source does not say (a state dict).")
+@click.option("--encoder", help="smp encoder, where the source does not say.")
+@click.option("--arch-kwargs", help="Further smp constructor arguments as JSON, where the "
+              """source does not say, e.g. '{"encoder_depth": 4, "decoder_channels": """
+              """[128, 64, 32, 16]}'.""")
+@click.option("--prefix", help="Key prefix of the model's weights in a checkpoint, e.g. "
+              "'model.' [detected]; '' for none.")
+@click.option("--tile-size", default=512, show_default=True, help="Model input tile side, px.")
+@click.option("--halo", type=int, help="Context px per tile side [recommended for the arch].")
+@click.option("--description", default="", help="What this model is (stored in the bundle).")
+@click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
+              help="Bundle to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+def import_(source: Path, bands: str, classes: str, input_dtype: str, stats_from: Path | None,
+            mean: str | None, std: str | None, scale: float | None, arch: str | None,
+            encoder: str | None, arch_kwargs: str | None, prefix: str | None, tile_size: int,
+            halo: int | None, description: str, out: Path, overwrite: bool) -> None:
+    """Import an smp model trained elsewhere as a bundle, and prove it gives the same logits.
+
+    \b
+    SOURCE is one of:
+      a state dict (.pth .pt .bin .safetensors) of an smp model: give --arch, --encoder
+      an smp save_pretrained / Hugging Face-style folder (config.json + model.safetensors)
+      a Lightning .ckpt: TorchGeo's SemanticSegmentationTask, or any LightningModule holding
+      an smp model (give --arch/--encoder; the key prefix is detected, or set --prefix)
+
+    Weights files are read with torch.load(weights_only=True) or safetensors: a whole pickled
+    model (torch.save(model)) is refused, unread; save model.state_dict() instead. The bundle's
+    logits must match the source model's within 1e-5 on a random batch, or nothing is written;
+    the bundle records the source file, its sha256 and kind (see `geoseg model info`).
+
+    \b
+    Examples:
+      geoseg model import unet.pth --arch unet --encoder resnet34 --bands B02,B03,B04,B08 \\
+          --classes water,trees,crops,built --mean 0.05,0.07,0.06,0.25 \\
+          --std 0.03,0.03,0.04,0.1 --scale 0.0001 -o unet.safetensors
+      geoseg model import task.ckpt --bands B02,B03,B04,B08 --classes water,land,built \\
+          --stats-from scene.tif -o unet.safetensors
+    """
+    from geoseg.errors import ConfigError
+    from geoseg.models.importer import import_model
+
+    kwargs = None
+    example = 'e.g. \'{"encoder_depth": 4}\''
+    if arch_kwargs is not None:
+        try:
+            kwargs = json.loads(arch_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--arch-kwargs: not JSON ({exc}); {example}") from None
+        if not isinstance(kwargs, dict):
+            raise ConfigError(f"--arch-kwargs: give a JSON object, {example}")
+    names = _split(bands, "--bands")
+    result = import_model(
+        source, out, bands=_band_specs(names, input_dtype, stats_from, mean, std, scale),
+        classes=_parse_classes(classes), input_dtype=input_dtype,  # type: ignore[arg-type]
+        tile_size=tile_size, halo=halo, arch=arch, encoder=encoder, arch_kwargs=kwargs,
+        prefix=prefix, description=description, overwrite=overwrite)
+    meta, described, safe = result.meta, result.described, terminal_safe
+    origin = meta.training["source"]
+    prefix_note = f", key prefix {safe(repr(origin['prefix']))}" if origin["prefix"] else ""
+    console.print(f"read {safe(source)} ({origin['kind']}{prefix_note}): {meta.arch}/"
+                  f"{safe(meta.encoder)} {safe(meta.arch_kwargs or '')} from "
+                  f"{safe(described.origin)}; {len(result.keys.matched)} tensors")
+    if described.ignored:
+        console.print(f"not smp arguments, ignored: {safe(', '.join(described.ignored))}")
+    console.print("logits match the source: max |Δ| {:.1e} on a {} batch".format(
+        result.max_abs_diff, "×".join(map(str, result.batch_shape))))
+    console.print(f"[green]wrote[/] {safe(out)}: {len(meta.bands)} bands, "
+                  f"{len(meta.classes)} classes, tile {meta.tile_size} px, halo {meta.halo} px")
 
 
 @model.command("info")
@@ -218,6 +331,14 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
                   f"{meta.input_dtype}, tile {meta.tile_size} px, halo {meta.halo} px")
     if meta.description:
         console.print(safe(meta.description, newlines=True))
+    origin = meta.training.get("source") if meta.training.get("init") == "import" else None
+    if isinstance(origin, dict):  # provenance of `geoseg model import` (any JSON: all made safe)
+        diff = meta.training.get("logits_max_abs_diff")
+        figure = (f"; logits within {diff:.1e} of the source's" if isinstance(diff, float)
+                  else "")
+        prefix = f", key prefix {safe(repr(origin['prefix']))}" if origin.get("prefix") else ""
+        console.print(f"imported from {safe(origin.get('file'))} ({safe(origin.get('kind'))}"
+                      f"{prefix}, sha256 {safe(str(origin.get('sha256', ''))[:16])}…){figure}")
     bands = Table("band", "mean", "std", title="bands (model order)")
     for b in meta.bands:
         bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}")

@@ -1,0 +1,386 @@
+"""Bring your own model: an smp model trained elsewhere → a geoseg bundle, proven equal.
+
+Sources (see ``docs/models.md``):
+
+* ``state_dict``: a ``.pth``/``.pt``/``.bin``/``.safetensors`` state dict of an smp model; the
+  architecture comes from the caller (``--arch``/``--encoder``/``--arch-kwargs``).
+* ``hf_folder``: an smp ``save_pretrained`` folder or a Hugging Face-style folder
+  (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``); the architecture comes
+  from ``config.json`` (never ``from_pretrained``, which may download).
+* ``lightning``: a ``.ckpt`` of TorchGeo's ``SemanticSegmentationTask`` (architecture from its
+  ``hyper_parameters``) or of any LightningModule wrapping an smp model (architecture from the
+  caller); the key prefix (``model.``) is detected.
+
+Files are read by :mod:`geoseg.models.weights` (no code from them ever runs). Every import
+proves itself: the source tensors are loaded into a model built by ``smp.create_model`` from the
+source's own description, and the written bundle's model must give the same logits on a seeded
+random batch (max abs difference ≤ :data:`TOLERANCE`), or nothing is written.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from geoseg.errors import BundleError, ConfigError, OutputExistsError
+from geoseg.models.bundle import (
+    BandSpec,
+    BundleMeta,
+    ClassSpec,
+    InputDtype,
+    _file_sha256,
+    load_bundle,
+    save_bundle,
+    validation_message,
+)
+from geoseg.models.registry import ARCHITECTURES, build_model, recommended_halo
+from geoseg.models.weights import KeyReport, compare_state_dicts, load_weights_file, state_dict_of
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["TOLERANCE", "Described", "ImportResult", "describe_config", "import_model"]
+
+#: Largest max abs logit difference (fp32) between source and bundle an import accepts.
+TOLERANCE = 1e-5
+#: The seeded random batch every import is checked on: (N, C, side, side), standard normal.
+CHECK_BATCH, CHECK_SIDE, CHECK_SEED = 2, 64, 0
+
+#: TorchGeo ``SemanticSegmentationTask`` model names → smp architectures (``fcn`` is not smp).
+_TORCHGEO_ARCH = {"unet": "unet", "deeplabv3+": "deeplabv3plus", "upernet": "upernet",
+                  "segformer": "segformer", "dpt": "dpt"}
+_CORE_KEYS = {"encoder_name", "encoder", "backbone", "encoder_weights", "in_channels",
+              "classes", "num_classes", "arch", "architecture"}
+
+
+@dataclass(frozen=True)
+class Described:
+    """An architecture as a source describes it.
+
+    Attributes:
+        arch: smp architecture name (lower case).
+        encoder: smp encoder name.
+        in_channels, classes: input bands and output classes, if the source says.
+        kwargs: further smp constructor arguments the source was built with (for the source
+            model, e.g. ``aux_params``).
+        origin: where this came from, e.g. ``config.json``.
+        ignored: keys of the description smp does not take (not used).
+    """
+
+    arch: str
+    encoder: str
+    in_channels: int | None = None
+    classes: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    origin: str = "command line"
+    ignored: tuple[str, ...] = ()
+
+    @property
+    def bundle_kwargs(self) -> dict[str, Any]:
+        """The ``arch_kwargs`` a bundle records: those differing from smp's defaults, without
+        ``aux_params`` (the image-level classification head is left out: geoseg maps pixels)."""
+        defaults = _constructor_defaults(self.arch)
+        return {k: v for k, v in self.kwargs.items() if k != "aux_params"
+                and json.dumps(defaults.get(k, _MISSING), default=list)
+                != json.dumps(v, default=list)}
+
+
+_MISSING = "\0missing"
+
+
+def _constructor_defaults(arch: str) -> dict[str, Any]:
+    """The named arguments of smp's ``arch`` class with their defaults (``_MISSING`` if none)."""
+    import segmentation_models_pytorch as smp
+
+    cls = smp.MODEL_ARCHITECTURES_MAPPING[arch]
+    params = inspect.signature(cls.__init__).parameters
+    return {n: (_MISSING if p.default is inspect.Parameter.empty else p.default)
+            for n, p in params.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def describe_config(config: Mapping[str, Any], origin: str) -> Described | None:
+    """The architecture in an smp ``config.json`` (``_model_class``, ``encoder_name``, …), a
+    Hugging Face-style config (``arch``/``architecture``, ``encoder``), or TorchGeo
+    ``hyper_parameters`` (``model``, ``backbone``, ``in_channels``, ``num_classes``).
+
+    Returns:
+        None when ``config`` names no architecture and encoder.
+
+    Raises:
+        BundleError: it names an architecture smp does not have (e.g. TorchGeo's ``fcn``).
+    """
+    arch = config.get("_model_class") or config.get("arch") or config.get("architecture")
+    encoder = config.get("encoder_name") or config.get("encoder")
+    tg_model = config.get("model") or config.get("segmentation_model")
+    tg_encoder = config.get("backbone") or config.get("encoder_name")
+    if arch is None and isinstance(tg_model, str) and isinstance(tg_encoder, str):
+        # TorchGeo's SemanticSegmentationTask (model/backbone; segmentation_model/encoder_name
+        # before 0.5)
+        if tg_model not in _TORCHGEO_ARCH:
+            raise BundleError(f"{origin}: TorchGeo model {tg_model!r} is not an smp model; "
+                              f"geoseg imports {', '.join(_TORCHGEO_ARCH)}")
+        classes = config.get("num_classes") or config.get("num_labels") or 1
+        return Described(_TORCHGEO_ARCH[tg_model], tg_encoder, _int(config.get("in_channels")),
+                         _int(classes), origin=origin)
+    if not (isinstance(arch, str) and isinstance(encoder, str)):
+        return None
+    arch = arch.lower()
+    if arch not in ARCHITECTURES:
+        raise BundleError(f"{origin}: unknown architecture {arch!r}; geoseg imports "
+                          f"{', '.join(ARCHITECTURES)}")
+    accepted = _constructor_defaults(arch)
+    extra = {k: v for k, v in config.items() if k not in _CORE_KEYS and not k.startswith("_")}
+    kwargs = {k: v for k, v in extra.items() if k in accepted}
+    return Described(arch, encoder, _int(config.get("in_channels")),
+                     _int(config.get("classes", config.get("num_classes"))), kwargs, origin,
+                     tuple(sorted(set(extra) - set(kwargs))))
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class _Source:
+    kind: str
+    weights_file: Path
+    loaded: Mapping[str, Any]
+    described: Described | None
+
+
+def _open_source(path: Path) -> _Source:
+    """Read a source of any kind (see the module docstring); nothing in it runs."""
+    if path.is_dir():
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise BundleError(f"{path}: a folder without config.json; give an smp "
+                              "save_pretrained folder, or a weights file")
+        try:
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{config_file}: not readable JSON ({exc})") from exc
+        if not isinstance(config, dict):
+            raise BundleError(f"{config_file}: not a JSON object")
+        weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin")
+                        if (path / n).is_file()), None)
+        if weights is None:
+            raise BundleError(f"{path}: no model.safetensors or pytorch_model.bin beside "
+                              "config.json")
+        described = describe_config(config, str(config_file))
+        if described is None:
+            raise BundleError(f"{config_file}: names no architecture and encoder (smp writes "
+                              "_model_class and encoder_name)")
+        return _Source("hf_folder", weights, load_weights_file(weights), described)
+    loaded = load_weights_file(path)
+    if path.suffix.lower() == ".ckpt" or "state_dict" in loaded:
+        hparams = loaded.get("hyper_parameters")
+        described = (describe_config(hparams, f"{path} hyper_parameters")
+                     if isinstance(hparams, Mapping) else None)
+        return _Source("lightning", path, loaded, described)
+    return _Source("state_dict", path, loaded, None)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What an import wrote and how well the bundle reproduces the source.
+
+    Attributes:
+        path: the bundle written.
+        meta: its metadata (``training`` holds the provenance).
+        max_abs_diff: max abs logit difference, bundle vs source, on the check batch.
+        batch_shape: the check batch's shape ``(N, C, H, W)``.
+        keys: how the source's tensors fit the bundle's model.
+        described: the architecture used and where it came from.
+    """
+
+    path: Path
+    meta: BundleMeta
+    max_abs_diff: float
+    batch_shape: tuple[int, int, int, int]
+    keys: KeyReport
+    described: Described
+
+
+def import_model(
+    source: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    bands: tuple[BandSpec, ...],
+    classes: tuple[ClassSpec, ...],
+    input_dtype: InputDtype,
+    tile_size: int,
+    halo: int | None = None,
+    arch: str | None = None,
+    encoder: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    prefix: str | None = None,
+    description: str = "",
+    overwrite: bool = False,
+) -> ImportResult:
+    """Import the smp model in ``source`` as a bundle at ``out`` (atomically, checked).
+
+    ``arch``/``encoder``/``arch_kwargs`` are needed where the source does not say (a state
+    dict, a LightningModule that is not TorchGeo's), and must agree with it where it does.
+
+    Raises:
+        ConfigError: options missing or contradicting the source.
+        BundleError: an unreadable or refused source, weights that do not fit (the message
+            names the layer and both shapes), or logits that differ by more than
+            :data:`TOLERANCE`; nothing is written.
+        OutputExistsError: ``out`` exists and ``overwrite`` is False.
+    """
+    import torch
+
+    source, out = Path(source), Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
+    if out.resolve() == source.resolve():
+        raise ConfigError(f"{out}: is the source; write the bundle to another file")
+    src = _open_source(source)
+    described = _resolve(src, source, arch, encoder, arch_kwargs)
+    n_bands, n_classes = len(bands), len(classes)
+    if described.in_channels is not None and described.in_channels != n_bands:
+        raise BundleError(f"{source}: the weights take {described.in_channels} input channels "
+                          f"({described.origin}); --bands names {n_bands}")
+    if described.classes is not None and described.classes != n_classes:
+        raise BundleError(f"{source}: the weights give {described.classes} classes "
+                          f"({described.origin}); --classes names {n_classes}")
+    kwargs = described.bundle_kwargs
+    with torch.device("meta"):
+        target = build_model(described.arch, described.encoder, n_bands, n_classes, kwargs)
+    expected = target.state_dict()
+    tensors, used_prefix = state_dict_of(src.loaded, prefix, expected=expected.keys(),
+                                         source=source)
+    if described.kwargs.get("aux_params"):  # the image-level head stays behind
+        pixels = {k: v for k, v in tensors.items() if not k.startswith("classification_head.")}
+    else:
+        pixels = tensors
+    keys = compare_state_dicts(pixels, expected)
+    _check_fit(keys, source, described, n_bands, n_classes, used_prefix)
+    target.load_state_dict(pixels, strict=True, assign=True)
+    reference = _source_model(described, n_bands, n_classes, tensors, source)
+
+    sha = _file_sha256(src.weights_file)
+    provenance = {"file": src.weights_file.name if src.kind != "hf_folder" else
+                  f"{source.name}/{src.weights_file.name}", "sha256": sha, "kind": src.kind,
+                  "prefix": used_prefix, "architecture_from": described.origin}
+    try:
+        meta = BundleMeta(
+            arch=described.arch, encoder=described.encoder, arch_kwargs=kwargs, bands=bands,
+            input_dtype=input_dtype, classes=classes, tile_size=tile_size,
+            halo=recommended_halo(described.arch) if halo is None else halo,
+            description=description,
+            training={"init": "import", "source": provenance})
+    except ValidationError as exc:
+        raise ConfigError(f"{out}: not written: invalid bundle settings: "
+                          f"{validation_message(exc)}") from exc
+    shape = (CHECK_BATCH, n_bands, CHECK_SIDE, CHECK_SIDE)
+    batch = torch.randn(shape, generator=torch.Generator().manual_seed(CHECK_SEED))
+    expected_logits = _logits(reference, batch)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.import")
+    try:  # written under a temporary name, checked, given its final metadata, checked again
+        save_bundle(target, meta, tmp)
+        diff = _check_logits(tmp, batch, expected_logits, source)
+        meta = meta.model_copy(update={"training": meta.training | {"logits_max_abs_diff": diff}})
+        save_bundle(target, meta, tmp)
+        _check_logits(tmp, batch, expected_logits, source)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return ImportResult(out, meta, diff, shape, keys, described)
+
+
+def _resolve(src: _Source, source: Path, arch: str | None, encoder: str | None,
+             arch_kwargs: dict[str, Any] | None) -> Described:
+    """The source's own description, checked against the options; or one from the options."""
+    described = src.described
+    if described is None:
+        if not (arch and encoder):
+            what = {"state_dict": "a state dict does not say which model it is for",
+                    "lightning": "the checkpoint's hyper_parameters name no smp architecture"}
+            raise ConfigError(f"{source}: {what.get(src.kind, 'no architecture')}; give "
+                              "--arch and --encoder (and --arch-kwargs if it was built with "
+                              "other than smp's defaults)")
+        arch = arch.lower()
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f"--arch {arch!r}: unknown; one of {', '.join(ARCHITECTURES)}")
+        return Described(arch, encoder, kwargs=dict(arch_kwargs or {}))
+    for option, given, said in (("--arch", arch, described.arch),
+                                ("--encoder", encoder, described.encoder)):
+        if given is not None and given.lower() != said.lower():
+            raise ConfigError(f"{option} {given!r}: {described.origin} says {said!r}; leave "
+                              f"{option} out")
+    if arch_kwargs:
+        raise ConfigError(f"--arch-kwargs: {described.origin} gives the constructor "
+                          "arguments; leave --arch-kwargs out")
+    return described
+
+
+def _check_fit(keys: KeyReport, source: Path, described: Described, n_bands: int,
+               n_classes: int, prefix: str) -> None:
+    """Refuse weights that do not fit, naming the layer and both shapes."""
+    model = f"a {described.arch}/{described.encoder}" + (
+        f" with {described.bundle_kwargs}" if described.bundle_kwargs else "")
+    for name, have, want in keys.mismatched:
+        if len(have) == 4 and have[1] != want[1] and want[1] == n_bands:
+            raise BundleError(f"{source}: the weights take {have[1]} input channels; --bands "
+                              f"names {n_bands} ({name} is {have}, {want} for {n_bands} bands)")
+        if name.startswith("segmentation_head.") and have[0] != want[0]:
+            raise BundleError(f"{source}: the weights give {have[0]} classes; --classes names "
+                              f"{n_classes} ({name} is {have}, {want} for {n_classes} classes)")
+    if keys.mismatched:
+        name, have, want = keys.mismatched[0]
+        raise BundleError(f"{source}: layer {name} is {have} in the weights but {want} in "
+                          f"{model}; the weights are for another encoder or constructor "
+                          f"arguments ({keys.summary()})")
+    if keys.missing or keys.unexpected:
+        raise BundleError(f"{source}: the weights do not fit {model} (key prefix {prefix!r}): "
+                          f"{keys.summary()}; check --arch/--encoder/--arch-kwargs, or give "
+                          "the prefix of the model's keys with --prefix")
+
+
+def _source_model(described: Described, n_bands: int, n_classes: int,
+                  tensors: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
+    """The source model, built by smp from the source's own description (not the bundle's)."""
+    import segmentation_models_pytorch as smp
+
+    model = smp.create_model(described.arch, encoder_name=described.encoder,
+                             encoder_weights=None, in_channels=n_bands, classes=n_classes,
+                             **described.kwargs)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{source}: the weights do not load into the source model "
+                          f"({str(exc).splitlines()[0]})") from exc
+    return model.eval()
+
+
+def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    with torch.inference_mode():
+        out = model(batch)
+    return (out[0] if isinstance(out, tuple | list) else out).float()
+
+
+def _check_logits(bundle: Path, batch: torch.Tensor, expected: torch.Tensor,
+                  source: Path) -> float:
+    """Max abs difference of the bundle's logits from ``expected``; over :data:`TOLERANCE`
+    is refused."""
+    got = _logits(load_bundle(bundle).build(), batch)
+    if got.shape != expected.shape:
+        raise BundleError(f"{source}: not imported: the bundle's model gives logits of shape "
+                          f"{tuple(got.shape)}, the source's {tuple(expected.shape)}")
+    diff = float((got - expected).abs().max())
+    if not diff <= TOLERANCE:
+        raise BundleError(f"{source}: not imported: the bundle's logits differ from the "
+                          f"source's by up to {diff:.2e} (> {TOLERANCE:.0e}) on a random batch")
+    return diff
