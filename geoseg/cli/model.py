@@ -299,13 +299,15 @@ def import_(source: Path, bands: str, classes: str, input_dtype: str, stats_from
     prefix_note = f", key prefix {safe(repr(origin['prefix']))}" if origin["prefix"] else ""
     console.print(f"read {safe(source)} ({origin['kind']}{prefix_note}): {meta.arch}/"
                   f"{safe(meta.encoder)} {safe(meta.arch_kwargs or '')} from "
-                  f"{safe(described.origin)}; {len(result.keys.matched)} tensors")
+                  f"{safe(described.origin)}; {len(result.keys.matched)} tensors", soft_wrap=True)
     if described.ignored:
-        console.print(f"not smp arguments, ignored: {safe(', '.join(described.ignored))}")
+        console.print(f"not smp arguments, ignored: {safe(', '.join(described.ignored))}",
+                      soft_wrap=True)
     console.print("logits match the source: max |Δ| {:.1e} on a {} batch".format(
         result.max_abs_diff, "×".join(map(str, result.batch_shape))))
     console.print(f"[green]wrote[/] {safe(out)}: {len(meta.bands)} bands, "
-                  f"{len(meta.classes)} classes, tile {meta.tile_size} px, halo {meta.halo} px")
+                  f"{len(meta.classes)} classes, tile {meta.tile_size} px, halo {meta.halo} px",
+                  soft_wrap=True)
 
 
 @model.command("info")
@@ -338,7 +340,8 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
                   else "")
         prefix = f", key prefix {safe(repr(origin['prefix']))}" if origin.get("prefix") else ""
         console.print(f"imported from {safe(origin.get('file'))} ({safe(origin.get('kind'))}"
-                      f"{prefix}, sha256 {safe(str(origin.get('sha256', ''))[:16])}…){figure}")
+                      f"{prefix}, sha256 {safe(str(origin.get('sha256', ''))[:16])}…){figure}",
+                      soft_wrap=True)
     bands = Table("band", "mean", "std", title="bands (model order)")
     for b in meta.bands:
         bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}")

@@ -264,7 +264,8 @@ def import_model(
     else:
         pixels = tensors
     keys = compare_state_dicts(pixels, expected)
-    _check_fit(keys, source, described, n_bands, n_classes, used_prefix)
+    first_conv = next((k for k, v in expected.items() if v.ndim == 4), "")
+    _check_fit(keys, source, described, n_bands, n_classes, used_prefix, first_conv)
     target.load_state_dict(pixels, strict=True, assign=True)
     reference = _source_model(described, n_bands, n_classes, tensors, source)
 
@@ -325,19 +326,22 @@ def _resolve(src: _Source, source: Path, arch: str | None, encoder: str | None,
 
 
 def _check_fit(keys: KeyReport, source: Path, described: Described, n_bands: int,
-               n_classes: int, prefix: str) -> None:
-    """Refuse weights that do not fit, naming the layer and both shapes."""
+               n_classes: int, prefix: str, first_conv: str) -> None:
+    """Refuse weights that do not fit, naming the layer and both shapes.
+
+    Weights for another architecture are named as such first; then a first convolution
+    (``first_conv``) with another number of input channels than bands, then a head with
+    another number of classes.
+    """
     model = f"a {described.arch}/{described.encoder}" + (
         f" with {described.bundle_kwargs}" if described.bundle_kwargs else "")
-    for name, have, want in keys.mismatched:
-        if len(have) == 4 and have[1] != want[1] and want[1] == n_bands:
-            raise BundleError(f"{source}: the weights take {have[1]} input channels; --bands "
-                              f"names {n_bands} ({name} is {have}, {want} for {n_bands} bands)")
-        if name.startswith("segmentation_head.") and have[0] != want[0]:
-            raise BundleError(f"{source}: the weights give {have[0]} classes; --classes names "
-                              f"{n_classes} ({name} is {have}, {want} for {n_classes} classes)")
-    if keys.mismatched:
-        name, have, want = keys.mismatched[0]
+    channels = [(n, h, w) for n, h, w in keys.mismatched
+                if n == first_conv and h[1:] != w[1:] and h[:1] + h[2:] == w[:1] + w[2:]]
+    head = [(n, h, w) for n, h, w in keys.mismatched
+            if n.startswith("segmentation_head.") and h[0] != w[0] and h[1:] == w[1:]]
+    other = [m for m in keys.mismatched if m not in channels and m not in head]
+    if other:
+        name, have, want = other[0]
         raise BundleError(f"{source}: layer {name} is {have} in the weights but {want} in "
                           f"{model}; the weights are for another encoder or constructor "
                           f"arguments ({keys.summary()})")
@@ -345,18 +349,37 @@ def _check_fit(keys: KeyReport, source: Path, described: Described, n_bands: int
         raise BundleError(f"{source}: the weights do not fit {model} (key prefix {prefix!r}): "
                           f"{keys.summary()}; check --arch/--encoder/--arch-kwargs, or give "
                           "the prefix of the model's keys with --prefix")
+    for name, have, want in channels:
+        raise BundleError(f"{source}: the weights take {have[1]} input channels; --bands "
+                          f"names {n_bands} ({name} is {have}, {want} for {n_bands} bands)")
+    for name, have, want in sorted(head, key=lambda m: -len(m[1])):  # the weight, not the bias
+        raise BundleError(f"{source}: the weights give {have[0]} classes; --classes names "
+                          f"{n_classes} ({name} is {have}, {want} for {n_classes} classes)")
 
 
 def _source_model(described: Described, n_bands: int, n_classes: int,
                   tensors: dict[str, torch.Tensor], source: Path) -> torch.nn.Module:
-    """The source model, built by smp from the source's own description (not the bundle's)."""
-    import segmentation_models_pytorch as smp
+    """The source model, built by smp from the source's own description (not the bundle's).
 
-    model = smp.create_model(described.arch, encoder_name=described.encoder,
-                             encoder_weights=None, in_channels=n_bands, classes=n_classes,
-                             **described.kwargs)
+    Built on the meta device and given the source's tensors (no random initialization to
+    overwrite), unless it keeps a tensor outside its state dict (then built the ordinary way).
+    """
+    import segmentation_models_pytorch as smp
+    import torch
+
+    def create() -> torch.nn.Module:
+        return smp.create_model(described.arch, encoder_name=described.encoder,
+                                encoder_weights=None, in_channels=n_bands, classes=n_classes,
+                                **described.kwargs)
+
+    with torch.device("meta"):
+        model = create()
+    own = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    assign = own <= model.state_dict().keys()
+    if not assign:
+        model = create()
     try:
-        model.load_state_dict(tensors, strict=True)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as exc:
         raise BundleError(f"{source}: the weights do not load into the source model "
                           f"({str(exc).splitlines()[0]})") from exc
