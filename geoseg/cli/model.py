@@ -363,3 +363,48 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
                       f"independence: {at_least}{ceil_to(radius, align)} px (stride {align})")
         if meta.arch in NON_LOCAL_ARCHITECTURES:
             console.print(f"note: {meta.arch} pools over the whole tile; keep the tile size fixed")
+
+
+@model.command("export")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--onnx", "onnx_out", required=True, type=click.Path(path_type=Path),
+              help="ONNX file to write (one file, weights included).")
+@click.option("--opset", type=click.IntRange(7), help="ONNX opset [torch's default].")
+@click.option("--deepness", is_flag=True,
+              help="For the QGIS plugin Deepness: input fixed to the tile size, output "
+                   "probabilities (softmax).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
+def export(bundle: Path, onnx_out: Path, opset: int | None, deepness: bool,
+           overwrite: bool) -> None:
+    """Export a bundle to ONNX with its metadata, checked against torch with onnxruntime.
+
+    The ONNX model takes the normalized bands, float32 (N, C, H, W), each band
+    (x - mean) / std with the bundle's statistics, H and W any multiples of the model's
+    size divisor; it returns logits (N, K, H, W): class = argmax over K. Bands, statistics,
+    classes and colours, tile size, halo and size divisor are in the file's metadata
+    (docs/export.md). --deepness fixes H = W to the tile size and outputs probabilities,
+    for the QGIS plugin Deepness. Needs pip install "geoseg[onnx]".
+
+    \b
+    Examples:
+      geoseg model export model.safetensors --onnx model.onnx
+      geoseg model export model.safetensors --onnx model-qgis.onnx --deepness
+    """
+    from geoseg.models.export import MIN_AGREEMENT, export_onnx
+
+    done = export_onnx(bundle, onnx_out, opset=opset, overwrite=overwrite, deepness=deepness)
+    sizes = (f"input {done.input_size[0]}x{done.input_size[1]} px" if done.input_size
+             else f"H and W multiples of {done.size_divisor} px")
+    console.print(f"[green]wrote[/] {terminal_safe(done.path)}: "
+                  f"{done.size_bytes / 1e6:.1f} MB, opset {done.opset}, {sizes}, output "
+                  f"{done.output}", soft_wrap=True)
+    check = done.agreement
+    if check is None:
+        console.print("[yellow]not checked[/] against torch: onnxruntime is not installed "
+                      "(pip install onnxruntime)")
+    else:
+        n, c, h, w = check.shape
+        console.print(f"checked against torch on a random {h}x{w} tile: same class on "
+                      f"{100 * check.fraction:.4f} % of pixels (≥ {100 * MIN_AGREEMENT:.2f} % "
+                      f"needed), max |{done.output} difference| {check.max_abs_diff:.2g}",
+                      soft_wrap=True)
