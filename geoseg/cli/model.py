@@ -297,9 +297,10 @@ def import_(source: Path, bands: str, classes: str, input_dtype: str, stats_from
     meta, described, safe = result.meta, result.described, terminal_safe
     origin = meta.training["source"]
     prefix_note = f", key prefix {safe(repr(origin['prefix']))}" if origin["prefix"] else ""
+    kwargs = f" {safe(meta.arch_kwargs)}" if meta.arch_kwargs else ""
     console.print(f"read {safe(source)} ({origin['kind']}{prefix_note}): {meta.arch}/"
-                  f"{safe(meta.encoder)} {safe(meta.arch_kwargs or '')} from "
-                  f"{safe(described.origin)}; {len(result.keys.matched)} tensors", soft_wrap=True)
+                  f"{safe(meta.encoder)}{kwargs} from {safe(described.origin)}; "
+                  f"{len(result.keys.matched)} tensors", soft_wrap=True)
     if described.ignored:
         console.print(f"not smp arguments, ignored: {safe(', '.join(described.ignored))}",
                       soft_wrap=True)
