@@ -22,7 +22,7 @@ from geoseg.config import load_config
 from geoseg.errors import ConfigError, OutputExistsError
 from geoseg.workflows import render_workflow, write_workflow
 
-from .conftest import REPO, cli_env, geoseg_cli
+from .conftest import REPO
 
 FULL = REPO / "tests" / "golden" / "workflows" / "full.yaml"
 BASE: dict[str, Any] = yaml.safe_load(FULL.read_text())
@@ -298,12 +298,17 @@ def test_a_folder_in_the_way_is_an_error(tmp_path: Path) -> None:
 
 
 def test_cli_refuses_to_overwrite_without_the_flag(tmp_path: Path) -> None:
-    command = [*geoseg_cli(), "workflow", "render", "k8s", "-c", str(FULL), "-o", str(tmp_path)]
-    first = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
-    again = subprocess.run(command, env=cli_env(), capture_output=True, text=True, timeout=120)
-    assert again.returncode == 1 and "--overwrite" in again.stderr, again
+    # in this process (click's runner keeps stderr apart): the refusal and its exit status are
+    # the command's own, not a subprocess's
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    command = ["workflow", "render", "k8s", "-c", str(FULL), "-o", str(tmp_path)]
+    first = CliRunner().invoke(main, command)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 1 and "--overwrite" in again.stderr, again.output
     assert len(again.stderr.strip().splitlines()) == 1, again.stderr
-    forced = subprocess.run([*command, "--overwrite"], env=cli_env(), capture_output=True,
-                            text=True, timeout=120)
-    assert forced.returncode == 0, forced.stderr
+    forced = CliRunner().invoke(main, [*command, "--overwrite"])
+    assert forced.exit_code == 0, forced.output
