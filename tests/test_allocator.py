@@ -198,35 +198,59 @@ def test_batch_job_workers_load_the_allocator_preload() -> None:
     assert "--preload-nanny" not in jobqueue_kwargs(cfg.cluster)["worker_extra_args"]
 
 
+def _predict_synchronously(scene: Path, bundle: Path, out: Path,
+                           allocator: str) -> subprocess.CompletedProcess[str]:
+    """`geoseg -v predict … --scheduler synchronous --allocator ALLOCATOR`, started without any
+    allocator settings in its environment."""
+    env = cli_env()
+    for name in ("LD_PRELOAD", "MALLOC_CONF", *GLIBC_TUNING):
+        env.pop(name, None)
+    return subprocess.run(
+        [*geoseg_cli(), "-v", "predict", str(scene), "-m", str(bundle), "-o", str(out),
+         "--scheduler", "synchronous", "--allocator", allocator],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _assert_ran_under(stderr: str, expected: str) -> None:
+    line = next(x for x in stderr.splitlines() if "the model runs in this process" in x)
+    if expected == "jemalloc":
+        assert line.endswith(f"allocator: {JEMALLOC} (re-executed)"), line
+        assert stderr.count("re-running under jemalloc") == 1
+    elif expected == "glibc (tuned)":
+        assert line.endswith("allocator: glibc (tuned) (re-executed)"), line
+        assert stderr.count("re-running under tuned glibc") == 1
+    else:
+        assert line.endswith("allocator: system"), line
+
+
+def test_synchronous_command_reexecutes_itself_before_reading_its_inputs(tmp_path: Path) -> None:
+    """The re-execution, end to end but cheap: geoseg re-runs itself (once, same arguments)
+    under what auto picks here before it opens the scene, and the re-run's exit status is the
+    command's. The scene is missing, so neither process loads torch; the slow cases below run
+    whole predictions."""
+    done = _predict_synchronously(tmp_path / "missing.tif", tmp_path / "model.safetensors",
+                                  tmp_path / "mask.tif", "auto")
+    assert done.returncode == 1, done.stderr
+    assert "missing.tif" in done.stderr.splitlines()[-1], done.stderr
+    _assert_ran_under(done.stderr, "jemalloc" if JEMALLOC else "glibc (tuned)")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("allocator", "expected"), [
-    # each case starts geoseg (and the one it re-executes): in the fast tier, what auto picks
-    # here (jemalloc, or tuned glibc where jemalloc is not installed)
+    # each case starts geoseg, which re-executes itself, and predicts (the fast tier runs the
+    # re-execution of auto on a missing scene, above)
     pytest.param("auto", "jemalloc", marks=needs_jemalloc),
-    pytest.param("glibc", "glibc (tuned)", marks=[pytest.mark.slow] if JEMALLOC else []),
-    pytest.param("system", "system", marks=pytest.mark.slow)])
+    pytest.param("glibc", "glibc (tuned)"),
+    pytest.param("system", "system")])
 def test_synchronous_command_reexecutes_itself_under_its_allocator(
     make_scene, make_bundle, tmp_path: Path, allocator: str, expected: str
 ) -> None:
     scene, bundle = make_scene(height=64, width=96), make_bundle(TINY_UNET)
     out = tmp_path / f"mask-{allocator}.tif"
-    env = cli_env()
-    for name in ("LD_PRELOAD", "MALLOC_CONF", *GLIBC_TUNING):
-        env.pop(name, None)
-    done = subprocess.run(
-        [*geoseg_cli(), "-v", "predict", str(scene), "-m", str(bundle), "-o", str(out),
-         "--scheduler", "synchronous", "--allocator", allocator],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = _predict_synchronously(scene, bundle, out, allocator)
     assert done.returncode == 0, done.stderr
     assert out.exists()
-    line = next(x for x in done.stderr.splitlines() if "the model runs in this process" in x)
-    if expected == "jemalloc":
-        assert line.endswith(f"allocator: {JEMALLOC} (re-executed)"), line
-        assert done.stderr.count("re-running under jemalloc") == 1
-    elif expected == "glibc (tuned)":
-        assert line.endswith("allocator: glibc (tuned) (re-executed)"), line
-        assert done.stderr.count("re-running under tuned glibc") == 1
-    else:
-        assert line.endswith("allocator: system"), line
+    _assert_ran_under(done.stderr, expected)
 
 
 @pytest.mark.slow
