@@ -110,16 +110,20 @@ def scene(make_scene) -> Path:
     return make_scene(height=SCENE[0], width=SCENE[1], nodata=None)
 
 
-@pytest.mark.parametrize("form", [".pth", ".bin", ".safetensors"])
+@pytest.mark.parametrize("form", [".pth", ".bin", ".safetensors", ".pt"])
 def test_state_dict_files(form: str, scene: Path, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     model = unet()
     weights = tmp_path / f"unet{form}"
+    state = model.state_dict()
+    if form == ".pt":  # float16 weights: the source model is the float32 one holding them
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        model.load_state_dict(state)
     if form == ".safetensors":
-        save_file(model.state_dict(), weights)
+        save_file(state, weights)
     else:
-        torch.save(model.state_dict(), weights)
+        torch.save(state, weights)
     out = tmp_path / "b.safetensors"
     result = import_(weights, out, *ARCH)
     check_import(result, model, out, weights, "state_dict", "", scene)
@@ -315,3 +319,36 @@ def test_a_failed_check_writes_nothing(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(importer, "TOLERANCE", -1.0)  # no difference is small enough
     assert_refused(import_(weights, out, *ARCH),
                    "not imported: the bundle's logits differ from the source's", out)
+
+
+def test_hugging_face_style_folder_and_aux_head(tmp_path: Path) -> None:
+    # a Hugging Face-style folder: its own config keys, weights in pytorch_model.bin
+    model = unet(seed=1)
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    config = {"architecture": "Unet", "encoder": ENCODER, "in_channels": 4, "num_classes": 3,
+              **TINY, "transformers_version": "4.0", "label2id": {"water": 0}}
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "b.safetensors"
+    result = import_(folder, out)
+    assert result.exit_code == 0, result.output
+    assert "not smp arguments, ignored: label2id, transformers_version" in result.output
+    meta = read_bundle_meta(out)
+    assert meta.training["source"]["file"] == "hf/pytorch_model.bin"
+    assert meta.arch_kwargs == TINY
+    # smp's save_pretrained with an image-level classification head: the head stays behind
+    import segmentation_models_pytorch as smp
+
+    torch.manual_seed(0)
+    aux = smp.Unet(ENCODER, encoder_weights=None, in_channels=4, classes=3,
+                   aux_params={"classes": 2}, **TINY).eval()
+    aux.save_pretrained(tmp_path / "aux")
+    result = import_(tmp_path / "aux", tmp_path / "c.safetensors")
+    assert result.exit_code == 0, result.output
+    bundle = load_bundle(tmp_path / "c.safetensors")
+    assert not any(k.startswith("classification_head.") for k in bundle.state_dict)
+    assert "aux_params" not in bundle.meta.arch_kwargs
+    x = torch.randn(1, 4, 64, 64)
+    with torch.inference_mode():
+        assert (bundle.build()(x) - aux(x)[0]).abs().max() <= 1e-5

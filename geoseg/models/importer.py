@@ -374,9 +374,12 @@ def _source_model(described: Described, n_bands: int, n_classes: int,
 
     with torch.device("meta"):
         model = create()
-    own = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    assign = own <= model.state_dict().keys()
-    if not assign:
+    own = model.state_dict()
+    assign = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()} \
+        <= own.keys()
+    if assign:  # in the model's own dtypes (float32), as load_state_dict would copy them
+        tensors = {k: v.to(own[k].dtype) if k in own else v for k, v in tensors.items()}
+    else:
         model = create()
     try:
         model.load_state_dict(tensors, strict=True, assign=assign)
@@ -389,8 +392,12 @@ def _source_model(described: Described, n_bands: int, n_classes: int,
 def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     import torch
 
-    with torch.inference_mode():
-        out = model(batch)
+    try:
+        with torch.inference_mode():
+            out = model(batch)
+    except (RuntimeError, ValueError) as exc:  # e.g. an encoder made for another input size
+        raise BundleError(f"the model cannot run a {'×'.join(map(str, batch.shape))} check "
+                          f"batch ({str(exc).splitlines()[0]})") from exc
     return (out[0] if isinstance(out, tuple | list) else out).float()
 
 
