@@ -19,7 +19,9 @@ from geoseg.errors import ConfigError, OutputExistsError, SceneError
 from geoseg.pipeline import CLASSES_TAG
 from geoseg.vectorize import vectorize_mask
 
-H, W = 777, 1001
+#: The mask the tests vectorize: the invariants hold at any size; 520x700 px still puts the
+#: nodata hole inside and gives 5x6 blocks of 128 px, 2x3 of 300 and one of 1024.
+H, W = 520, 700
 CLASSES = [
     {"id": 0, "name": "water", "color": [31, 120, 180]},
     {"id": 1, "name": "forest", "color": [51, 160, 44]},
@@ -30,15 +32,16 @@ CLASSES = [
 STRUCT = {4: ndimage.generate_binary_structure(2, 1), 8: np.ones((3, 3), bool)}
 
 
-def coherent_mask(seed: int = 0, noise: float = 0.002) -> np.ndarray:
+def coherent_mask(seed: int = 0, noise: float = 0.002,
+                  shape: tuple[int, int] = (H, W)) -> np.ndarray:
     """Smoothed random field cut into 5 classes, a little salt noise, a nodata corner + hole."""
     rng = np.random.default_rng(seed)
-    field = ndimage.gaussian_filter(rng.standard_normal((H, W)), 9)
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), 9)
     data = np.digitize(field, np.quantile(field, [0.2, 0.4, 0.6, 0.8])).astype(np.uint8)
-    salt = rng.random((H, W)) < noise
+    salt = rng.random(shape) < noise
     data[salt] = rng.integers(0, 5, salt.sum())
     data[:120, :90] = 255
-    rr, cc = np.ogrid[:H, :W]
+    rr, cc = np.ogrid[:shape[0], :shape[1]]
     data[(rr - 400) ** 2 + (cc - 600) ** 2 < 40**2] = 255
     return data
 
@@ -68,9 +71,9 @@ def read_layer(path: Path):
     return shapely.from_wkb(geoms), cols
 
 
-def rasterize(geoms, cls, transform) -> np.ndarray:
+def rasterize(geoms, cls, transform, shape: tuple[int, int] = (H, W)) -> np.ndarray:
     return rasterio.features.rasterize(
-        zip(geoms, cls.tolist(), strict=True), out_shape=(H, W), transform=transform,
+        zip(geoms, cls.tolist(), strict=True), out_shape=shape, transform=transform,
         fill=255, dtype="uint8")
 
 
@@ -280,7 +283,7 @@ def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
 
     from geoseg.vectorize import join
 
-    data = coherent_mask(seed=7)
+    data = coherent_mask(seed=7, shape=(777, 1001))  # 4x4 blocks of 256 px
     path = write_mask(tmp_path / "d.tif", data)
     local = vectorize_mask(path, tmp_path / "local.gpkg", block_size=256, min_area_m2=1000)
     monkeypatch.setattr(join, "REMOTE_DISSOLVE_BYTES", 2**40)  # never for their size alone
@@ -296,15 +299,17 @@ def test_distributed_local_cluster_gives_the_same_layer(tmp_path, monkeypatch):
     (g1, c1), (g2, c2) = read_layer(local.path), read_layer(dist.path)
     assert normalized(g1) == normalized(g2)
     t = from_origin(500_000.0, 4_600_000.0, 10.0, 10.0)
-    assert np.array_equal(rasterize(g1, c1["class_id"], t), rasterize(g2, c2["class_id"], t))
+    assert np.array_equal(rasterize(g1, c1["class_id"], t, data.shape),
+                          rasterize(g2, c2["class_id"], t, data.shape))
     assert dist.class_area_m2 == pytest.approx(local.class_area_m2)
 
 
 @pytest.fixture(scope="module")
 def corner_mask_path(tmp_path_factory) -> Path:
-    """The left 777x401 px of the module's mask (its nodata corner; 8 rows of 100-px blocks,
-    the last column of them 1 px wide): the join's rules hold at any width, and it costs less."""
-    return write_mask(tmp_path_factory.mktemp("corner") / "corner.tif", coherent_mask()[:, :401])
+    """The left 401 columns of a 777x1001 mask (its nodata corner; 8 rows of 100-px blocks, the
+    last column of them 1 px wide): the join's rules hold at any width, and it costs less."""
+    return write_mask(tmp_path_factory.mktemp("corner") / "corner.tif",
+                      coherent_mask(shape=(777, 1001))[:, :401])
 
 
 @pytest.mark.parametrize("conn", [4, 8])
