@@ -4,7 +4,6 @@ ConfigError naming the file and field (the CLI prints it and exits with status 1
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,6 @@ import yaml
 
 from geoseg.config import MAX_CONFIG_BYTES, load_config
 from geoseg.errors import ConfigError
-
-from .conftest import cli_env, geoseg_cli
 
 
 def _nested(dotted: str, value: Any) -> dict[str, Any]:
@@ -272,13 +269,18 @@ def test_a_utf8_bom_and_an_empty_file_load(tmp_path: Path) -> None:
 
 
 def test_the_cli_prints_one_line_and_exits_1(tmp_path: Path) -> None:
+    # in this process (click's runner keeps stderr apart): what is printed, and the exit
+    # status, are the command's own
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
     for name, data in [("bin.yaml", b"\x00\x01\x02"), ("dup.yaml", b"run: {}\nrun: {}\n"),
                        ("bool.yaml", b"predict: {tile_size: true}\n")]:
         path = tmp_path / name
         path.write_bytes(data)
-        done = subprocess.run([*geoseg_cli(), "config", "show", "-c", str(path)], env=cli_env(),
-                              capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1, done
+        done = CliRunner().invoke(main, ["config", "show", "-c", str(path)])
+        assert done.exit_code == 1 and isinstance(done.exception, SystemExit), done.output
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), done.stderr
         assert "Traceback" not in done.stderr
