@@ -144,7 +144,8 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     assert folder.exit_code == 1 and "is a folder" in folder.output
 
 
-def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
+def test_failed_export_leaves_nothing_behind(tmp_path: Path,
+                                            capfd: pytest.CaptureFixture[str]) -> None:
     bundle = write_bundle(tmp_path / "unet.safetensors", TINY_UNET)
     out = tmp_path / "model.onnx"
     out.write_bytes(b"the previous export")
@@ -155,6 +156,8 @@ def test_failed_export_leaves_nothing_behind(tmp_path: Path) -> None:
     assert "torch cannot export unet/resnet18 to ONNX" in text and "--opset" in text
     assert out.read_bytes() == b"the previous export"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "unet.safetensors"]
+    printed = capfd.readouterr()  # torch's C++ graph dump on failure stays out of the terminal
+    assert "Torch IR graph" not in printed.out + printed.err
 
 
 def test_deepness_export_has_a_fixed_size_and_gives_probabilities(tmp_path: Path) -> None:

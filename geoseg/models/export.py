@@ -198,25 +198,50 @@ def _to_onnx(model: torch.nn.Module, bands: int, align: int, opset: int | None, 
     Dim("batch"), 2: align * Dim("height"), 3: align * Dim("width")},))`` is the replacement,
     measured to give the same logits.
     """
+    import sys
+    import tempfile
     import warnings
 
     import torch
 
     axes: dict[int, str] = {0: "batch"} if fixed else {0: "batch", 2: "height", 3: "width"}
     size = (fixed, fixed) if fixed else (8 * align, 10 * align)
-    with warnings.catch_warnings():  # the deprecation notice and smp's shape-check TracerWarning
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(2, bands, *size),),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[output],
-            dynamic_axes={INPUT_NAME: axes, output: axes},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
+    # On a failed export torch's C++ side prints the whole TorchScript graph (hundreds of
+    # lines) on standard output (torch switches its ONNX log on for every export): file
+    # descriptors 1 and 2 go to a temporary file meanwhile, shown in the debug log (-v) on
+    # failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    try:
+        with tempfile.TemporaryFile() as log, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice; smp's TracerWarnings
+            for fd in saved:
+                os.dup2(log.fileno(), fd)
+            try:
+                torch.onnx.export(
+                    model,
+                    (torch.zeros(2, bands, *size),),
+                    str(path),
+                    dynamo=False,
+                    input_names=[INPUT_NAME],
+                    output_names=[output],
+                    dynamic_axes={INPUT_NAME: axes, output: axes},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                )
+            except Exception:
+                for fd, original in saved.items():
+                    os.dup2(original, fd)
+                log.seek(0)
+                logger.debug("torch's ONNX log:\n%s", log.read().decode(errors="replace"))
+                raise
+            finally:
+                for fd, original in saved.items():
+                    os.dup2(original, fd)
+    finally:
+        for original in saved.values():
+            os.close(original)
 
 
 def compare_onnx(onnx_model: str | os.PathLike[str] | ort.InferenceSession,
@@ -309,7 +334,8 @@ def export_onnx(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str]
         try:
             _to_onnx(model, bands, bundle.align, opset, tmp, fixed, output)
         except Exception as exc:  # torch's exporter raises many kinds; the first line says which
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first.split(" Please feel free")[0].split("  [Caused by")[0][:300]
             hint = ("try the default --opset" if opset is not None
                     else "run with -v for the details")
             raise BundleError(f"{bundle_path}: torch cannot export {bundle.meta.arch}/"
