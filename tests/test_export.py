@@ -173,7 +173,8 @@ def test_deepness_export_has_a_fixed_size_and_gives_probabilities(tmp_path: Path
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, 256, 256]
-    assert session.get_outputs()[0].name == "probabilities"
+    output = session.get_outputs()[0]
+    assert (output.name, output.shape) == ("probabilities", ["batch", 3, 256, 256])
     image = np.random.default_rng(1).standard_normal((2, 3, 256, 256), dtype=np.float32)
     (probs,) = session.run(None, {INPUT_NAME: image})
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)

@@ -338,10 +338,14 @@ def export_onnx(bundle_path: str | os.PathLike[str], out: str | os.PathLike[str]
             first = first.split(" Please feel free")[0].split("  [Caused by")[0][:300]
             hint = ("try the default --opset" if opset is not None
                     else "run with -v for the details")
+            shape = f"at {fixed}x{fixed} px" if fixed else "with a free input size"
             raise BundleError(f"{bundle_path}: torch cannot export {bundle.meta.arch}/"
-                              f"{bundle.meta.encoder} to ONNX with a free input size ({first}); "
-                              f"{hint}") from exc
+                              f"{bundle.meta.encoder} to ONNX {shape} ({first}); {hint}") from exc
         proto = onnx.load(str(tmp))
+        if fixed:  # torch's shape inference names the output's H and W "batch" and "Softmax…"
+            dims = proto.graph.output[0].type.tensor_type.shape.dim
+            for axis, length in ((1, len(bundle.meta.classes)), (2, fixed), (3, fixed)):
+                dims[axis].dim_value = length
         for key, value in onnx_metadata(bundle, deepness=deepness).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
