@@ -287,12 +287,13 @@ def import_model(
     batch = torch.randn(shape, generator=torch.Generator().manual_seed(CHECK_SEED))
     expected_logits = _logits(reference, batch)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.import")
-    try:  # written under a temporary name, checked, given its final metadata, checked again
+    try:  # written under a temporary name and checked; then given its final metadata
         save_bundle(target, meta, tmp)
-        diff = _check_logits(tmp, batch, expected_logits, source)
+        checked = load_bundle(tmp)
+        diff = _check_logits(checked.build(), batch, expected_logits, source)
         meta = meta.model_copy(update={"training": meta.training | {"logits_max_abs_diff": diff}})
         save_bundle(target, meta, tmp)
-        _check_logits(tmp, batch, expected_logits, source)
+        _check_same_weights(load_bundle(tmp).state_dict, checked.state_dict, source)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
@@ -401,11 +402,11 @@ def _logits(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     return (out[0] if isinstance(out, tuple | list) else out).float()
 
 
-def _check_logits(bundle: Path, batch: torch.Tensor, expected: torch.Tensor,
+def _check_logits(model: torch.nn.Module, batch: torch.Tensor, expected: torch.Tensor,
                   source: Path) -> float:
-    """Max abs difference of the bundle's logits from ``expected``; over :data:`TOLERANCE`
-    is refused."""
-    got = _logits(load_bundle(bundle).build(), batch)
+    """Max abs difference of the (bundle's) model's logits from ``expected``; over
+    :data:`TOLERANCE` is refused."""
+    got = _logits(model, batch)
     if got.shape != expected.shape:
         raise BundleError(f"{source}: not imported: the bundle's model gives logits of shape "
                           f"{tuple(got.shape)}, the source's {tuple(expected.shape)}")
@@ -414,3 +415,15 @@ def _check_logits(bundle: Path, batch: torch.Tensor, expected: torch.Tensor,
         raise BundleError(f"{source}: not imported: the bundle's logits differ from the "
                           f"source's by up to {diff:.2e} (> {TOLERANCE:.0e}) on a random batch")
     return diff
+
+
+def _check_same_weights(final: Mapping[str, torch.Tensor], checked: Mapping[str, torch.Tensor],
+                        source: Path) -> None:
+    """The final file (checked metadata added) holds the very tensors whose logits were
+    checked, bit for bit, so it gives the same logits."""
+    import torch
+
+    if final.keys() != checked.keys() or not all(
+            final[k].dtype == v.dtype and torch.equal(final[k], v) for k, v in checked.items()):
+        raise BundleError(f"{source}: not imported: the bundle's weights changed between the "
+                          "check and the final write")
