@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,17 @@ def test_refuses_to_overwrite(tmp_path: Path) -> None:
     assert out.read_bytes() == b"keep me"
     folder = invoke("model", "export", tmp_path / "missing.safetensors", "--onnx", tmp_path)
     assert folder.exit_code == 1 and "is a folder" in folder.output
+
+
+def test_without_onnx_one_line_says_what_to_install(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    bundle = write_bundle(tmp_path / "unet.safetensors", TINY_UNET)
+    result = invoke("model", "export", bundle, "--onnx", tmp_path / "model.onnx")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        'error: ONNX export needs onnxscript: pip install "geoseg[onnx]"']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unet.safetensors"]
 
 
 def test_failed_export_leaves_nothing_behind(tmp_path: Path,

@@ -155,10 +155,16 @@ def onnx_metadata(bundle: Bundle, *, deepness: bool = False) -> dict[str, str]:
 
 
 def _require_exporter() -> None:
-    """Raises ConfigError (one line, how to install) when onnx or onnxscript is missing."""
-    import importlib.util
+    """Raises ConfigError (one line, how to install) when onnx or onnxscript cannot be
+    imported."""
+    import importlib
 
-    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    missing = []
+    for name in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise ConfigError(f"ONNX export needs {' and '.join(missing)}: {_INSTALL_HINT}")
 
