@@ -323,12 +323,14 @@ def test_hugging_face_style_folder_and_aux_head(tmp_path: Path) -> None:
     folder.mkdir()
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     config = {"architecture": "Unet", "encoder": ENCODER, "in_channels": 4, "num_classes": 3,
-              **TINY, "transformers_version": "4.0", "label2id": {"water": 0}}
+              **TINY, "transformers_version": "4.0", "[bold]id\x1b[31m": {"water": 0}}
     (folder / "config.json").write_text(json.dumps(config))
     out = tmp_path / "b.safetensors"
     result = import_(folder, out)
     assert result.exit_code == 0, result.output
-    assert "not smp arguments, ignored: label2id, transformers_version" in result.output
+    # keys smp does not take are listed, literally (no markup, no escape sequences)
+    assert ("not smp arguments, ignored: [bold]id\\x1b[31m, transformers_version"
+            in result.output), result.output
     meta = read_bundle_meta(out)
     assert meta.training["source"]["file"] == "hf/pytorch_model.bin"
     assert meta.arch_kwargs == TINY

@@ -236,7 +236,8 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True),
               help="The model was trained on pixels × SCALE (e.g. 0.0001 for DN/10000); "
                    "--mean/--std are in those scaled units (none: 0 and 1). Folded into the "
-                   "stored mean/std: (x·scale − m)/s = (x − m/scale)/(s/scale).")
+                   "stored mean/std, (x·scale − m)/s = (x − m/scale)/(s/scale): the bundle "
+                   "holds plain statistics in the scene's units (no format change).")
 @click.option("--arch", help="smp architecture, where the source does not say (a state dict).")
 @click.option("--encoder", help="smp encoder, where the source does not say.")
 @click.option("--arch-kwargs", help="Further smp constructor arguments as JSON, where the "
