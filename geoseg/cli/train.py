@@ -8,6 +8,7 @@ import click
 
 from geoseg.cli.options import architecture_options
 from geoseg.cli.render import console, terminal_safe
+from geoseg.train.config import DEFAULT_STEPS, DEFAULT_STEPS_PER_EPOCH
 
 
 def _fmt(value: float | None) -> str:
@@ -24,7 +25,8 @@ def _fmt(value: float | None) -> str:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Bundle to write (.safetensors); rewritten whenever validation improves.")
 @click.option("--classes", help="Class names in id order, optionally name:#rrggbb "
-                                "(label value k is class k). Required unless --resume.")
+                                "(label value k is class k). Required unless --resume or --init "
+                                "(then: the bundle's classes).")
 @click.option("--bands",
               help="Input bands in model order, e.g. B02,B03,B04,B08 [all, in file order].")
 @click.option("--class-field", help="Polygon field holding class ids or names [class/label].")
@@ -34,16 +36,28 @@ def _fmt(value: float | None) -> str:
 @click.option("--encoder-depth", type=int,
               help="Encoder stages (3-5); fewer = smaller, faster model.")
 @click.option("--chip-size", default=256, show_default=True, help="Training chip side, px.")
-@click.option("--chip-stride", type=int, help="Step between chips, px [chip size / 2].")
+@click.option("--chip-stride", type=int,
+              help="Step between validation chips in a held-out block larger than a chip, px "
+                   "[chip size]. Training chips lie at random positions.")
 @click.option("--min-labelled", default=0.05, show_default=True,
-              help="Least labelled fraction of a chip.")
-@click.option("--max-chips", default=4000, show_default=True, help="Most chips held in memory.")
+              help="Least labelled fraction of a chip (random chips are redrawn until they "
+                   "have it).")
+@click.option("--max-chips", type=int,
+              help="Deprecated, no effect (prints a warning): training reads the labelled "
+                   "area once and draws chips from it.")
 @click.option("--tile-size", default=512, show_default=True,
               help="Prediction tile side stored in the bundle, px.")
 @click.option("--halo", type=int,
               help="Prediction halo stored in the bundle, px [measured receptive field].")
-@click.option("--epochs", default=20, show_default=True, help="Most epochs.")
-@click.option("--steps-per-epoch", type=int, help="Batches per epoch [one pass over the chips].")
+@click.option("--steps", type=int,
+              help=f"Training length: optimizer steps, each on --batch-size chips drawn at "
+                   f"random positions in the labelled area and randomly flipped/rotated "
+                   f"[{DEFAULT_STEPS}; early stopping may end sooner].")
+@click.option("--steps-per-epoch", default=DEFAULT_STEPS_PER_EPOCH, show_default=True,
+              help="Optimizer steps between validations (one epoch).")
+@click.option("--epochs", type=int,
+              help="Training length in epochs instead of --steps: epochs x --steps-per-epoch "
+                   "steps. (An epoch used to be one pass over fixed chips.)")
 @click.option("--batch-size", default=8, show_default=True, help="Chips per step.")
 @click.option("--lr", default=1e-3, show_default=True,
               help="AdamW learning rate (cosine schedule).")
@@ -53,7 +67,8 @@ def _fmt(value: float | None) -> str:
 @click.option("--val-fraction", default=0.2, show_default=True,
               help="Share of labelled blocks held out (0: none).")
 @click.option("--val-block", default=512, show_default=True,
-              help="Side of the validation blocks, px.")
+              help="Largest side of the validation blocks, px; halved (down to 64) until the "
+                   "labelled area spans enough blocks to hold some out.")
 @click.option("--patience", default=5, show_default=True,
               help="Epochs without val mIoU gain before stopping.")
 @click.option("--seed", default=0, show_default=True,
@@ -65,26 +80,47 @@ def _fmt(value: float | None) -> str:
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue training this bundle (keeps its architecture, bands, normalization, "
                    "classes).")
+@click.option("--init", "init", type=click.Path(path_type=Path),
+              help="Start from this bundle's weights (fine-tuning; imported or trained): its "
+                   "architecture, encoder, bands and normalization are kept; with other "
+                   "--classes its segmentation head is re-initialised.")
+@click.option("--encoder-weights", type=click.Path(path_type=Path),
+              help="Pretrained encoder weights for a new model: a state-dict file (.pth, .pt, "
+                   ".bin, .safetensors) of the same encoder, e.g. torchvision/timm ResNet or "
+                   "TorchGeo Sentinel-2 weights. Read without running code.")
+@click.option("--weights-bands",
+              help="The --encoder-weights file's input channels in order, e.g. B04,B03,B02 "
+                   "for RGB weights [13 channels: B01,…,B08,B8A,B09,…,B12, TorchGeo's "
+                   "Sentinel-2 order]. Model bands are matched by name.")
 @click.option("--description", default="", help="What this model is (stored in the bundle).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes: str | None,
           bands: str | None, class_field: str | None, ignore_value: int | None,
-          encoder_depth: int | None, resume: Path | None, overwrite: bool,
+          encoder_depth: int | None, resume: Path | None, init: Path | None,
+          encoder_weights: Path | None, weights_bands: str | None, overwrite: bool,
           **options: object) -> None:
     """Train a segmentation model on SCENE(s) and their labels; write a bundle.
 
-    Chips are taken where labels exist; a share of the scene's blocks (by area, never random
-    pixels) is held out for validation; the epoch with the best validation mIoU is kept.
+    Training runs --steps optimizer steps; each batch is chips drawn at random positions in
+    the labelled area, randomly flipped and rotated. A share of the scene's blocks (by area,
+    never random pixels; the blocks shrink to fit a small labelled area) is held out and
+    scored every --steps-per-epoch steps; the best weights are kept. The end report gives the
+    steps taken and the best validation mIoU with its step.
     Normalization statistics come from the training scenes and travel in the bundle, so
     `geoseg predict` reads new scenes exactly as training did.
 
     \b
     Examples:
       geoseg train -s scene.tif -l labels.tif -o model.safetensors \\
-          --classes water,trees,crops,built --encoder resnet18 --epochs 30
+          --classes water,trees,crops,built --encoder resnet18 --steps 1000
       geoseg train -s a.tif -l a.gpkg -s b.tif -l b.gpkg --class-field cover \\
           --classes water,trees,crops -o model.safetensors
       geoseg train -s scene.tif -l labels.tif --resume model.safetensors -o model2.safetensors
+      geoseg train -s scene.tif -l labels.tif --init models/s2-demo-landcover.safetensors \
+          --classes water,vegetation,other -o finetuned.safetensors
+      geoseg train -s scene.tif -l labels.tif --classes water,trees,crops \
+          --encoder resnet18 --encoder-weights resnet18_sentinel2_all_moco.pth \
+          -o model.safetensors
     """
     from pydantic import ValidationError
     from rich.progress import (
@@ -127,14 +163,23 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
                           f"val acc {_fmt(rec.val_accuracy)}  val mIoU {_fmt(rec.val_miou)}  "
                           f"({rec.seconds:.1f} s){mark}")
 
-        result = train_model(list(scenes), list(labels), out, cfg, resume=resume,
+        result = train_model(list(scenes), list(labels), out, cfg, resume=resume, init=init,
+                             encoder_weights=encoder_weights,
+                             weights_bands=_split(weights_bands) if weights_bands else None,
                              class_field=class_field, ignore_value=ignore_value,
-                             overwrite=overwrite, progress=progress, on_epoch=on_epoch)
+                             overwrite=overwrite, progress=progress, on_epoch=on_epoch,
+                             on_setup=lambda note: console.print(
+                                 f"[yellow]{terminal_safe(note)}[/]"))
     meta = result.meta
+    stop = (" (stopped early: no validation gain for "
+            f"{cfg.patience} epochs)") if result.stopped_early else ""
+    best = (f"best val mIoU {_fmt(result.best_val_miou)} at step {result.best_step} "
+            f"(epoch {result.best_epoch})" if result.best_val_miou is not None
+            else "no validation: the last step's weights were kept")
     console.print(
         f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/{meta.encoder}, "
-        f"best epoch {result.best_epoch} "
-        f"(val mIoU {_fmt(result.best_val_miou)}), {result.train_chips} train / "
-        f"{result.val_chips} validation chips, tile {meta.tile_size} px, halo {meta.halo} px, "
+        f"{result.steps} of {result.planned_steps} steps{stop}, {best}; "
+        f"{result.train_pixels} labelled training px, {result.val_chips} validation chips "
+        f"(blocks of {result.val_block} px), tile {meta.tile_size} px, halo {meta.halo} px, "
         f"{result.seconds:.0f} s"
     )

@@ -8,7 +8,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from geoseg.models.bundle import ClassSpec, check_class_names
 
-__all__ = ["TrainConfig"]
+__all__ = ["DEFAULT_STEPS", "DEFAULT_STEPS_PER_EPOCH", "TrainConfig"]
+
+#: Default training length, optimizer steps (measured: see docs/training.md).
+DEFAULT_STEPS = 600
+#: Default validation interval, optimizer steps.
+DEFAULT_STEPS_PER_EPOCH = 30
 
 
 class TrainConfig(BaseModel):
@@ -28,17 +33,28 @@ class TrainConfig(BaseModel):
         (), description="output classes; label value k is class k (required unless resuming)")
     chip_size: int = Field(256, gt=0, description="side of a training chip, pixels")
     chip_stride: int | None = Field(
-        None, gt=0, description="step between candidate chips, pixels (default chip_size/2)")
+        None, gt=0, description="step between validation chips inside a held-out block larger "
+        "than a chip, pixels (default chip_size); training chips lie at random positions")
     min_labelled: float = Field(0.05, ge=0, le=1,
-                                description="least labelled fraction for a chip to be used")
-    max_chips: int = Field(4000, gt=0, description="most chips held in memory (seeded sample)")
+                                description="least labelled fraction of a training chip (a "
+                                "random chip is redrawn, up to 10 times, until it has it) and "
+                                "of a validation chip")
+    max_chips: int | None = Field(
+        None, gt=0, description="deprecated, no effect: training reads the labelled area once "
+        "and draws chips from it; kept so old configurations still load (a warning says so)")
     tile_size: int = Field(512, gt=0, description="prediction tile side stored in the bundle")
     halo: int | None = Field(
         None, ge=0, description="prediction halo stored in the bundle, px (default: the "
         "measured receptive field, at most the architecture's recommended halo)")
-    epochs: int = Field(20, gt=0, description="most epochs (early stopping may end sooner)")
-    steps_per_epoch: int | None = Field(
-        None, gt=0, description="batches per epoch (default: one pass over the train chips)")
+    steps: int | None = Field(
+        None, gt=0, description=f"training length in optimizer steps of batch_size random "
+        f"chips (default {DEFAULT_STEPS}, or epochs x steps_per_epoch when epochs is given)")
+    steps_per_epoch: int = Field(
+        DEFAULT_STEPS_PER_EPOCH, gt=0,
+        description="optimizer steps between validations (an epoch); patience counts epochs")
+    epochs: int | None = Field(
+        None, gt=0, description="another way to give the length: epochs x steps_per_epoch "
+        "steps (give steps or epochs, not both); early stopping may end sooner")
     batch_size: int = Field(8, gt=0, description="chips per optimisation step")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (cosine-annealed)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
@@ -46,7 +62,9 @@ class TrainConfig(BaseModel):
         "balanced", description="balanced: cross-entropy weights ∝ 1/sqrt(class frequency)")
     val_fraction: float = Field(0.2, ge=0, lt=1,
                                 description="fraction of labelled blocks held out for validation")
-    val_block: int = Field(512, gt=0, description="side of the spatial validation blocks, px")
+    val_block: int = Field(
+        512, gt=0, description="largest side of the spatial validation blocks, px; halved "
+        "(down to 64) until the labelled area spans enough blocks for a split")
     patience: int = Field(5, gt=0, description="epochs without val mIoU gain before stopping")
     seed: int = Field(0, description="seed of the weights, chip sampling, split and batches")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
@@ -63,4 +81,18 @@ class TrainConfig(BaseModel):
         check_class_names(c.name for c in self.classes)  # the bundle would refuse them anyway
         if self.chip_stride is not None and self.chip_stride > self.chip_size:
             raise ValueError("chip_stride must not exceed chip_size")
+        if self.steps is not None and self.epochs is not None and (
+                self.steps != self.epochs * self.steps_per_epoch):
+            raise ValueError(f"give steps ({self.steps}) or epochs ({self.epochs} x "
+                             f"{self.steps_per_epoch} steps), not both")
         return self
+
+    @property
+    def total_steps(self) -> int:
+        """Training length, optimizer steps: ``steps``, else ``epochs x steps_per_epoch``,
+        else :data:`DEFAULT_STEPS`."""
+        if self.steps is not None:
+            return self.steps
+        if self.epochs is not None:
+            return self.epochs * self.steps_per_epoch
+        return DEFAULT_STEPS

@@ -1,7 +1,9 @@
 """Train a model on scenes and labels and write it as a bundle: the one entry point.
 
 Steps: open and check the scenes → per-band statistics of the training scenes (or the resumed
-bundle's) → candidate chips where labels exist → spatial train/validation split → fit →
+bundle's) → labelled pixels counted per cell → validation blocks sized to the labelled area and
+a seeded share held out → validation chips (fixed) and training areas (read once; chips drawn
+at random positions every step) → fit for a number of optimizer steps →
 bundle (written atomically whenever validation mIoU improves, so the file on disk is always
 the best model so far and a stopped run leaves a usable bundle).
 """
@@ -22,7 +24,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from geoseg.errors import BundleError, ConfigError, SceneError
-from geoseg.labels import Grid, open_labels
+from geoseg.labels import IGNORE, Grid, open_labels
 from geoseg.models.bundle import (
     BandSpec,
     BundleMeta,
@@ -33,15 +35,27 @@ from geoseg.models.bundle import (
 from geoseg.models.registry import build_model, model_align, recommended_halo
 from geoseg.scene import Scene, open_scene, select_bands
 from geoseg.tiling import ceil_to
-from geoseg.train.chips import ChipSet, chip_windows, read_chips, split_chips
+from geoseg.train.chips import (
+    ChipSet,
+    TrainAreas,
+    block_counts,
+    choose_val_block,
+    labelled_cells,
+    read_chips,
+    read_train_areas,
+    split_blocks,
+    validation_windows,
+)
 from geoseg.train.config import TrainConfig
 from geoseg.train.loop import EpochRecord, fit
+from geoseg.train.pretrained import load_encoder_weights, model_from_bundle
 
 __all__ = ["TrainResult", "combine_statistics", "train_model"]
 
 log = logging.getLogger(__name__)
 
-#: ``(stage, done, total)``: stage is "chips" (reading) or "epoch N" (optimising).
+#: ``(stage, done, total)``: stage is "labels …", "areas …", "validation …" (reading) or
+#: "epoch N" (optimising).
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -55,8 +69,17 @@ class TrainResult:
         history: per-epoch metrics.
         best_epoch: epoch whose weights were kept.
         best_val_miou: its validation mIoU (None without validation chips).
-        train_chips, val_chips: chips used.
+        train_chips: training chips drawn (optimizer steps x batch size).
+        val_chips: validation chips.
         seconds: wall-clock time.
+        steps: optimizer steps taken (fewer than planned after an early stop).
+        best_step: the step at which the kept weights were scored.
+        planned_steps: the training length asked for.
+        stopped_early: True when validation stopped improving for ``patience`` epochs.
+        val_block: side of the validation blocks used, px.
+        val_note: why there is no validation split, or how it was adapted (None when
+            ``val_block`` was used as given).
+        train_pixels: labelled training pixels.
     """
 
     bundle: Path
@@ -67,6 +90,13 @@ class TrainResult:
     train_chips: int
     val_chips: int
     seconds: float
+    steps: int = 0
+    best_step: int = 0
+    planned_steps: int = 0
+    stopped_early: bool = False
+    val_block: int = 0
+    val_note: str | None = None
+    train_pixels: int = 0
 
 
 def combine_statistics(stats: Sequence[Sequence[tuple[float, float]]],
@@ -135,11 +165,15 @@ def train_model(
     cfg: TrainConfig,
     *,
     resume: str | os.PathLike[str] | None = None,
+    init: str | os.PathLike[str] | None = None,
+    encoder_weights: str | os.PathLike[str] | None = None,
+    weights_bands: Sequence[str] | None = None,
     class_field: str | None = None,
     ignore_value: int | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     on_epoch: Callable[[EpochRecord, bool], None] | None = None,
+    on_setup: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a segmentation model and write it to ``out`` as a bundle.
 
@@ -151,6 +185,15 @@ def train_model(
         cfg: the settings.
         resume: a bundle to continue from (its architecture, bands, normalization and classes
             are kept; ``cfg``'s are ignored).
+        init: a bundle to start a new training from (fine-tuning): its architecture,
+            encoder, bands, normalization, tile size and halo are kept; when ``cfg.classes``
+            differ from its classes the segmentation head is re-initialised. Provenance goes
+            into the new bundle's ``training["init"]``.
+        encoder_weights: a state-dict file of pretrained encoder weights for a new model
+            (see :func:`geoseg.train.pretrained.load_encoder_weights`); ``weights_bands``
+            names the file's input channels in order.
+        on_setup: called with each note the user should see before training starts (no
+            validation split and why, validation blocks shrunk, deprecated settings).
 
     Raises:
         ConfigError, SceneError, BundleError, OutputExistsError: bad input, before training.
@@ -167,7 +210,20 @@ def train_model(
                           f"{len(labels)} label files)")
     if resume is None or Path(resume).resolve() != out.resolve():
         check_writable(out, overwrite)
-    base = load_bundle(resume) if resume is not None else None
+    if init is not None and resume is not None:
+        raise ConfigError("give --init (a new training from a bundle's weights) or --resume "
+                          "(continue a bundle's training), not both")
+    if encoder_weights is not None and (init is not None or resume is not None):
+        raise ConfigError("--encoder-weights sets a new model's encoder; --init and --resume "
+                          "already bring all of a model's weights")
+
+    def note(text: str) -> None:
+        log.warning("%s", text)
+        if on_setup is not None:
+            on_setup(text)
+
+    start_from = resume if resume is not None else init
+    base = load_bundle(start_from) if start_from is not None else None
     if base is None and not cfg.classes:
         raise ConfigError("name the classes (--classes water,trees,…): label value k is class k")
     torch.manual_seed(cfg.seed)
@@ -182,10 +238,21 @@ def train_model(
     if base is not None:
         meta0 = base.meta
         if dtype != meta0.input_dtype:
-            raise SceneError(f"{scenes[0]}: pixels are {dtype} but {resume} was trained on "
-                             f"{meta0.input_dtype}")
-        model = base.build()
-        band_specs, classes = meta0.bands, meta0.classes
+            raise SceneError(f"{scenes[0]}: pixels are {dtype} but {start_from} was trained "
+                             f"on {meta0.input_dtype}")
+        band_specs = meta0.bands
+        if init is None:
+            model, classes, meta_base = base.build(), meta0.classes, meta0
+        else:
+            classes = cfg.classes or meta0.classes
+            model, init_report = model_from_bundle(base, classes)
+            note(init_report.summary())
+            try:
+                meta_base = BundleMeta.model_validate(meta0.model_dump() | {
+                    "classes": [c.model_dump() for c in classes], "training": {},
+                    "description": f"fine-tuned with geoseg train from {base.path.name}"})
+            except ValidationError as exc:
+                raise ConfigError(f"invalid bundle settings: {validation_message(exc)}") from exc
     else:
         from geoseg.normalize import band_statistics
 
@@ -201,46 +268,72 @@ def train_model(
         classes = cfg.classes
         model = build_model(cfg.arch, cfg.encoder, len(band_specs), len(classes),
                             cfg.arch_kwargs)
+        meta_base = None
+        if encoder_weights is not None:
+            encoder_report = load_encoder_weights(model, encoder_weights,
+                                                  [b.name for b in band_specs], weights_bands)
+            note(encoder_report.summary())
     align = model_align(model)
     names = [c.name for c in classes]
 
+    if cfg.max_chips is not None:
+        note("max_chips (--max-chips) is deprecated and has no effect: training reads the "
+             "labelled area once and draws chips from it at random positions")
     rng = np.random.default_rng(cfg.seed)
-    stride = cfg.chip_stride or max(cfg.chip_size // 2, 1)
-    train_parts, val_parts = [], []
-    for i, ((scene, bands), label_path) in enumerate(zip(opened, labels, strict=True)):
-        grid = Grid(scene.crs_wkt, scene.transform, scene.height, scene.width)
-        source = open_labels(label_path, grid, class_field=class_field, class_names=names,
-                             ignore_value=ignore_value)
-        try:
+    sources = []
+    try:
+        cells = []
+        for i, ((scene, _), label_path) in enumerate(zip(opened, labels, strict=True)):
+            grid = Grid(scene.crs_wkt, scene.transform, scene.height, scene.width)
+            source = open_labels(label_path, grid, class_field=class_field, class_names=names,
+                                 ignore_value=ignore_value)
+            sources.append(source)
             if not source.overlaps():
                 raise SceneError(f"{label_path} does not overlap {scenes[i]}; check its CRS "
                                  "and extent")
-            windows = chip_windows(scene.height, scene.width, cfg.chip_size, stride)
-            stage = f"chips {scene.name}"
-            chips = read_chips(i, bands, scene.height, scene.width, source, windows,
-                               cfg.min_labelled,
-                               functools.partial(progress, stage) if progress else None)
-        finally:
+            cells.append(labelled_cells(source, scene.height, scene.width))
+        if not any(c.any() for c in cells):
+            raise ConfigError("no labelled pixel inside the scenes; check that the labels "
+                              "cover the scenes (CRS, extent, --class-field, --ignore-value)")
+        block, n_blocks = choose_val_block(cells, cfg.val_block, cfg.val_fraction,
+                                           cfg.min_labelled)
+        val_note = _val_note(cfg, block, n_blocks)
+        if val_note:
+            note(val_note)
+        # blocks named (scene, i, j) so one seeded draw splits all scenes together
+        need = max(1, int(cfg.min_labelled * block * block))
+        labelled = [(s_i, int(i), int(j)) for s_i, c in enumerate(cells)
+                    for i, j in zip(*np.nonzero(block_counts(c, block) >= need), strict=True)]
+        held_all = split_blocks(labelled, cfg.val_fraction if n_blocks >= 2 else 0.0, rng)
+        val_parts, areas = [], []
+        stride = cfg.chip_stride or cfg.chip_size
+        for i, ((scene, bands), label_path) in enumerate(zip(opened, labels, strict=True)):
+            held = [(h[1], h[2]) for h in held_all if h[0] == i]
+            windows = validation_windows(held, block, cfg.chip_size, stride)
+            val_parts.append(read_chips(
+                i, bands, scene.height, scene.width, sources[i], windows, cfg.min_labelled,
+                functools.partial(progress, f"validation {scene.name}") if progress else None))
+            mine = read_train_areas(
+                i, bands, scene.height, scene.width, sources[i], cells[i], block, held,
+                margin=cfg.chip_size // 2,
+                progress=functools.partial(progress, f"areas {scene.name}") if progress else None)
+            top = max([int(a.labels[a.labels != IGNORE].max(initial=0)) for a in mine]
+                      + [int(val_parts[-1].labels[val_parts[-1].labels != IGNORE].max(initial=0))])
+            if top >= len(classes):
+                raise ConfigError(f"{label_path}: label value {top} but only "
+                                  f"{len(classes)} classes ({', '.join(names)})")
+            areas += mine
+            log.info("%s: %d validation blocks of %d px (%d chips), %d training areas",
+                     scene.name, len(held), block, len(val_parts[-1]),
+                     sum(a.scene == i for a in areas))
+    finally:
+        for source in sources:
             source.close()
-        if chips.labels.size and int(chips.labels[chips.labels != 255].max(initial=0)) >= len(
-                classes):
-            raise ConfigError(f"{label_path}: label value "
-                              f"{int(chips.labels[chips.labels != 255].max())} but only "
-                              f"{len(classes)} classes ({', '.join(names)})")
-        tr, va = split_chips([w for _, w in chips.origin], cfg.val_block, cfg.val_fraction, rng)
-        train_parts.append(chips.subset(tr))
-        val_parts.append(chips.subset(va))
-        log.info("%s: %d chips with labels → %d train, %d validation", scene.name, len(chips),
-                 len(tr), len(va))
-    train = _cap(ChipSet.concat([p for p in train_parts if len(p)] or train_parts), cfg.max_chips,
-                 rng)
+    train = TrainAreas(areas)
     val = ChipSet.concat([p for p in val_parts if len(p)] or val_parts)
-    if len(train) == 0:
-        raise ConfigError(f"no training chip has ≥ {cfg.min_labelled:.0%} labelled pixels; "
-                          "check that the labels cover the scenes, or lower --min-labelled")
-    if len(val) == 0 and cfg.val_fraction > 0:
-        log.warning("no validation chips (too few labelled blocks of %d px); training without "
-                    "validation or early stopping — try a smaller --val-block", cfg.val_block)
+    if not train.areas:
+        raise ConfigError("no labelled training pixels outside the validation blocks; check "
+                          "that the labels cover the scenes, or lower --val-fraction")
 
     if base is not None:
         halo, tile_size = base.meta.halo, base.meta.tile_size
@@ -249,15 +342,19 @@ def train_model(
         halo = cfg.halo if cfg.halo is not None else _measured_halo(
             model, len(band_specs), cfg.arch, tile_size, align)
     # the bundle's metadata must validate before an epoch is spent (written only after one)
-    _build_meta(cfg, band_specs, dtype, halo, tile_size, {}, base.meta if base else None)
-    previous = list(base.meta.training.get("history", [])) if base else []
+    _build_meta(cfg, band_specs, dtype, halo, tile_size, {}, meta_base)
+    previous = list(base.meta.training.get("history", [])) if resume is not None and base else []
     record: dict[str, Any] = {
         "scenes": [Path(s).name for s in scenes],
         "labels": [Path(p).name for p in labels],
         "config": cfg.model_dump(mode="json", exclude={"classes", "description"}),
-        "resumed_from": base.sha256 if base else None,
-        "train_chips": len(train),
+        "resumed_from": base.sha256 if resume is not None and base else None,
+        "train_pixels": train.labelled,
         "val_chips": len(val),
+        "val_block": block,
+        "planned_steps": cfg.total_steps,
+        **({"init": init_report.record()} if init is not None else {}),
+        **({"encoder_weights": encoder_report.record()} if encoder_weights is not None else {}),
         "torch": torch.__version__,
     }
 
@@ -265,40 +362,56 @@ def train_model(
         history.append(rec.to_dict())
         if improved:
             training = record | {"history": previous + history, "best_epoch": rec.epoch,
-                                 "best_val_miou": rec.val_miou,
+                                 "best_step": rec.step, "best_val_miou": rec.val_miou,
                                  "seconds": round(time.perf_counter() - start, 1)}
             save_bundle(model, _build_meta(cfg, band_specs, dtype, halo, tile_size, training,
-                                           base.meta if base else None), out)
+                                           meta_base), out)
         if on_epoch is not None:
             on_epoch(rec, improved)
 
     history: list[dict[str, Any]] = []
+    def draw(generator: np.random.Generator, n: int) -> ChipSet:
+        return train.draw(generator, n, cfg.chip_size, cfg.min_labelled)
+
     result = fit(
-        model, train, val, band_specs, names,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-        weight_decay=cfg.weight_decay, weighting=cfg.class_weighting, patience=cfg.patience,
-        seed=cfg.seed, device=device, precision=cfg.precision,
-        steps_per_epoch=cfg.steps_per_epoch,
+        model, draw, train.class_counts(len(classes)), val, band_specs, names,
+        steps=cfg.total_steps, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
+        lr=cfg.lr, weight_decay=cfg.weight_decay, weighting=cfg.class_weighting,
+        patience=cfg.patience, seed=cfg.seed, device=device, precision=cfg.precision,
         on_step=(lambda e, s, t: progress(f"epoch {e}", s, t)) if progress else None,
         on_epoch=save,
     )
     seconds = time.perf_counter() - start
     training = record | {"history": previous + history, "best_epoch": result.best_epoch,
-                         "best_val_miou": result.best_score, "epochs_run": len(result.history),
+                         "best_step": result.best_step, "best_val_miou": result.best_score,
+                         "epochs_run": len(result.history), "steps": result.steps,
+                         "train_chips": result.steps * cfg.batch_size,
                          "stopped_early": result.stopped_early, "seconds": round(seconds, 1)}
     meta = _build_meta(cfg, band_specs, dtype, halo, tile_size, training,
-                       base.meta if base else None)
+                       meta_base)
     save_bundle(model, meta, out)  # best weights (fit restored them) + the full history
     try:
         load_bundle(out)
     except BundleError as exc:  # pragma: no cover - would be a bug in save_bundle
         raise BundleError(f"{out}: the bundle just written does not load: {exc}") from exc
     return TrainResult(out, meta, result.history, result.best_epoch, result.best_score,
-                       len(train), len(val), seconds)
+                       result.steps * cfg.batch_size, len(val), seconds, steps=result.steps,
+                       best_step=result.best_step, planned_steps=cfg.total_steps,
+                       stopped_early=result.stopped_early, val_block=block, val_note=val_note,
+                       train_pixels=train.labelled)
 
 
-def _cap(chips: ChipSet, limit: int, rng: np.random.Generator) -> ChipSet:
-    if len(chips) <= limit:
-        return chips
-    log.info("using %d of %d training chips (--max-chips)", limit, len(chips))
-    return chips.subset(np.sort(rng.choice(len(chips), limit, replace=False)).tolist())
+def _val_note(cfg: TrainConfig, block: int, n_blocks: int) -> str | None:
+    """Why there is no validation split, or how the blocks were adapted; None when the
+    validation blocks are as asked."""
+    if cfg.val_fraction == 0:
+        return "no validation (--val-fraction 0): the last epoch is kept, no early stopping"
+    if n_blocks < 2:
+        return (f"no validation: the labelled area fits in {n_blocks} block of {block} px "
+                f"(the smallest validation block), so nothing can be held out; the last epoch "
+                "is kept, no early stopping. Label a larger or second area, or give a "
+                "separate check with `geoseg evaluate`")
+    if block != cfg.val_block:
+        return (f"validation blocks of {block} px instead of {cfg.val_block} px: the "
+                f"labelled area spans {n_blocks} blocks of {block} px")
+    return None
