@@ -137,6 +137,10 @@ def test_save_pretrained_folder(scene: Path, tmp_path: Path) -> None:
     # the folder says what it is: options that contradict it are refused
     clash = import_(folder, tmp_path / "c.safetensors", "--encoder", "resnet34")
     assert clash.exit_code == 1 and f"config.json says '{ENCODER}'" in clash.output
+    before = (folder / "model.safetensors").read_bytes()
+    onto = import_(folder, folder / "model.safetensors", "--overwrite")
+    assert onto.exit_code == 1 and "is the source's weights file" in onto.output
+    assert (folder / "model.safetensors").read_bytes() == before
 
 
 def test_custom_lightning_module_prefix_detected(scene: Path, tmp_path: Path) -> None:

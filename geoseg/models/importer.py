@@ -106,9 +106,10 @@ def import_model(
     source, out = Path(source), Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
-    if out.resolve() == source.resolve():
-        raise ConfigError(f"{out}: is the source; write the bundle to another file")
     src = open_source(source)
+    if out.resolve() in (source.resolve(), src.weights_file.resolve()):
+        raise ConfigError(f"{out}: is the source's weights file; write the bundle to another "
+                          "file")
     described = _resolve(src, source, arch, encoder, arch_kwargs)
     n_bands, n_classes = len(bands), len(classes)
     if described.in_channels is not None and described.in_channels != n_bands:
