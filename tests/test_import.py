@@ -232,6 +232,9 @@ def test_channel_and_class_mismatches_name_the_layer(tmp_path: Path) -> None:
     result = invoke("model", "import", seven, "--bands", ",".join(BANDS), "--classes",
                     "a,b,c,d,e", *STATS, "-o", out, *ARCH)
     assert_refused(result, "the weights give 7 classes; --classes names 5", out)
+    one = invoke("model", "import", seven, "--bands", ",".join(BANDS), "--classes", "water",
+                 *STATS, "-o", out, *ARCH)  # argmax over one logit: class 0 everywhere
+    assert_refused(one, "--classes names one class", out)
     # another architecture: the first layer of another shape, and how many keys fit
     assert_refused(import_(seven, out, "--arch", "unet", "--encoder", ENCODER),
                    "layer decoder.blocks.0.conv1.0.weight is (32, 56, 3, 3) in the weights "

@@ -112,6 +112,12 @@ def import_model(
                           "file")
     described = _resolve(src, source, arch, encoder, arch_kwargs)
     n_bands, n_classes = len(bands), len(classes)
+    if described.classes == 1 or n_classes == 1:  # e.g. TorchGeo's binary task
+        who = "the model gives" if described.classes == 1 else "--classes names"
+        raise BundleError(f"{source}: {who} one class: geoseg maps each pixel to the most "
+                          "probable of one logit per class, so a model with one output channel "
+                          "(binary, sigmoid) would give class 0 everywhere; it needs two or "
+                          "more (e.g. background,water)")
     if described.in_channels is not None and described.in_channels != n_bands:
         raise BundleError(f"{source}: the weights take {described.in_channels} input channels "
                           f"({described.origin}); --bands names {n_bands}")
