@@ -20,7 +20,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from geoseg.errors import BundleError
-from geoseg.models.registry import ARCHITECTURES, build_model, model_align
+from geoseg.models.header import SafetensorsHeader, read_header
+from geoseg.models.registry import (
+    ARCHITECTURES,
+    HEAD_KEY,
+    INPUT_CONV_KEYS,
+    build_model,
+    model_align,
+    static_align,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -29,8 +37,11 @@ __all__ = [
     "BUNDLE_FORMAT",
     "BandSpec",
     "Bundle",
+    "BundleInfo",
     "BundleMeta",
     "ClassSpec",
+    "check_align",
+    "check_bundle",
     "check_class_names",
     "check_weights",
     "init_bundle",
@@ -233,22 +244,35 @@ def check_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLik
 
 
 @dataclass(frozen=True)
-class Bundle:
-    """A loaded bundle: validated metadata, weights, and where they came from.
+class BundleInfo:
+    """A bundle checked from its header alone (:func:`check_bundle`): what planning a run
+    needs, without the weights or torch.
 
     Attributes:
         meta: the metadata.
-        state_dict: the weights, name → CPU tensor.
         path: the file it was read from.
         sha256: hex digest of the file's bytes (identifies the model in caches and reports).
-        align: the model's size divisor in pixels (its total down-sampling, e.g. 32).
+        align: the model's size divisor in pixels (its total down-sampling, e.g. 32); worked
+            out from the architecture (:func:`~geoseg.models.registry.static_align`) until the
+            model is built.
     """
 
     meta: BundleMeta
-    state_dict: dict[str, torch.Tensor]
     path: Path
     sha256: str
     align: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bundle(BundleInfo):
+    """A loaded bundle (:func:`load_bundle`): a :class:`BundleInfo` with the weights, checked
+    against the architecture, and ``align`` read from the built model.
+
+    Attributes:
+        state_dict: the weights, name → CPU tensor.
+    """
+
+    state_dict: dict[str, torch.Tensor]
 
     def build(self) -> torch.nn.Module:
         """An eval-mode torch model with these weights (CPU). Its tensors are the bundle's own
@@ -299,25 +323,30 @@ def _file_sha256(path: Path) -> str:
 
 
 def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
-    """Read and validate only the metadata of a bundle (no weights are loaded).
+    """Read and validate only the metadata of a bundle (no weights are loaded, no torch).
 
     Raises:
-        BundleError: missing file, not a safetensors file, no or invalid geoseg metadata.
+        BundleError: missing file, not a safetensors file (its header malformed: lengths,
+            offsets, dtypes), no or invalid geoseg metadata.
     """
-    from safetensors import safe_open
-
     path = Path(path)
+    return _meta_of(_read_header(path), path)
+
+
+def _read_header(path: Path) -> SafetensorsHeader:
     if not path.is_file():
         raise BundleError(f"{path}: no such model bundle; make one with `geoseg model init`")
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            header = handle.metadata() or {}
-    except Exception as exc:  # safetensors raises its own error types for bad headers
+        return read_header(path)
+    except (OSError, ValueError) as exc:
         raise BundleError(
             f"{path}: not a readable safetensors model bundle ({exc}); "
             "geoseg bundles are written by `geoseg model init` or `geoseg train`"
         ) from exc
-    raw = header.get(_META_KEY)
+
+
+def _meta_of(header: SafetensorsHeader, path: Path) -> BundleMeta:
+    raw = header.metadata.get(_META_KEY)
     if raw is None:
         raise BundleError(
             f"{path}: a safetensors file without geoseg metadata (key {_META_KEY!r}); "
@@ -334,6 +363,64 @@ def read_bundle_meta(path: str | os.PathLike[str]) -> BundleMeta:
         raise BundleError(
             f"{path}: invalid bundle metadata: {validation_message(exc, data)}; re-create the "
             "bundle with `geoseg model init` or `geoseg train`, or fix that field") from exc
+
+
+def check_bundle(path: str | os.PathLike[str]) -> BundleInfo:
+    """Check a bundle from its header, without torch and without reading the weights: the
+    metadata is valid, the tensors are well-formed, the first convolution takes as many
+    channels as the metadata lists bands and the segmentation head gives as many as it lists
+    classes. ``align`` is worked out from the architecture.
+
+    What this cannot see (non-finite weights, weights that do not fit the architecture
+    elsewhere, the built model's size divisor) :func:`load_bundle` checks where the model is
+    built (a worker, :func:`geoseg.workers.load_on_workers`).
+
+    Raises:
+        BundleError: anything wrong with the file or its metadata, in one line.
+    """
+    path = Path(path)
+    header = _read_header(path)
+    meta = _meta_of(header, path)
+    _check_fit(header, meta, path)
+    return BundleInfo(meta=meta, path=path, sha256=_file_sha256(path),
+                      align=static_align(meta.arch, meta.arch_kwargs))
+
+
+def check_align(bundle: BundleInfo, align: int) -> None:
+    """Confirm that the model built from ``bundle`` divides sizes by ``bundle.align`` (the
+    number its tiles were planned with), ``align`` being :func:`model_align` of that model.
+
+    Raises:
+        BundleError: they differ (geoseg's rule for the architecture is wrong for it).
+    """
+    if align != bundle.align:
+        meta = bundle.meta
+        raise BundleError(
+            f"{bundle.path}: the built {meta.arch}/{meta.encoder} model divides tile sizes by "
+            f"{align} px, but geoseg worked out {bundle.align} px from its architecture "
+            f"(arch_kwargs {meta.arch_kwargs}) and would plan its tiles wrongly; please report "
+            "this (geoseg.models.registry.static_align), and run it with `geoseg predict` "
+            "meanwhile")
+
+
+def _check_fit(header: SafetensorsHeader, meta: BundleMeta, path: Path) -> None:
+    """The fit checks a header allows: input bands and classes (``(out, in, kh, kw)``)."""
+    tensors = header.tensors
+    first = next((tensors[k] for k in INPUT_CONV_KEYS
+                  if k in tensors and len(tensors[k].shape) == 4), None)
+    bands, classes = len(meta.bands), len(meta.classes)
+    fix = "the bundle is corrupt or its metadata was edited"
+    if first is not None and first.shape[1] != bands:
+        raise BundleError(
+            f"{path}: the weights do not fit {bands} bands: the first convolution "
+            f"{first.name!r} takes {first.shape[1]} input channels, but the metadata lists "
+            f"{bands} bands ({', '.join(meta.band_names)}); {fix}")
+    head = tensors.get(HEAD_KEY)
+    if head is not None and len(head.shape) == 4 and head.shape[0] != classes:
+        raise BundleError(
+            f"{path}: the weights do not fit {classes} classes: the segmentation head "
+            f"{head.name!r} gives {head.shape[0]} channels, but the metadata lists {classes} "
+            f"classes; {fix}")
 
 
 def load_bundle(path: str | os.PathLike[str]) -> Bundle:

@@ -16,11 +16,14 @@ if TYPE_CHECKING:
 __all__ = [
     "ARCHITECTURES",
     "NON_LOCAL_ARCHITECTURES",
+    "HEAD_KEY",
+    "INPUT_CONV_KEYS",
     "RECOMMENDED_HALO",
     "build_model",
     "inference_tile_size",
     "model_align",
     "recommended_halo",
+    "static_align",
 ]
 
 #: smp architecture names accepted in bundles (lower case, as ``smp.create_model`` takes them).
@@ -119,3 +122,56 @@ def model_align(model: torch.nn.Module) -> int:
     encoder = getattr(model, "encoder", None)
     stride = getattr(encoder, "output_stride", 32)
     return int(stride) if isinstance(stride, int) and stride > 0 else 32
+
+
+#: ``encoder_output_stride`` of the architectures that take one (smp's defaults); the others
+#: run their encoder at output stride 32.
+_OUTPUT_STRIDE = {"deeplabv3": 8, "deeplabv3plus": 16, "pan": 16}
+#: ``encoder_depth`` defaults that are not 5.
+_DEPTH = {"pspnet": 3, "dpt": 4}
+
+
+def static_align(arch: str, arch_kwargs: dict[str, Any] | None = None) -> int:
+    """The size divisor :func:`model_align` gives ``arch`` built with ``arch_kwargs``, in
+    pixels, worked out without building it (no torch): smp encoders report
+    ``min(output stride, 2 ** encoder_depth)``. The output stride is ``encoder_output_stride``
+    for DeepLabV3 (default 8), DeepLabV3+ and PAN (default 16) and 32 for the others;
+    ``encoder_depth`` defaults to 5 (PSPNet 3). Values smp would reject fall back to the
+    defaults (smp refuses them when the model is built).
+    """
+    arch = arch.lower()
+    kwargs = arch_kwargs or {}
+    stride = _OUTPUT_STRIDE.get(arch, 32)
+    if arch in _OUTPUT_STRIDE:
+        stride = _int_in(kwargs.get("encoder_output_stride"), 1, 1024, stride)
+    depth = _int_in(kwargs.get("encoder_depth"), 1, 16, _DEPTH.get(arch, 5))
+    return min(stride, 2**depth)
+
+
+def _int_in(value: Any, low: int, high: int, default: int) -> int:
+    """``value`` if it is an int in ``[low, high]``, else ``default``."""
+    ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+    return value if ok else default
+
+
+#: State-dict key of the first convolution (the one that takes the input bands, its weight
+#: ``(out, bands, kh, kw)``) of each family of smp encoders geoseg can build; a model holds
+#: one of them. Checked against smp by ``tests/test_light_client.py``.
+INPUT_CONV_KEYS: tuple[str, ...] = (
+    "encoder.conv1.weight",                   # resnet, resnext, xception, timm-skresnet
+    "encoder.layer0.conv1.weight",            # senet154, se_resnet, se_resnext
+    "encoder.features.conv0.weight",          # densenet
+    "encoder.features.conv1_1.conv.weight",   # dpn
+    "encoder.features.0.weight",              # vgg
+    "encoder.features.0.conv.weight",         # inceptionv4
+    "encoder.features.0.0.weight",            # mobilenet_v2
+    "encoder.conv2d_1a.conv.weight",          # inceptionresnetv2
+    "encoder._conv_stem.weight",              # efficientnet
+    "encoder.conv_stem.weight",               # timm-efficientnet, timm-tf_efficientnet_lite
+    "encoder.patch_embed1.proj.weight",       # mit (Mix Transformer)
+    "encoder.stage0.rbr_conv.0.conv.weight",  # mobileone
+)
+
+#: State-dict key of the segmentation head's convolution (``(classes, in, kh, kw)``) in every
+#: smp architecture.
+HEAD_KEY = "segmentation_head.0.weight"
