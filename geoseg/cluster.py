@@ -38,6 +38,7 @@ __all__ = [
     "ClusterSession",
     "available_cores",
     "connect",
+    "cuda_device_count",
     "jobqueue_kwargs",
     "local_worker_layout",
     "parse_walltime",
@@ -94,6 +95,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: Paths that exist on a Linux machine whose GPUs torch may see: NVIDIA's driver (its device
+#: files are created on first use when only the kernel module is there), ROCm, WSL's GPU.
+_GPU_DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/kfd", "/dev/dxg")
+
+
+def cuda_device_count() -> int:
+    """The CUDA devices torch sees here (``torch.cuda.device_count()``), without importing torch
+    into this process: none on a Linux machine without a GPU driver or on macOS; else torch's
+    own count, asked in a short-lived child process (a client that never runs the model stays
+    light; :mod:`geoseg.batch`) unless torch is loaded here already."""
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].cuda.device_count())
+    if sys.platform == "darwin" or (sys.platform.startswith("linux") and not any(
+            os.path.exists(p) for p in _GPU_DRIVER_PATHS)):
+        return 0
+    import subprocess
+
+    code = "import torch; print(torch.cuda.device_count())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    lines = done.stdout.split()
+    if done.returncode != 0 or not lines or not lines[-1].isdigit():
+        log.warning("cannot count the GPUs (torch in a child process: %s); using none",
+                    (done.stderr.strip().splitlines() or ["no answer"])[-1])
+        return 0
+    return int(lines[-1])
+
+
 def visible_gpus(cfg: ClusterConfig, device: str = "auto") -> list[str]:
     """CUDA device ids a local cluster spreads its workers over (one worker each)."""
     if device == "cpu" or cfg.gpus == 0:
@@ -102,9 +131,7 @@ def visible_gpus(cfg: ClusterConfig, device: str = "auto") -> list[str]:
     if env is not None:
         ids = [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
     else:
-        import torch
-
-        ids = [str(i) for i in range(torch.cuda.device_count())]
+        ids = [str(i) for i in range(cuda_device_count())]
     if cfg.gpus is not None and cfg.gpus > len(ids):
         raise ConfigError(f"cluster.gpus is {cfg.gpus} but this machine shows {len(ids)} GPU(s)")
     return ids[: cfg.gpus] if cfg.gpus is not None else ids

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import PredictConfig
-from geoseg.errors import ConfigError, SceneError
+from geoseg.errors import BundleError, ConfigError, SceneError
 from geoseg.graph import iter_blocks, lazy_prediction
 from geoseg.maskfile import CLASSES_TAG, NODATA, classes_tag
 from geoseg.maskfile import output_paths as mask_output_paths
-from geoseg.models.bundle import Bundle, load_bundle
+from geoseg.models.bundle import Bundle, BundleInfo, check_align, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
@@ -30,6 +30,8 @@ __all__ = [
     "CLASSES_TAG",
     "check_precision",
     "check_scene",
+    "load_model",
+    "model_ref",
     "PredictResult",
     "PredictionPlan",
     "output_paths",
@@ -85,7 +87,7 @@ def batch_size(cfg: PredictConfig, lattice: TileLattice) -> int:
     return max(1, AUTO_BATCH_PIXELS // lattice.tile_size**2)
 
 
-def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> SceneGrid:
+def plan_scene(scene: Scene, bundle: BundleInfo, cfg: PredictConfig, align: int) -> SceneGrid:
     """The block grid for ``scene``: tile size and halo from ``cfg`` or the bundle, fitted.
 
     Without a configured tile size, local architectures run at
@@ -96,7 +98,7 @@ def plan_scene(scene: Scene, bundle: Bundle, cfg: PredictConfig, align: int) -> 
     return SceneGrid.fit(scene.height, scene.width, lattice, cfg.block_size, cfg.stitch == "blend")
 
 
-def tile_lattice(bundle: Bundle, cfg: PredictConfig, align: int) -> TileLattice:
+def tile_lattice(bundle: BundleInfo, cfg: PredictConfig, align: int) -> TileLattice:
     """The tile lattice every scene of a run uses: tile size and halo from ``cfg`` or the
     bundle, rounded up to multiples of ``align`` (the model's stride).
 
@@ -131,7 +133,7 @@ def check_precision(cfg: PredictConfig) -> None:
         raise ConfigError(f"precision {cfg.precision} needs a CUDA device; use fp32 on CPU")
 
 
-def _check_scene(scene: Scene, bundle: Bundle, source: str) -> None:
+def _check_scene(scene: Scene, bundle: BundleInfo, source: str) -> None:
     expected = bundle.meta.input_dtype
     if scene.dtype != expected:
         raise SceneError(
@@ -146,7 +148,7 @@ class PredictionPlan:
 
     Attributes:
         scene: the input scene.
-        bundle: the loaded bundle.
+        bundle: the bundle (checked from its header, or loaded).
         grid: the block grid.
         job: what every block task shares (its ``model`` ref still has ``threads`` unset).
         outputs: role → path to write.
@@ -154,7 +156,7 @@ class PredictionPlan:
     """
 
     scene: Scene
-    bundle: Bundle
+    bundle: BundleInfo
     grid: SceneGrid
     job: BlockJob
     outputs: dict[str, Path]
@@ -181,7 +183,7 @@ def plan_prediction(
 
 
 def check_scene(
-    scene: Scene, bundle: Bundle, cfg: PredictConfig, source: str = ""
+    scene: Scene, bundle: BundleInfo, cfg: PredictConfig, source: str = ""
 ) -> tuple[tuple[BandRef, ...], SceneGrid]:
     """Every check a scene passes before its blocks are planned: its bands match the model's,
     its dtype is the one the bundle's normalization is for, the precision suits the device.
@@ -205,7 +207,7 @@ def check_scene(
 
 def plan_scene_prediction(
     scene: Scene,
-    bundle: Bundle,
+    bundle: BundleInfo,
     mask_path: str | os.PathLike[str],
     cfg: PredictConfig,
     overwrite: bool = False,
@@ -226,14 +228,7 @@ def plan_scene_prediction(
         if path.resolve() in inputs:
             raise ConfigError(f"{path}: the output would overwrite an input of the scene")
         check_writable(path, overwrite)
-    ref = ModelRef(
-        path=str(bundle.path),
-        sha256=bundle.sha256,
-        device=cfg.device,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        threads=threads,
-    )
+    ref = model_ref(bundle, cfg, threads)
     job = BlockJob(
         bands=bands,
         height=scene.height,
@@ -248,6 +243,46 @@ def plan_scene_prediction(
         transform=scene.transform,
     )
     return PredictionPlan(scene, bundle, grid, job, paths, overwrite)
+
+
+def model_ref(bundle: BundleInfo, cfg: PredictConfig, threads: int | None = None) -> ModelRef:
+    """How block tasks find ``bundle``'s model and run it under ``cfg`` (``threads``: torch
+    threads per worker)."""
+    return ModelRef(
+        path=str(bundle.path),
+        sha256=bundle.sha256,
+        device=cfg.device,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        threads=threads,
+    )
+
+
+def load_model(
+    bundle: BundleInfo, ref: ModelRef, client: Any = None, policy: TaskPolicy | None = None
+) -> None:
+    """Load ``bundle``'s model (as ``ref``) where block tasks run, and check it in full there
+    (:func:`~geoseg.models.bundle.load_bundle`): this process without a client, else the
+    workers (:func:`geoseg.workers.load_on_workers`, one small task). Once per process or
+    client; a batch run calls it before its first scene, so a bad bundle stops the run.
+
+    Raises:
+        BundleError: non-finite weights, weights that do not fit the architecture, a built
+            model whose size divisor is not ``bundle.align``.
+    """
+    if client is not None:
+        from geoseg.workers import load_on_workers
+
+        load_on_workers(client, bundle, ref, policy)
+        return
+    if has_model(ref):
+        return
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle.path)
+    if loaded.sha256 != bundle.sha256:
+        raise BundleError(f"{bundle.path}: the bundle changed since it was checked (its "
+                          "SHA-256 differs); run again, and replace bundles under a new name")
+    check_align(bundle, loaded.align)
+    cache_model(ref, loaded.build())
 
 
 def run_prediction(
@@ -268,13 +303,7 @@ def run_prediction(
     start = time.perf_counter()
     scene, bundle, grid, job = plan.scene, plan.bundle, plan.grid, plan.job
     meta = bundle.meta
-    if client is None:
-        if not has_model(job.model):
-            cache_model(job.model, bundle.build())
-    else:
-        from geoseg.workers import register_model
-
-        register_model(client, job.model, policy.resources if policy else None)
+    load_model(bundle, job.model, client, policy)
     array = lazy_prediction(grid, job, policy.resources if policy and client else None)
     log.info(
         "%s: %dx%d px, %d blocks of %d px, tile %d, halo %d, %s stitching",
@@ -338,7 +367,7 @@ def _open_writers(
     stack: ExitStack,
     paths: dict[str, Path],
     scene: Scene,
-    bundle: Bundle,
+    bundle: BundleInfo,
     outputs: OutputSpec,
     overwrite: bool,
     tags: dict[str, str],

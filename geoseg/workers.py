@@ -3,19 +3,29 @@
 The plugin carries the bundle's bytes, so workers need no shared filesystem with the client;
 each worker writes them to its local directory, validates and loads the bundle, and puts the
 model in its process cache (:func:`geoseg.predict.cache_model`) where block tasks find it.
+
+This is where a bundle is checked in full (finite weights that fit the architecture, the built
+model's size divisor): the client only reads its header (:func:`geoseg.models.check_bundle`)
+and never imports torch. :func:`load_on_workers` does it once per client, before any block.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoseg.predict import ModelRef, cache_model, has_model
+from geoseg.errors import BundleError, GeoSegError, detached
+from geoseg.predict import ModelRef, cache_model, get_model, has_model
+from geoseg.tasks import TaskPolicy, map_as_finished
 
-__all__ = ["ModelPlugin", "register_model"]
+if TYPE_CHECKING:
+    from geoseg.models.bundle import BundleInfo
+
+__all__ = ["ModelPlugin", "load_on_workers", "register_model"]
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +42,8 @@ class ModelPlugin(WorkerPlugin):
         self.name = f"geoseg-model-{ref.sha256[:16]}-{ref.device}-{ref.precision}"
 
     def setup(self, worker: Any) -> None:
-        from geoseg.models.bundle import load_bundle
-
+        """Load the model here (a :class:`BundleError` reaches the client, as itself, from
+        ``register_plugin``)."""
         offered = worker.state.total_resources
         if any(offered.get(k, 0) < v for k, v in self.resources.items()):
             log.info("%s offers no %s: no model loaded", worker.name, self.resources)
@@ -41,10 +51,43 @@ class ModelPlugin(WorkerPlugin):
 
         if has_model(self.ref):
             return  # already loaded by an earlier registration of the same bundle
-        path = Path(worker.local_directory) / f"geoseg-{self.ref.sha256[:16]}.safetensors"
+        path = _local_copy(worker.local_directory, self.ref)
         if not path.exists():
             path.write_bytes(self.payload)
-        cache_model(self.ref, load_bundle(path).build())
+        _load(self.ref, path)
+
+
+def _local_copy(directory: str, ref: ModelRef) -> Path:
+    """Where a worker keeps its copy of ``ref``'s bundle."""
+    return Path(directory) / f"geoseg-{ref.sha256[:16]}.safetensors"
+
+
+def _load(ref: ModelRef, path: Path) -> None:
+    """Load and check the bundle at ``path`` (a worker's copy of ``ref.path``) into this
+    process's cache; errors name ``ref.path``, detached so that they cross to the client."""
+    from geoseg.models.bundle import load_bundle
+
+    try:
+        cache_model(ref, load_bundle(path).build())
+    except GeoSegError as exc:
+        raise detached(type(exc)(str(exc).replace(str(path), ref.path))) from None
+
+
+def _built_align(ref: ModelRef) -> int:
+    """Task: the size divisor of ``ref``'s model as built in this worker (loading its bundle
+    if this worker's plugin did not, e.g. it joined after it failed elsewhere)."""
+    from distributed import get_worker
+
+    from geoseg.models.registry import model_align
+
+    if not has_model(ref):
+        path = _local_copy(get_worker().local_directory, ref)
+        if path.exists():
+            _load(ref, path)
+    try:
+        return model_align(get_model(ref).module)
+    except GeoSegError as exc:  # no copy here: get_model read ref.path (a shared filesystem)
+        raise detached(exc) from None
 
 
 #: ``(client id, model, resources)`` already registered from this process.
@@ -62,7 +105,42 @@ def register_model(client: Any, ref: ModelRef, resources: dict[str, float] | Non
     if key in _REGISTERED:
         return
     payload = Path(ref.path).read_bytes()
+    if hashlib.sha256(payload).hexdigest() != ref.sha256:
+        raise BundleError(f"{ref.path}: the bundle changed since it was checked (its SHA-256 "
+                          "differs); run again, and replace bundles under a new name")
     client.register_plugin(ModelPlugin(ref, payload, resources))
     _REGISTERED.add(key)
     log.info("model %s… registered on %d workers", ref.sha256[:12],
              len(client.scheduler_info()["workers"]))
+
+
+#: ``(client id, model, resources)`` whose model the workers of that client built and checked.
+_CHECKED: set[tuple[str, ModelRef, tuple[tuple[str, float], ...]]] = set()
+
+
+def load_on_workers(
+    client: Any, bundle: BundleInfo, ref: ModelRef, policy: TaskPolicy | None = None
+) -> None:
+    """Load ``bundle``'s model on the workers that run block tasks, and check it there in
+    full, once per client (later calls return at once).
+
+    The workers load it (:func:`register_model`: non-finite weights, weights that do not fit
+    the architecture fail there), then one small task, placed like a block task, returns the
+    built model's size divisor, which must be the ``bundle.align`` the client planned with.
+
+    Raises:
+        BundleError: the bundle fails the full check, or its model divides sizes by another
+            number than ``bundle.align`` (one line, as raised on the worker).
+        ClusterError: the check task killed its workers, or none ran within the stall timeout.
+    """
+    from geoseg.models.bundle import check_align
+
+    resources = dict(policy.resources) if policy else {}
+    key = (client.id, ref, tuple(sorted(resources.items())))
+    if key in _CHECKED:
+        return
+    register_model(client, ref, resources or None)
+    check = TaskPolicy(resources, 0, policy.stall_timeout if policy else None)
+    for _, align in map_as_finished(_built_align, [ref], client, check, what="model check"):
+        check_align(bundle, align)
+    _CHECKED.add(key)

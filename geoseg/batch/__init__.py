@@ -7,6 +7,7 @@ scenes on one Dask client and keeps ``report.json`` current after every scene.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Callable, Sequence
@@ -19,8 +20,8 @@ from geoseg.batch.outdir import check_output_dir, check_output_path, output_erro
 from geoseg.batch.report import build_report, write_report
 from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, run_batch, select_split
 from geoseg.config import Config, load_config
-from geoseg.errors import ConfigError
-from geoseg.models.bundle import Bundle, load_bundle
+from geoseg.errors import BundleError, ConfigError
+from geoseg.models.bundle import BundleInfo, check_bundle
 from geoseg.pipeline import check_precision, tile_lattice
 
 __all__ = [
@@ -41,14 +42,16 @@ class BatchPlan:
     Attributes:
         sources: every scene found (the report covers them all).
         todo: the scenes of this job (all of them, or one split).
-        bundle, cfg: the model and the effective configuration.
+        bundle, cfg: the model (checked from its header: the client never imports torch;
+            workers check it in full before the first block) and the effective
+            configuration.
         out_dir: the output directory (None: planned for inspection only).
         split: ``(i, n)`` or None.
     """
 
     sources: list[SceneSource]
     todo: list[SceneSource]
-    bundle: Bundle
+    bundle: BundleInfo
     cfg: Config
     out_dir: Path | None
     split: tuple[int, int] | None
@@ -62,8 +65,10 @@ def plan_batch(
     overrides: dict[str, dict[str, Any]] | None = None,
     split: tuple[int, int] | None = None,
 ) -> BatchPlan:
-    """Load the config and bundle, find the scenes, check the output directory.
+    """Load the config, check the bundle, find the scenes, check the output directory.
 
+    The bundle is checked from its header (:func:`~geoseg.models.bundle.check_bundle`: no
+    torch here); :func:`run_planned` has its weights checked on a worker before any block.
     ``out_dir`` is None when nothing will be written (``geoseg inspect``); otherwise files under
     it are never taken as scenes.
 
@@ -71,7 +76,7 @@ def plan_batch(
         ConfigError, BundleError: the run cannot start (nothing is written).
     """
     cfg = load_config(config_path, overrides)
-    bundle = load_bundle(bundle_path)
+    bundle = check_bundle(bundle_path)
     out = None if out_dir is None else Path(out_dir)
     check_precision(cfg.predict)
     tile_lattice(bundle, cfg.predict, bundle.align)  # wrong for every scene: say it once
@@ -156,14 +161,24 @@ def run_planned(
     events: BatchEvents | None = None,
     on_client: Callable[[Any], None] | None = None,
 ) -> tuple[BatchResult, Path]:
-    """Run a planned batch on the configured cluster; return its result and report path."""
+    """Run a planned batch on the configured cluster; return its result and report path.
+
+    The model is loaded where the blocks run and checked there in full before the first
+    scene (:func:`~geoseg.pipeline.load_model`).
+
+    Raises:
+        BundleError: the bundle fails that check; nothing is written (an output folder made
+            for this run is removed again).
+    """
     from geoseg.cluster import session
+    from geoseg.pipeline import load_model, model_ref
 
     out = plan.out_dir
     if out is None:
         raise ConfigError("this batch was planned without an output directory")
     cfg = plan.cfg
     cluster = session(cfg.cluster, cfg.predict.device)
+    made = not out.exists()
     check_output_dir(out)
     reporting = _Reporting(events or QuietEvents(), plan, out, _header(plan, out))
     if not plan.todo:
@@ -171,6 +186,14 @@ def run_planned(
     with cluster.connect() as client:
         if client is not None and on_client is not None:
             on_client(client)
+        try:
+            load_model(plan.bundle, model_ref(plan.bundle, cfg.predict, cluster.threads),
+                       client, cluster.policy)
+        except BundleError:
+            if made:
+                with contextlib.suppress(OSError):
+                    out.rmdir()  # only if still empty
+            raise
         result = run_batch(plan.todo, plan.bundle, cfg, out, client,
                            overwrite=overwrite, threads=cluster.threads, events=reporting,
                            policy=cluster.policy)

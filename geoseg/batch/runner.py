@@ -29,7 +29,7 @@ from geoseg.batch.state import (
 )
 from geoseg.config import Config
 from geoseg.errors import OutputError, SceneError
-from geoseg.models.bundle import Bundle
+from geoseg.models.bundle import BundleInfo
 from geoseg.tasks import TaskPolicy
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def _class_areas(mask: Path, pixels: dict[int, int]) -> dict[int, float]:
 
 def process_scene(
     source: SceneSource,
-    bundle: Bundle,
+    bundle: BundleInfo,
     cfg: Config,
     folder: SceneFolder,
     client: Any,
@@ -179,7 +179,7 @@ def process_scene(
 
 
 def _open_scene(
-    source: SceneSource, bundle: Bundle, cfg: Config, folder: SceneFolder, threads: int | None
+    source: SceneSource, bundle: BundleInfo, cfg: Config, folder: SceneFolder, threads: int | None
 ) -> tuple[Scene, Path, PredictionPlan]:
     """Stage ``open``: open the scene's files, create its staging folder and plan the
     prediction into it (every check, nothing computed). Returns the scene, the staging folder
@@ -250,7 +250,7 @@ def _quicklooks(
     }
 
 
-def _class_counts(mask: Path, pixels: dict[int, int], bundle: Bundle) -> dict[str, ClassCount]:
+def _class_counts(mask: Path, pixels: dict[int, int], bundle: BundleInfo) -> dict[str, ClassCount]:
     """Stage ``report``, areas: class name → id, pixel count and area (m², to the mm²)."""
     names = {c.id: c.name for c in bundle.meta.classes}
     areas = _class_areas(mask, pixels)
@@ -262,7 +262,7 @@ def _write_stac(
     scene: Scene,
     outputs: dict[str, Path],
     stage: Path,
-    bundle: Bundle,
+    bundle: BundleInfo,
     cfg: Config,
     class_pixels: dict[int, int],
 ) -> Path:
@@ -288,7 +288,7 @@ def _write_stac(
 
 def _ok_record(
     source: SceneSource,
-    bundle: Bundle,
+    bundle: BundleInfo,
     fp: str,
     plan: PredictionPlan,
     result: PredictResult,
@@ -340,7 +340,7 @@ def _version() -> str:
 
 def run_batch(
     sources: list[SceneSource],
-    bundle: Bundle,
+    bundle: BundleInfo,
     cfg: Config,
     out_dir: Path,
     client: Any = None,
