@@ -6,29 +6,77 @@ uint8 outputs) + activations: ``batch × 3 ×`` the largest single activation of
 tile size (input, output and the skip connections alive beside it). Checked against
 ``benchmarks/memory.py`` (U-Net/ResNet-34, tile 1024 with halo 128, batch 4: 2.2 GiB estimated,
 1.6–1.8 GiB measured: it errs high); expect ±30 %.
+
+The largest activation is measured by running the model once on a small input, which needs
+torch. A process that has not imported torch (``geoseg inspect``: it only reads bundle
+headers) has it measured in a short-lived child process (``python -m geoseg.batch.estimate``),
+so that it never holds torch itself; the child also checks the bundle in full.
 """
 
 from __future__ import annotations
 
-from geoseg.models.bundle import Bundle
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+from geoseg.errors import BundleError
+from geoseg.models.bundle import BundleInfo
 from geoseg.tiling import SceneGrid
 
-__all__ = ["BASE_BYTES", "activation_bytes_per_pixel", "worker_peak_bytes"]
+__all__ = ["BASE_BYTES", "ModelSize", "activation_bytes_per_pixel", "measure_model",
+           "worker_peak_bytes"]
 
 #: Resident memory of an idle worker with torch, rasterio and the model code loaded, bytes.
 BASE_BYTES = 400 * 2**20
 
 
-_MEASURED: dict[str, tuple[float, int]] = {}
+@dataclass(frozen=True)
+class ModelSize:
+    """What the estimate needs of a model.
+
+    Attributes:
+        activation_per_px: bytes of its largest leaf activation per input pixel (float32).
+        weight_bytes: bytes of its parameters as built (float32).
+        align: the built model's size divisor, pixels.
+    """
+
+    activation_per_px: float
+    weight_bytes: int
+    align: int
 
 
-def _largest_activation(bundle: Bundle) -> tuple[float, int]:
-    """``(bytes per input pixel of the largest leaf activation, weight bytes)``."""
+_MEASURED: dict[str, ModelSize] = {}
+
+
+def measure_model(bundle: BundleInfo) -> ModelSize:
+    """Load ``bundle`` (checking it in full, as a worker would), build its model and measure
+    it; in this process when torch is loaded here already, else in a child process. Cached
+    per bundle checksum.
+
+    Raises:
+        BundleError: the bundle fails the full check (non-finite weights, weights that do
+            not fit, a size divisor other than ``bundle.align``), or the child failed.
+    """
+    from geoseg.models.bundle import check_align
+
+    if bundle.sha256 not in _MEASURED:
+        if "torch" in sys.modules:
+            size = _measure(str(bundle.path))
+        else:
+            size = _measure_in_child(str(bundle.path))
+        check_align(bundle, size.align)
+        _MEASURED[bundle.sha256] = size
+    return _MEASURED[bundle.sha256]
+
+
+def _measure(path: str) -> ModelSize:
+    """:func:`measure_model` in this process (imports torch)."""
     import torch
 
-    if bundle.sha256 in _MEASURED:
-        return _MEASURED[bundle.sha256]
+    from geoseg.models.bundle import load_bundle
 
+    bundle = load_bundle(path)
     model = bundle.build().eval()
     side = max(bundle.align * 4, 64)
     largest = [0]
@@ -44,20 +92,38 @@ def _largest_activation(bundle: Bundle) -> tuple[float, int]:
     for h in handles:
         h.remove()
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    _MEASURED[bundle.sha256] = (largest[0] / (side * side), weights)
-    return _MEASURED[bundle.sha256]
+    return ModelSize(largest[0] / (side * side), weights, bundle.align)
 
 
-def activation_bytes_per_pixel(bundle: Bundle) -> float:
+def _measure_in_child(path: str) -> ModelSize:
+    """:func:`measure_model` in a child Python process (its torch goes when it ends)."""
+    done = subprocess.run([sys.executable, "-m", "geoseg.batch.estimate", path],
+                          capture_output=True, text=True, check=False)
+    lines = done.stdout.strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if "error" in answer:
+        raise BundleError(answer["error"])
+    if done.returncode != 0 or "align" not in answer:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise BundleError(f"{path}: cannot measure the model for the memory estimate "
+                          f"(python -m geoseg.batch.estimate: {why})")
+    return ModelSize(**answer)
+
+
+def activation_bytes_per_pixel(bundle: BundleInfo) -> float:
     """Bytes of the model's largest activation per input pixel (float32)."""
-    return _largest_activation(bundle)[0]
+    return measure_model(bundle).activation_per_px
 
 
-def worker_peak_bytes(bundle: Bundle, grid: SceneGrid, batch_size: int, n_bands: int,
+def worker_peak_bytes(bundle: BundleInfo, grid: SceneGrid, batch_size: int, n_bands: int,
                       itemsize: int, blend: bool, outputs: int = 1, tasks: int = 1) -> int:
     """Estimated peak resident memory of one prediction worker, bytes, running ``tasks`` block
     tasks at once (``cluster.gpu_tasks`` on a GPU worker: each holds its block's buffers)."""
-    per_px, weights = _largest_activation(bundle)
+    size = measure_model(bundle)
+    per_px, weights = size.activation_per_px, size.weight_bytes
     tile = grid.lattice.tile_size
     read = grid.block_size + 2 * grid.lattice.halo
     n_classes = len(bundle.meta.classes)
@@ -68,3 +134,21 @@ def worker_peak_bytes(bundle: Bundle, grid: SceneGrid, batch_size: int, n_bands:
         buffers += (n_classes + 1) * read * read * 4
     activations = 3 * batch_size * per_px * tile * tile
     return int(BASE_BYTES + 2 * weights + tasks * buffers + activations)
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m geoseg.batch.estimate BUNDLE``: one line of JSON, the :class:`ModelSize`
+    fields or ``{"error": message}`` (exit status 1)."""
+    from geoseg.errors import GeoSegError
+
+    try:
+        size = _measure(argv[0])
+    except GeoSegError as exc:
+        sys.stdout.write(json.dumps({"error": str(exc)}) + "\n")
+        return 1
+    sys.stdout.write(json.dumps(asdict(size)) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

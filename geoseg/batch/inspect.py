@@ -61,12 +61,22 @@ def inspect_batch(plan: BatchPlan) -> list[SceneInspection]:
     """One :class:`SceneInspection` per scene of this job (``plan.todo``), in order.
 
     Peak memory assumes a worker holds ``cluster.gpu_tasks`` blocks at once when the device is
-    a GPU (one reads while another computes), one block on CPU.
-    """
-    from geoseg.predict import resolve_device
+    a GPU (one reads while another computes), one block on CPU. The model is measured for it,
+    and its bundle checked in full, once (:func:`~geoseg.batch.estimate.measure_model`: in a
+    child process, so that this one never imports torch).
 
-    gpu = resolve_device(plan.cfg.predict.device) != "cpu"
+    Raises:
+        BundleError: the bundle fails the full check (as ``geoseg run`` would, before any
+            scene).
+    """
+    from geoseg.batch.estimate import measure_model
+    from geoseg.cluster import cuda_device_count
+
+    device = plan.cfg.predict.device
+    gpu = device != "cpu" and (device != "auto" or cuda_device_count() > 0)
     tasks = plan.cfg.cluster.gpu_tasks if gpu else 1
+    if plan.todo:
+        measure_model(plan.bundle)
     return [_inspect(source, plan, tasks) for source in plan.todo]
 
 
