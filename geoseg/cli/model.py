@@ -155,7 +155,7 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
 
 @click.group()
 def model() -> None:
-    """Create and inspect model bundles (safetensors weights + metadata in one file)."""
+    """Model bundles (weights + metadata, one safetensors file): create, import, info, export."""
 
 
 @model.command("init")
