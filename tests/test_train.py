@@ -320,6 +320,10 @@ def test_small_labelled_area_gets_a_validation_split_and_a_report(tmp_path: Path
     # steps and epochs are two ways to say one thing: both, disagreeing, is an error
     both = CliRunner().invoke(main, [*args, "--overwrite", "--epochs", "3"])
     assert both.exit_code == 1 and "give steps (4) or epochs (3 x 2 steps)" in both.output
+    epochs = [a for a in args if a not in ("--steps", "4")] + ["--overwrite", "--epochs", "1"]
+    result = CliRunner().invoke(main, epochs)
+    assert result.exit_code == 0, result.output
+    assert "1 epochs x 2 steps per epoch = 2 optimizer steps" in " ".join(result.output.split())
     deprecated = CliRunner().invoke(main, [*args, "--overwrite", "--max-chips", "10",
                                            "--steps", "1"])
     assert deprecated.exit_code == 0 and "deprecated" in deprecated.output

@@ -276,6 +276,10 @@ def train_model(
     align = model_align(model)
     names = [c.name for c in classes]
 
+    if cfg.epochs is not None and cfg.steps is None:
+        note(f"training length: {cfg.epochs} epochs x {cfg.steps_per_epoch} steps per epoch = "
+             f"{cfg.total_steps} optimizer steps (an epoch is a validation interval now, no "
+             "longer a pass over fixed chips; --steps gives the length directly)")
     if cfg.max_chips is not None:
         note("max_chips (--max-chips) is deprecated and has no effect: training reads the "
              "labelled area once and draws chips from it at random positions")
