@@ -198,7 +198,7 @@ def test_blocks_predicted_in_parallel_threads_are_the_same(make_scene, make_bund
     from geoseg.pipeline import plan_prediction
     from geoseg.predict import predict_block
 
-    scene = make_scene(height=200, width=300, nodata_box=None)  # 2x3 blocks, edges partial
+    scene = make_scene(height=250, width=300, nodata_box=None)
     plan = plan_prediction(scene, make_bundle(TINY_UNET), tmp_path / "m.tif",
                            PredictConfig(device=device, block_size=128, tile_size=208,
                                          batch_size=2, stitch=stitch))
