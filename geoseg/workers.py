@@ -125,22 +125,25 @@ def load_on_workers(
     full, once per client (later calls return at once).
 
     The workers load it (:func:`register_model`: non-finite weights, weights that do not fit
-    the architecture fail there), then one small task, placed like a block task, returns the
-    built model's size divisor, which must be the ``bundle.align`` the client planned with.
+    the architecture fail there), then, for a bundle checked from its header only (not a
+    loaded :class:`~geoseg.models.bundle.Bundle`, whose ``align`` is its built model's), one
+    small task placed like a block task returns the built model's size divisor, which must be
+    the ``bundle.align`` the client planned with.
 
     Raises:
         BundleError: the bundle fails the full check, or its model divides sizes by another
             number than ``bundle.align`` (one line, as raised on the worker).
         ClusterError: the check task killed its workers, or none ran within the stall timeout.
     """
-    from geoseg.models.bundle import check_align
+    from geoseg.models.bundle import Bundle, check_align
 
     resources = dict(policy.resources) if policy else {}
     key = (client.id, ref, tuple(sorted(resources.items())))
     if key in _CHECKED:
         return
     register_model(client, ref, resources or None)
-    check = TaskPolicy(resources, 0, policy.stall_timeout if policy else None)
-    for _, align in map_as_finished(_built_align, [ref], client, check, what="model check"):
-        check_align(bundle, align)
+    if not isinstance(bundle, Bundle):
+        check = TaskPolicy(resources, 0, policy.stall_timeout if policy else None)
+        for _, align in map_as_finished(_built_align, [ref], client, check, what="model check"):
+            check_align(bundle, align)
     _CHECKED.add(key)
