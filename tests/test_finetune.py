@@ -91,6 +91,7 @@ def test_train_cli_encoder_weights_and_init_report(tmp_path: Path) -> None:
     text = " ".join(result.output.split())
     assert "--encoder-weights s2.pth: 120 tensors matched, 0 missing, 2 unexpected" in text
     assert "B02←B02, B03←B03, B04←B04, B08←B08" in text
+    assert "\\n" not in result.output  # two console lines, not an escaped newline
     record = load_bundle(first).meta.training["encoder_weights"]
     assert record["matched"] == 120 and record["unexpected"] == ["fc.bias", "fc.weight"]
     # --init with other classes: the head is reset, the rest kept, provenance recorded

@@ -11,6 +11,13 @@ from geoseg.cli.render import console, terminal_safe
 from geoseg.train.config import DEFAULT_STEPS, DEFAULT_STEPS_PER_EPOCH
 
 
+def _print_note(note: str) -> None:
+    """A setup note from training (validation split, --init/--encoder-weights reports), one
+    console line per line of it, user strings escaped."""
+    for line in note.splitlines():
+        console.print(f"[yellow]{terminal_safe(line)}[/]")
+
+
 def _fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.3f}"
 
@@ -168,8 +175,7 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
                              weights_bands=_split(weights_bands) if weights_bands else None,
                              class_field=class_field, ignore_value=ignore_value,
                              overwrite=overwrite, progress=progress, on_epoch=on_epoch,
-                             on_setup=lambda note: console.print(
-                                 f"[yellow]{terminal_safe(note)}[/]"))
+                             on_setup=_print_note)
     meta = result.meta
     stop = (" (stopped early: no validation gain for "
             f"{cfg.patience} epochs)") if result.stopped_early else ""
@@ -177,7 +183,8 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
             f"(epoch {result.best_epoch})" if result.best_val_miou is not None
             else "no validation: the last step's weights were kept")
     console.print(
-        f"[green]wrote[/] {terminal_safe(out)}: {meta.arch}/{meta.encoder}, "
+        f"[green]wrote[/] {terminal_safe(out)}: {terminal_safe(meta.arch)}/"
+        f"{terminal_safe(meta.encoder)}, "
         f"{result.steps} of {result.planned_steps} steps{stop}, {best}; "
         f"{result.train_pixels} labelled training px, {result.val_chips} validation chips "
         f"(blocks of {result.val_block} px), tile {meta.tile_size} px, halo {meta.halo} px, "
