@@ -123,10 +123,10 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
       geoseg train -s a.tif -l a.gpkg -s b.tif -l b.gpkg --class-field cover \\
           --classes water,trees,crops -o model.safetensors
       geoseg train -s scene.tif -l labels.tif --resume model.safetensors -o model2.safetensors
-      geoseg train -s scene.tif -l labels.tif --init models/s2-demo-landcover.safetensors \
+      geoseg train -s scene.tif -l labels.tif --init models/s2-demo-landcover.safetensors \\
           --classes water,vegetation,other -o finetuned.safetensors
-      geoseg train -s scene.tif -l labels.tif --classes water,trees,crops \
-          --encoder resnet18 --encoder-weights resnet18_sentinel2_all_moco.pth \
+      geoseg train -s scene.tif -l labels.tif --classes water,trees,crops \\
+          --encoder resnet18 --encoder-weights resnet18_sentinel2_all_moco.pth \\
           -o model.safetensors
     """
     from pydantic import ValidationError
