@@ -27,7 +27,7 @@ test: lint
 	$(PY) -m pytest -q
 
 # the quick tier: everything not marked slow, in one process (pytest-xdist's -n 2 took longer on
-# 2 busy cores). 278 s on 2 quiet-ish cores before the cuts of 30 Nov (56 CPU-s); over 10 min at
+# 2 busy cores). 278 s on 2 quiet-ish cores before the cuts of 30 Nov (54 CPU-s); over 10 min at
 # load 5-8; the 3-minute aim is not reached: see docs/testing.md
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
