@@ -18,7 +18,8 @@ DEFAULT_STEPS_PER_EPOCH = 30
 
 class TrainConfig(BaseModel):
     """How a model is built and trained. Ignored when resuming: arch, encoder, arch_kwargs,
-    bands, classes, tile_size and halo (they come from the bundle)."""
+    bands, classes, tile_size and halo (they come from the bundle); when starting from a
+    bundle (``init``), all of them but classes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
