@@ -57,6 +57,23 @@ def test_built_model_holds_the_file_weights(make_bundle, spec) -> None:
         assert torch.equal(built, ordinary.eval()(x))
 
 
+def test_a_model_that_cannot_be_built_on_the_meta_device_loads(tmp_path: Path) -> None:
+    """SegFormer's MiT encoder calls ``.item()`` in its constructor, which the meta device
+    refuses: the bundle is built the ordinary way and holds the file's weights."""
+    from geoseg.models.bundle import init_bundle
+
+    bands = tuple(BandSpec(name=n, mean=0.0, std=1.0) for n in ("B02", "B03", "B04"))
+    classes = (ClassSpec(id=0, name="a", color=(1, 2, 3)),
+               ClassSpec(id=1, name="b", color=(3, 2, 1)))
+    path = tmp_path / "segformer.safetensors"
+    init_bundle(path, arch="segformer", encoder="mit_b0", bands=bands, input_dtype="float32",
+                classes=classes, tile_size=256, halo=64)
+    bundle = load_bundle(path)
+    state = bundle.build().state_dict()
+    assert all(torch.equal(state[k], v) for k, v in bundle.state_dict.items())
+    assert bundle.build()(torch.zeros(1, 3, 64, 64)).shape == (1, 2, 64, 64)
+
+
 def test_not_a_bundle(tmp_path: Path) -> None:
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x80\x04this is a pickle, not safetensors")

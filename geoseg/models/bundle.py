@@ -10,19 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 
 from geoseg.errors import BundleError
 from geoseg.models.header import SafetensorsHeader, read_header
+from geoseg.models.meta import (
+    BUNDLE_FORMAT,
+    BandSpec,
+    BundleMeta,
+    ClassSpec,
+    InputDtype,
+    check_class_names,
+    validation_message,
+)
 from geoseg.models.registry import (
-    ARCHITECTURES,
     HEAD_KEY,
     INPUT_CONV_KEYS,
     build_model,
@@ -44,6 +51,7 @@ __all__ = [
     "check_bundle",
     "check_class_names",
     "check_weights",
+    "file_sha256",
     "init_bundle",
     "load_bundle",
     "read_bundle_meta",
@@ -51,162 +59,7 @@ __all__ = [
     "validation_message",
 ]
 
-BUNDLE_FORMAT: Final = "geoseg-bundle/1"
 _META_KEY = "geoseg.bundle"
-InputDtype = Literal["uint8", "uint16", "int16", "float32"]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class BandSpec(_Strict):
-    """One model input band and its normalization: ``x_norm = (x - mean) / std`` (float32).
-
-    Both numbers must be finite and ``std`` positive: a NaN or infinite statistic turns every
-    pixel into NaN, which the model maps to class 0 without any error.
-    """
-
-    name: str = Field(min_length=1, description="band name matched against the scene's bands")
-    mean: float = Field(description="mean of the band in the scene's units (e.g. DN)")
-    std: float = Field(description="standard deviation in the scene's units, > 0")
-
-    @field_validator("mean")
-    @classmethod
-    def _finite_mean(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"mean must be a finite number, got {value}")
-        return value
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"std must be a finite number > 0, got {value}")
-        return value
-
-
-class ClassSpec(_Strict):
-    """One output class; ``id`` is the value written in the mask."""
-
-    id: int = Field(ge=0, le=254, description="class id in the mask (255 is nodata)")
-    name: str = Field(min_length=1, description="human-readable class name")
-    color: tuple[int, int, int] = Field(description="RGB colour, 0-255 each")
-
-    @field_validator("name")
-    @classmethod
-    def _named(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError(f"class name must not be blank, got {value!r}")
-        return value
-
-    @field_validator("color")
-    @classmethod
-    def _rgb(cls, value: tuple[int, int, int]) -> tuple[int, int, int]:
-        if any(not 0 <= c <= 255 for c in value):
-            raise ValueError(f"colour components must be 0-255, got {value}")
-        return value
-
-
-class BundleMeta(_Strict):
-    """Everything about a model except its weights."""
-
-    format: Literal["geoseg-bundle/1"] = Field(BUNDLE_FORMAT, description="bundle format")
-    arch: str = Field(description="smp architecture name, e.g. unet or deeplabv3plus")
-    encoder: str = Field(description="smp encoder name, e.g. resnet34")
-    arch_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="extra smp constructor arguments"
-    )
-    bands: tuple[BandSpec, ...] = Field(min_length=1, description="input bands, in model order")
-    input_dtype: InputDtype = Field(description="pixel dtype the normalization was made for")
-    classes: tuple[ClassSpec, ...] = Field(min_length=1, description="output classes")
-    tile_size: int = Field(gt=0, description="model input tile side, pixels")
-    halo: int = Field(ge=0, description="context pixels on each side of a tile's core")
-    description: str = Field("", description="what this model is and is not")
-    training: dict[str, Any] = Field(default_factory=dict, description="how it was made")
-
-    @field_validator("arch")
-    @classmethod
-    def _arch(cls, value: str) -> str:
-        if value.lower() not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {value!r}; one of {', '.join(ARCHITECTURES)}")
-        return value.lower()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BundleMeta:
-        ids = [c.id for c in self.classes]
-        if ids != list(range(len(ids))):
-            raise ValueError(f"class ids must be 0..{len(ids) - 1} in order, got {ids}")
-        names = [b.name for b in self.bands]
-        if len({n.strip().lower() for n in names}) != len(names):  # scenes match them so
-            raise ValueError(f"band names must be unique (ignoring case), got {names}")
-        check_class_names(c.name for c in self.classes)
-        return self
-
-    @property
-    def band_names(self) -> tuple[str, ...]:
-        return tuple(b.name for b in self.bands)
-
-    @property
-    def colormap(self) -> dict[int, tuple[int, int, int, int]]:
-        """GDAL colour table: class id → RGBA (:func:`geoseg.maskfile.class_colormap`)."""
-        from geoseg.maskfile import class_colormap
-
-        return class_colormap(self.classes)
-
-
-def check_class_names(names: Iterable[str]) -> None:
-    """Refuse class names that are the same once stripped and case-folded (``A`` and ``a ``).
-
-    Areas and reports are keyed by class name: two classes with one name would merge there
-    and one would silently vanish.
-
-    Raises:
-        ValueError: two names collide; the message names both, with their ids.
-    """
-    seen: dict[str, tuple[int, str]] = {}
-    for i, name in enumerate(names):
-        key = name.strip().casefold()
-        if key in seen:
-            j, first = seen[key]
-            raise ValueError(
-                f"class names must be unique (ignoring case and surrounding spaces): class {j} "
-                f"{first!r} and class {i} {name!r} collide; rename one")
-        seen[key] = (i, name)
-
-
-def validation_message(exc: ValidationError, data: Any = None) -> str:
-    """A pydantic error as one line: ``field.path: problem (got value)``, ``; ``-separated.
-
-    ``data`` is the validated input: list items with a ``name`` are named in the path
-    (``bands[1] 'B03'.std``). Values are shown with ``repr``, shortened, so no raw control
-    character reaches the terminal.
-    """
-    errors = exc.errors()
-    locs = [err["loc"] for err in errors]
-    parts = []
-    for err in errors:  # a container's error echoing its items' ("too short") is left out
-        if any(len(loc) > len(err["loc"]) and loc[: len(err["loc"])] == err["loc"]
-               for loc in locs):
-            continue
-        path, node = "", data
-        for key in err["loc"]:
-            if isinstance(key, int):
-                path += f"[{key}]"
-                node = node[key] if isinstance(node, list | tuple) and key < len(node) else None
-                name = node.get("name") if isinstance(node, Mapping) else getattr(
-                    node, "name", None)
-                if isinstance(name, str):
-                    path += f" {name!r}"
-            else:
-                path += f".{key}" if path else str(key)
-                node = node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] not in ("value_error", "missing"):
-            shown = repr(err.get("input"))
-            msg += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
-        parts.append(f"{path}: {msg}" if path else msg)
-    return "; ".join(parts)
 
 
 def check_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike[str],
@@ -288,19 +141,23 @@ def _model_with_weights(
     Built on torch's meta device and given the file's tensors, so no random initialization runs
     only to be overwritten (U-Net/ResNet-34: 0.2 s and a second copy of the weights, on every
     worker and before every run). A model that keeps a tensor outside its state dict (a
-    non-persistent buffer) is built the ordinary way.
+    non-persistent buffer), or whose constructor cannot run on the meta device, is built the
+    ordinary way.
     """
     import torch
 
     args = (meta.arch, meta.encoder, len(meta.bands), len(meta.classes), meta.arch_kwargs)
-    with torch.device("meta"):
-        model = build_model(*args)
-    own = model.state_dict()
-    tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-    assign = tensors <= own.keys()
+    try:
+        with torch.device("meta"):
+            model = build_model(*args)
+        own = model.state_dict()
+        tensors = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        assign = tensors <= own.keys()
+    except BundleError:  # a constructor that computes with its tensors (SegFormer's MiT: .item())
+        assign = False
     if assign:  # in the model's dtypes (a bundle may store float16); no copy where they agree
         state_dict = {k: v.to(own[k].dtype) if k in own else v for k, v in state_dict.items()}
-    else:  # a non-persistent buffer, which the file cannot fill
+    else:  # a non-persistent buffer, which the file cannot fill, or no meta-device build
         model = build_model(*args)
     try:
         model.load_state_dict(state_dict, strict=True, assign=assign)
@@ -314,7 +171,8 @@ def _model_with_weights(
     return model.eval()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB pieces."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -382,7 +240,7 @@ def check_bundle(path: str | os.PathLike[str]) -> BundleInfo:
     header = _read_header(path)
     meta = _meta_of(header, path)
     _check_fit(header, meta, path)
-    return BundleInfo(meta=meta, path=path, sha256=_file_sha256(path),
+    return BundleInfo(meta=meta, path=path, sha256=file_sha256(path),
                       align=static_align(meta.arch, meta.arch_kwargs))
 
 
@@ -445,7 +303,7 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     state_dict = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in state_dict.items()}
     check_weights(state_dict, path)
     model = _model_with_weights(meta, state_dict, path)  # validate now, not on a worker
-    return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=_file_sha256(path),
+    return Bundle(meta=meta, state_dict=state_dict, path=path, sha256=file_sha256(path),
                   align=model_align(model))
 
 

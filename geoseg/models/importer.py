@@ -33,7 +33,7 @@ from geoseg.models.bundle import (
     BundleMeta,
     ClassSpec,
     InputDtype,
-    _file_sha256,
+    file_sha256,
     load_bundle,
     save_bundle,
     validation_message,
@@ -140,7 +140,7 @@ def import_model(
     target.load_state_dict(pixels, strict=True, assign=True)
     reference = _source_model(described, n_bands, n_classes, tensors, source)
 
-    sha = _file_sha256(src.weights_file)
+    sha = file_sha256(src.weights_file)
     provenance = {"file": src.weights_file.name if src.kind != "hf_folder" else
                   f"{source.name}/{src.weights_file.name}", "sha256": sha, "kind": src.kind,
                   "prefix": used_prefix, "architecture_from": described.origin}

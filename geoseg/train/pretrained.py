@@ -14,7 +14,6 @@ Files are read only through :mod:`geoseg.models.weights` (nothing in them is exe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geoseg.errors import BundleError, ConfigError
-from geoseg.models.bundle import Bundle, ClassSpec
+from geoseg.models.bundle import Bundle, ClassSpec, file_sha256
 from geoseg.models.registry import build_model
 
 if TYPE_CHECKING:
@@ -249,16 +248,8 @@ def load_encoder_weights(
     with torch.no_grad():
         for name in report.matched:
             target[name].copy_(source[name].to(target[name].dtype))
-    return EncoderReport(path.name, _sha256(path), prefix, report.matched, report.missing,
+    return EncoderReport(path.name, file_sha256(path), prefix, report.matched, report.missing,
                          report.unexpected, report.mismatched, first, channels)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pick_channels(weight: torch.Tensor, own: torch.Tensor, bands: Sequence[str],
