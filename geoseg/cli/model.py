@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from geoseg.cli.options import architecture_options
+from geoseg.cli.options import architecture_options, bundle_input_options
 from geoseg.cli.render import console, terminal_safe
 
 
@@ -160,17 +160,7 @@ def model() -> None:
 
 @model.command("init")
 @architecture_options(encoder="resnet34")
-@click.option("--bands", required=True,
-              help="Input band names in model order, e.g. B02,B03,B04,B08.")
-@click.option("--classes", required=True,
-              help="Class names, optionally name:#rrggbb, e.g. water:#1f78b4,trees,crops.")
-@click.option("--dtype", "input_dtype", default="uint16", show_default=True,
-              type=click.Choice(["uint8", "uint16", "int16", "float32"]),
-              help="Pixel dtype the model expects.")
-@click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
-              help="Compute per-band mean/std from this scene (decimated read).")
-@click.option("--mean", help="Per-band means (comma list), if not --stats-from.")
-@click.option("--std", help="Per-band standard deviations (comma list), if not --stats-from.")
+@bundle_input_options
 @click.option("--tile-size", default=512, show_default=True, help="Model input tile side, px.")
 @click.option("--halo", type=int, help="Context px per tile side [recommended for the arch].")
 @click.option("--encoder-depth", type=int,
@@ -222,17 +212,7 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
 
 @model.command("import")
 @click.argument("source", type=click.Path(path_type=Path))
-@click.option("--bands", required=True,
-              help="Input band names in the model's channel order, e.g. B02,B03,B04,B08.")
-@click.option("--classes", required=True,
-              help="Class names in the model's output order, optionally name:#rrggbb.")
-@click.option("--dtype", "input_dtype", default="uint16", show_default=True,
-              type=click.Choice(["uint8", "uint16", "int16", "float32"]),
-              help="Pixel dtype of the scenes the model runs on.")
-@click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
-              help="Per-band mean/std measured on this scene (in its units).")
-@click.option("--mean", help="Per-band means the model was trained with (comma list).")
-@click.option("--std", help="Per-band standard deviations the model was trained with.")
+@bundle_input_options
 @click.option("--scale", type=click.FloatRange(min=0, min_open=True),
               help="The model was trained on pixels × SCALE (e.g. 0.0001 for DN/10000); "
                    "--mean/--std are in those scaled units (none: 0 and 1). Folded into the "

@@ -226,6 +226,30 @@ def architecture_options(encoder: str) -> Callable[[F], F]:
     return decorate
 
 
+def bundle_input_options(f: F) -> F:
+    """What a new bundle takes in and how it normalizes it (``model init``, ``model import``):
+    ``--bands``, ``--classes``, ``--dtype``, ``--stats-from``, ``--mean``, ``--std``. Not
+    config options: a bundle records them."""
+    for option in reversed((
+        click.option("--bands", required=True,
+                     help="Input band names in the model's channel order, e.g. B02,B03,B04,B08."),
+        click.option("--classes", required=True,
+                     help="Class names in the model's output order, optionally name:#rrggbb, "
+                          "e.g. water:#1f78b4,trees,crops."),
+        click.option("--dtype", "input_dtype", default="uint16", show_default=True,
+                     type=click.Choice(["uint8", "uint16", "int16", "float32"]),
+                     help="Pixel dtype of the scenes the model runs on."),
+        click.option("--stats-from", type=click.Path(exists=True, path_type=Path),
+                     help="Per-band mean/std measured on this scene (decimated read, in its "
+                          "units)."),
+        click.option("--mean", help="Per-band means (comma list), if not --stats-from."),
+        click.option("--std", help="Per-band standard deviations (comma list), if not "
+                                   "--stats-from."),
+    )):
+        f = option(f)
+    return f
+
+
 def config_options(f: F) -> F:
     """``--config`` and every option that overrides the config of a batch run."""
     for group in (cluster_options, run_options, predict_options, config_option):
