@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from geoseg.config import PredictConfig
-from geoseg.errors import BundleError, ConfigError, SceneError
+from geoseg.errors import ConfigError, SceneError
 from geoseg.graph import iter_blocks, lazy_prediction
 from geoseg.maskfile import CLASSES_TAG, NODATA, classes_tag
 from geoseg.maskfile import output_paths as mask_output_paths
-from geoseg.models.bundle import Bundle, BundleInfo, check_align, load_bundle
+from geoseg.models.bundle import Bundle, BundleInfo, check_align, check_unchanged, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
@@ -278,9 +278,7 @@ def load_model(
     if has_model(ref):
         return
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle.path)
-    if loaded.sha256 != bundle.sha256:
-        raise BundleError(f"{bundle.path}: the bundle changed since it was checked (its "
-                          "SHA-256 differs); run again, and replace bundles under a new name")
+    check_unchanged(bundle.path, bundle.sha256, loaded.sha256)
     check_align(bundle, loaded.align)
     cache_model(ref, loaded.build())
 

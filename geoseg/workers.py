@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoseg.errors import BundleError, GeoSegError, detached
+from geoseg.errors import GeoSegError, detached
 from geoseg.predict import ModelRef, cache_model, get_model, has_model
 from geoseg.tasks import TaskPolicy, map_as_finished
 
@@ -104,10 +104,10 @@ def register_model(client: Any, ref: ModelRef, resources: dict[str, float] | Non
     key = (client.id, ref, tuple(sorted((resources or {}).items())))
     if key in _REGISTERED:
         return
+    from geoseg.models.bundle import check_unchanged
+
     payload = Path(ref.path).read_bytes()
-    if hashlib.sha256(payload).hexdigest() != ref.sha256:
-        raise BundleError(f"{ref.path}: the bundle changed since it was checked (its SHA-256 "
-                          "differs); run again, and replace bundles under a new name")
+    check_unchanged(ref.path, ref.sha256, hashlib.sha256(payload).hexdigest())
     client.register_plugin(ModelPlugin(ref, payload, resources))
     _REGISTERED.add(key)
     log.info("model %s… registered on %d workers", ref.sha256[:12],

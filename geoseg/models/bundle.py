@@ -50,6 +50,7 @@ __all__ = [
     "check_align",
     "check_bundle",
     "check_class_names",
+    "check_unchanged",
     "check_weights",
     "file_sha256",
     "init_bundle",
@@ -242,6 +243,18 @@ def check_bundle(path: str | os.PathLike[str]) -> BundleInfo:
     _check_fit(header, meta, path)
     return BundleInfo(meta=meta, path=path, sha256=file_sha256(path),
                       align=static_align(meta.arch, meta.arch_kwargs))
+
+
+def check_unchanged(path: str | os.PathLike[str], checked: str, now: str) -> None:
+    """Confirm that the bundle at ``path``, checked with SHA-256 ``checked``, still has it
+    (``now``) when its weights are loaded for the run.
+
+    Raises:
+        BundleError: the file was replaced in between.
+    """
+    if now != checked:
+        raise BundleError(f"{path}: the bundle changed since it was checked (its SHA-256 "
+                          "differs); run again, and replace bundles under a new name")
 
 
 def check_align(bundle: BundleInfo, align: int) -> None:
