@@ -376,3 +376,17 @@ def test_bad_bundles_fail_early_in_one_line(scenes: Path, tmp_path: Path) -> Non
         else:  # seen in the header: before anything started
             assert len(lines) == 1, lines
         assert not (tmp_path / f"out-{case}").exists(), case
+
+
+def test_a_bundle_replaced_after_its_check_is_refused_where_it_loads(make_bundle) -> None:
+    """The client plans with the header it checked; a file replaced before the model loads
+    (in this process, or sent to workers) is refused, not run with another model's weights."""
+    from geoseg.config import PredictConfig
+    from geoseg.pipeline import load_model, model_ref
+
+    path = make_bundle(seed=0)
+    checked = check_bundle(path)
+    make_bundle(seed=1)  # same name, other weights
+    with pytest.raises(BundleError, match="changed since it was checked"):
+        load_model(checked, model_ref(checked, PredictConfig()))
+    load_model(check_bundle(path), model_ref(check_bundle(path), PredictConfig()))  # as it is now
