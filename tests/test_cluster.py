@@ -376,15 +376,12 @@ def test_killed_worker_run_completes_identically(dask_processes, extra_worker, s
     cmd = sample.command(out, "--scheduler", dask_processes.address)
     run = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while True:  # until the victim holds a block, however long the machine takes
             busy = dask_processes.client.processing(workers=[victim]).get(victim, ())
             if any("geoseg-predict" in str(key) for key in busy):
                 break
             assert run.poll() is None, "the run finished before the victim got a block"
             time.sleep(0.05)
-        else:
-            pytest.fail("the victim worker never got a prediction task")
         assert run.poll() is None
         dask_processes.stop(victim_pid, signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=300)
