@@ -2,41 +2,192 @@
 
 Normalization is a fixed affine map per band, the same for every tile of every scene, so it can
 never introduce seams (no per-tile statistics, no guessing of scales from pixel values).
+
+A scene band whose declared encoding (``physical = DN × scale + offset``) differs from the
+bundle's is converted to the bundle's values by the same affine map: the conversion is folded
+into the band's mean and std (:func:`folded_statistics`), so it costs nothing per pixel.
+Pixels are read, and nodata detected, on the values as stored; the conversion happens on the
+float32 values only, so nothing wraps (uint16 DN − 1000 is negative, not 64536).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from geoseg.errors import SceneError
 from geoseg.models.bundle import BandSpec
+from geoseg.models.meta import InputEncoding
 from geoseg.scene import BandRef
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["band_statistics", "normalize", "normalize_batch"]
+__all__ = [
+    "Conversion",
+    "band_conversions",
+    "band_statistics",
+    "folded_statistics",
+    "normalize",
+    "normalize_batch",
+]
 
 
-def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec]) -> np.ndarray:
+def _text(encoding: tuple[float, float] | None) -> str:
+    if encoding is None:
+        return "none"
+    return InputEncoding(scale=encoding[0], offset=encoding[1]).text()
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """How one scene band's stored values become the values the bundle was made with:
+    ``DN_b = gain × DN + bias`` (float64), from ``(s_i, o_i)`` to ``(s_b, o_b)``:
+    ``gain = s_i / s_b``, ``bias = (o_i − o_b) / s_b``.
+
+    Attributes:
+        band: the band's name (the bundle's).
+        path: the file it is read from.
+        source: the scene band's declared ``(scale, offset)``; None: declares none.
+        target: the bundle's ``(scale, offset)``; None: the bundle records none.
+        gain, bias: the map; 1 and 0 when nothing is converted.
+    """
+
+    band: str
+    path: str
+    source: tuple[float, float] | None
+    target: tuple[float, float] | None
+    gain: float = 1.0
+    bias: float = 0.0
+
+    @property
+    def converts(self) -> bool:
+        """Whether the values change (gain ≠ 1 or bias ≠ 0)."""
+        return self.gain != 1.0 or self.bias != 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """For a scene's record: ``{"from": {"scale", "offset"} | None, "to": …, "gain",
+        "bias"}`` (``from``: the scene band's declared encoding, ``to``: the bundle's)."""
+        def enc(e: tuple[float, float] | None) -> dict[str, float] | None:
+            return None if e is None else {"scale": e[0], "offset": e[1]}
+
+        return {"from": enc(self.source), "to": enc(self.target), "gain": self.gain,
+                "bias": self.bias}
+
+
+def band_conversions(bands: Sequence[BandRef], specs: Sequence[BandSpec],
+                     bundle: str = "") -> tuple[Conversion, ...]:
+    """Per band, the conversion from the scene band's encoding to the bundle's, or a refusal.
+
+    ============================  =====================  ==================================
+    scene band declares           bundle records none    bundle records ``(s_b, o_b)``
+    ============================  =====================  ==================================
+    nothing (GDAL: 1 and 0)       values as stored       as stored if ``(1, 0)``, else
+                                                         **refused**
+    ``(s_i, o_i)``                as stored if ``(1,     converted: ``DN_b = (DN × s_i + o_i
+                                  0)``, else **refused**  − o_b) / s_b``
+    ============================  =====================  ==================================
+
+    A file that declares nothing is taken as identity only where that changes nothing: GDAL
+    cannot tell "declares nothing" from "declares 1 and 0", and integer reflectance files
+    without metadata (Sentinel-2 JP2 from the SAFE carry BOA_ADD_OFFSET only in the product
+    XML) would otherwise be multiplied by 10000 or shifted by 1000 without a word.
+
+    Args:
+        bands: the scene's bands, in the bundle's order (:func:`geoseg.scene.select_bands`).
+        specs: the bundle's band specs, same order.
+        bundle: the bundle's path, for messages.
+
+    Raises:
+        SceneError: a band whose encoding cannot be brought to the bundle's; the message names
+            the file, the band, both encodings and the fix.
+    """
+    if len(bands) != len(specs):
+        raise ValueError(f"{len(bands)} scene bands for {len(specs)} bundle bands")
+    where = f"the bundle {bundle}" if bundle else "the bundle"
+    out = []
+    for band, spec in zip(bands, specs, strict=True):
+        enc = spec.encoding
+        target = None if enc is None else (enc.scale, enc.offset)
+        source = band.encoding
+        head = f"{band.path}: band {band.name} (band {band.index} of the file)"
+        if source is not None and not (
+                source[0] > 0 and np.isfinite(source[0]) and np.isfinite(source[1])):
+            raise SceneError(f"{head} declares {_text(source)}; a scale must be finite and > 0, "
+                             "an offset finite: fix the file's metadata")
+        if source == target or (target is None and source == (1.0, 0.0)) or (
+                source is None and target == (1.0, 0.0)):
+            out.append(Conversion(band.name, band.path, source, target))
+        elif target is None:
+            assert source is not None
+            raise SceneError(
+                f"{head} declares {_text(source)} (physical = DN × scale + offset) but "
+                f"{where} records no input encoding for {band.name}, so geoseg cannot tell "
+                "whether its values match the model's; record the encoding the model was made "
+                f"with, e.g. `geoseg model set-encoding BUNDLE --scale {source[0]:.10g} "
+                f"--offset {source[1]:.10g}` if it was trained on DN in this file's encoding")
+        elif source is None:
+            raise SceneError(
+                f"{head} declares no scale/offset, and {where} takes {band.name} as "
+                f"{_text(target)}: taking the file's values as physical (scale 1, offset 0) "
+                "would change them by that factor and offset; if its DN are in the bundle's "
+                f"encoding, declare it in the file: `gdal_edit.py -scale {target[0]:.10g} "
+                f"-offset {target[1]:.10g} FILE` (or a VRT)")
+        else:
+            gain = source[0] / target[0]
+            bias = (source[1] - target[1]) / target[0]
+            out.append(Conversion(band.name, band.path, source, target, gain, bias))
+    return tuple(out)
+
+
+def folded_statistics(bands: Sequence[BandSpec],
+                      conversions: Sequence[Conversion] | None = None
+                      ) -> tuple[tuple[float, float], ...]:
+    """Per band, the ``(mean, std)`` that normalize the scene's stored values exactly as the
+    bundle's ``mean``/``std`` normalize the converted ones, in float64.
+
+    With the conversion ``DN_b = gain × DN + bias``: ``(DN_b − mean) / std = (DN − mean') /
+    std'`` with ``mean' = (mean − bias) / gain`` and ``std' = std / gain``. A band without a
+    conversion (None, or gain 1 and bias 0) keeps the bundle's numbers exactly, so its
+    normalization is the same to the bit as before encodings existed.
+    """
+    if conversions is None:
+        return tuple((b.mean, b.std) for b in bands)
+    if len(conversions) != len(bands):
+        raise ValueError(f"{len(conversions)} conversions for {len(bands)} bands")
+    out = []
+    for b, c in zip(bands, conversions, strict=True):
+        if c.converts:
+            out.append(((b.mean - c.bias) / c.gain, b.std / c.gain))
+        else:
+            out.append((b.mean, b.std))
+    return tuple(out)
+
+
+def normalize(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec],
+              conversions: Sequence[Conversion] | None = None) -> np.ndarray:
     """Scale raw pixels to model input.
 
     Args:
         raw: ``(C, H, W)`` pixels in the scene's dtype, bands in the bundle's order.
         valid: ``(H, W)`` bool, False where any band is nodata (or outside the scene).
         bands: the bundle's band specs, ``C`` of them.
+        conversions: per band, from the scene's encoding to the bundle's
+            (:func:`band_conversions`); None: the values are the bundle's already.
 
     Returns:
-        ``(C, H, W)`` float32, ``(raw - mean) / std``; 0 (the band mean) where not valid.
+        ``(C, H, W)`` float32, ``(raw - mean) / std`` (after the conversion, folded into
+        ``mean``/``std``); 0 (the band mean) where not valid.
     """
     if raw.ndim != 3 or raw.shape[0] != len(bands):
         raise ValueError(f"expected ({len(bands)}, H, W) pixels, got {raw.shape}")
-    mean = np.array([b.mean for b in bands], dtype=np.float32)[:, None, None]
-    scale = np.array([1.0 / b.std for b in bands], dtype=np.float32)[:, None, None]
+    stats = folded_statistics(bands, conversions)
+    mean = np.array([m for m, _ in stats], dtype=np.float32)[:, None, None]
+    scale = np.array([1.0 / s for _, s in stats], dtype=np.float32)[:, None, None]
     out = raw.astype(np.float32, copy=True)
     out -= mean
     out *= scale
@@ -58,7 +209,8 @@ def _affine(stats: tuple[tuple[float, float], ...], device: str) -> tuple[torch.
 
 
 def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec],
-                    device: torch.device | str) -> torch.Tensor:
+                    device: torch.device | str,
+                    conversions: Sequence[Conversion] | None = None) -> torch.Tensor:
     """:func:`normalize` for a batch of tiles, on ``device``: the raw pixels travel in their own
     dtype (uint16: half the bytes of float32), from pinned memory on CUDA (an asynchronous copy
     on the caller's stream), and are scaled there, with the same float32 arithmetic, so the
@@ -69,6 +221,8 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
         valid: ``(N, h, w)`` bool.
         bands: the bundle's band specs, ``C`` of them.
         device: where the model runs.
+        conversions: per band, from the scene's encoding to the bundle's (as in
+            :func:`normalize`).
 
     Returns:
         ``(N, C, h, w)`` float32 tensor on ``device``; 0 where not valid.
@@ -77,7 +231,7 @@ def normalize_batch(raw: np.ndarray, valid: np.ndarray, bands: Sequence[BandSpec
 
     if raw.ndim != 4 or raw.shape[1] != len(bands):
         raise ValueError(f"expected (N, {len(bands)}, h, w) pixels, got {raw.shape}")
-    mean, scale = _affine(tuple((b.mean, b.std) for b in bands), str(device))
+    mean, scale = _affine(folded_statistics(bands, conversions), str(device))
     # uint16 travels as its int16 bits and is widened there: torch's own uint16 has only
     # limited support (on CUDA in particular), int16 and int32 have all of it
     unsigned16 = raw.dtype == np.uint16

@@ -12,13 +12,14 @@ import functools
 import logging
 import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from geoseg.maskfile import NODATA
 from geoseg.models.bundle import BandSpec
+from geoseg.normalize import Conversion, band_conversions
 from geoseg.scene import BandRef, read_window
 from geoseg.tiling import Block, Tile, cosine_ramp
 
@@ -98,6 +99,11 @@ class BlockJob:
         blend: weighted blending of probabilities instead of halo trimming.
         halo: the lattice halo, pixels (for the blending weights).
         crs_wkt, transform: the scene grid, for bands resampled onto it on read.
+        conversions: per band, from the scene band's declared encoding to the bundle's
+            (:func:`geoseg.normalize.band_conversions`), worked out when the job is made:
+            a job whose bands cannot be brought to the bundle's encoding is never made (the
+            constructor raises :class:`~geoseg.errors.SceneError`, before any block runs).
+            What a scene's record shows as its conversions.
     """
 
     bands: tuple[BandRef, ...]
@@ -111,6 +117,17 @@ class BlockJob:
     halo: int = 0
     crs_wkt: str = ""
     transform: tuple[float, ...] = ()
+    conversions: tuple[Conversion, ...] = field(init=False, default=())
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conversions",
+                           band_conversions(self.bands, self.stats, self.model.path))
+
+    @property
+    def converted(self) -> dict[str, dict[str, Any]]:
+        """The bands whose values are converted: band name → :meth:`Conversion.to_json`
+        (empty when the scene is in the bundle's encoding), for the scene's record."""
+        return {c.band: c.to_json() for c in self.conversions if c.converts}
 
 
 @dataclass
@@ -221,7 +238,7 @@ def _forward(loaded: _Loaded, job: BlockJob, raw: np.ndarray, valid: np.ndarray
     from geoseg.normalize import normalize_batch
 
     ref = job.model
-    x = normalize_batch(raw, valid, job.stats, loaded.device)
+    x = normalize_batch(raw, valid, job.stats, loaded.device, job.conversions)
     if ref.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():

@@ -13,10 +13,11 @@ GDAL warped VRT — never a full-scene copy.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "BandRef",
     "Scene",
+    "file_encodings",
     "open_band_files",
     "open_on_grid",
     "open_scene",
@@ -55,6 +57,15 @@ class BandRef:
         fill: value marking missing pixels when the file declares no nodata (e.g. the 0 fill
             of Sentinel-2 and Landsat band files); ``None``: trust the file's own masks.
         warp: the file is not on the scene grid; it is resampled onto it when read.
+        encoding: ``(scale, offset)``, what the stored values (DN) mean: ``physical = DN ×
+            scale + offset`` (GDAL / STAC ``raster:bands`` convention); None: the band
+            declares none (GDAL reports scale 1, offset 0, which is also how a file that sets
+            exactly those reads). :func:`open_scene` fills it from the file's band metadata; a
+            scene source that knows better (a STAC item's ``raster:bands``) replaces it with
+            ``dataclasses.replace(band, encoding=(scale, offset))``, where ``(1.0, 0.0)`` then
+            says "declared identity". Pixels are always read as stored; the conversion to the
+            bundle's encoding is folded into the normalization
+            (:func:`geoseg.normalize.band_conversions`).
     """
 
     path: str
@@ -62,6 +73,7 @@ class BandRef:
     name: str
     fill: float | None = None
     warp: bool = False
+    encoding: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,9 +158,11 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
     for i in range(1, src.count + 1):
         desc = src.descriptions[i - 1]
         names.append(desc.strip() if desc and desc.strip() else f"band{i}")
+    encodings = file_encodings(src)
     return Scene(
         name=path.name.split(".")[0],
-        bands=tuple(BandRef(str(path), i, n) for i, n in enumerate(names, start=1)),
+        bands=tuple(BandRef(str(path), i, n, encoding=encodings[i - 1])
+                    for i, n in enumerate(names, start=1)),
         crs_wkt=src.crs.to_wkt(),
         transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
         height=src.height,
@@ -156,6 +170,25 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
         dtype=dtype,
         nodata=src.nodata,
     )
+
+
+def file_encodings(src: DatasetReader) -> list[tuple[float, float] | None]:
+    """Each band's declared encoding ``(scale, offset)`` from GDAL (``src.scales``,
+    ``src.offsets``), None where it is the identity (GDAL's answer when nothing is declared).
+
+    Raises:
+        SceneError: a declared scale that is not finite and > 0, or an offset that is not
+            finite (the file and band named).
+    """
+    out: list[tuple[float, float] | None] = []
+    for i, (scale, offset) in enumerate(zip(src.scales, src.offsets, strict=True), start=1):
+        scale, offset = float(scale), float(offset)
+        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
+            raise SceneError(f"{src.name}: band {i} declares scale {scale:g} offset {offset:g}; "
+                             "a scale must be finite and > 0 and an offset finite: fix the "
+                             "metadata (gdal_edit.py -scale S -offset O FILE)")
+        out.append(None if (scale, offset) == (1.0, 0.0) else (scale, offset))
+    return out
 
 
 def open_band_files(
@@ -200,7 +233,7 @@ def open_band_files(
 
     bands = tuple(
         BandRef(part.bands[0].path, 1, band, fill if part.nodata is None else None,
-                warp=not on_grid(part))
+                warp=not on_grid(part), encoding=part.bands[0].encoding)
         for band, part in parts.items()
     )
     return Scene(name=name, bands=bands, crs_wkt=grid.crs_wkt, transform=grid.transform,
@@ -370,9 +403,7 @@ def select_bands(scene: Scene, wanted: Sequence[str], source: str = "") -> tuple
         return tuple(by_name[w.lower()] for w in wanted)
     unnamed = all(b.name == f"band{b.index}" for b in scene.bands)
     if unnamed and len(scene.bands) == len(wanted):
-        return tuple(
-            BandRef(b.path, b.index, w) for b, w in zip(scene.bands, wanted, strict=True)
-        )
+        return tuple(replace(b, name=w) for b, w in zip(scene.bands, wanted, strict=True))
     have = ", ".join(b.name for b in scene.bands)
     if unnamed:
         raise SceneError(

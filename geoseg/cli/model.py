@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from geoseg.cli.options import architecture_options, bundle_input_options
 from geoseg.cli.render import console, terminal_safe
+
+if TYPE_CHECKING:
+    from geoseg.models.meta import InputEncoding
 
 
 def _split(text: str, option: str = "a comma list") -> list[str]:
@@ -104,14 +108,40 @@ def _depth_kwargs(arch: str, depth: int | None) -> dict | None:
     return kwargs
 
 
+def _encoding(text: str | None, option: str = "--input-encoding") -> InputEncoding | None:
+    """``SCALE,OFFSET`` (or ``SCALE``: offset 0) → an InputEncoding; None stays None.
+
+    Raises:
+        ConfigError: not one or two numbers, a scale not > 0, a non-finite number.
+    """
+    from pydantic import ValidationError
+
+    from geoseg.errors import ConfigError
+    from geoseg.models.bundle import InputEncoding, validation_message
+
+    if text is None:
+        return None
+    parts = _split(text, option)
+    if len(parts) not in (1, 2):
+        raise ConfigError(f"{option}: give SCALE,OFFSET (physical = DN × SCALE + OFFSET), "
+                          f"e.g. 0.0001,-0.1; got {text!r}")
+    values = _numbers(option, ",".join(parts), len(parts))
+    try:
+        return InputEncoding(scale=values[0], offset=values[1] if len(values) > 1 else 0.0)
+    except ValidationError as exc:
+        raise ConfigError(f"{option}: {validation_message(exc)}") from None
+
+
 def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
-                mean: str | None, std: str | None, scale: float | None = None) -> tuple:
+                mean: str | None, std: str | None, scale: float | None = None,
+                encoding: InputEncoding | None = None) -> tuple:
     """The bands' BandSpecs from ``--stats-from`` or ``--mean``/``--std`` (``model init`` and
     ``model import``), with ``--scale`` folded in.
 
     A model trained on ``x · scale`` normalized by ``m``/``s`` (given in those scaled units)
     sees ``(x · scale − m) / s = (x − m/scale) / (s/scale)``: the bundle stores ``m/scale`` and
     ``s/scale``, in the scene's units. ``--scale`` alone means ``m = 0``, ``s = 1``.
+    ``encoding`` (``--input-encoding``) is recorded on every band as is.
 
     Raises:
         ConfigError: no normalization given, half of it, bad numbers, --scale with
@@ -145,8 +175,8 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
     if scale is not None:
         stats = [(m / scale, s / scale) for m, s in stats]
     try:
-        return tuple(BandSpec(name=n, mean=m, std=s) for n, (m, s) in zip(names, stats,
-                                                                         strict=True))
+        return tuple(BandSpec(name=n, mean=m, std=s, encoding=encoding)
+                     for n, (m, s) in zip(names, stats, strict=True))
     except ValidationError as exc:  # statistics measured on --stats-from, or folded by --scale
         source = stats_from if stats_from is not None else "--mean/--std/--scale"
         raise ConfigError(f"{source}: no usable normalization statistics "
@@ -218,6 +248,11 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
                    "--mean/--std are in those scaled units (none: 0 and 1). Folded into the "
                    "stored mean/std, (x·scale − m)/s = (x − m/scale)/(s/scale): the bundle "
                    "holds plain statistics in the scene's units (no format change).")
+@click.option("--input-encoding", metavar="SCALE,OFFSET",
+              help="What the DN the model was trained on mean: physical = DN × SCALE + OFFSET "
+                   "(GDAL/STAC raster:bands), e.g. 0.0001,0 for Sentinel-2 L2A before "
+                   "baseline 04.00; scenes declaring another encoding are converted to it. "
+                   "[none: the values as stored; scenes declaring an encoding are refused]")
 @click.option("--arch", help="smp architecture, where the source does not say (a state dict).")
 @click.option("--encoder", help="smp encoder, where the source does not say.")
 @click.option("--arch-kwargs", help="Further smp constructor arguments as JSON, where the "
@@ -232,7 +267,8 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
               help="Bundle to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 def import_(source: Path, bands: str, classes: str, input_dtype: str, stats_from: Path | None,
-            mean: str | None, std: str | None, scale: float | None, arch: str | None,
+            mean: str | None, std: str | None, scale: float | None, input_encoding: str | None,
+            arch: str | None,
             encoder: str | None, arch_kwargs: str | None, prefix: str | None, tile_size: int,
             halo: int | None, description: str, out: Path, overwrite: bool) -> None:
     """Import an smp model trained elsewhere as a bundle, and prove it gives the same logits.
@@ -271,7 +307,8 @@ def import_(source: Path, bands: str, classes: str, input_dtype: str, stats_from
             raise ConfigError(f"--arch-kwargs: give a JSON object, {example}")
     names = _split(bands, "--bands")
     result = import_model(
-        source, out, bands=_band_specs(names, input_dtype, stats_from, mean, std, scale),
+        source, out, bands=_band_specs(names, input_dtype, stats_from, mean, std, scale,
+                                       _encoding(input_encoding)),
         classes=_parse_classes(classes), input_dtype=input_dtype,  # type: ignore[arg-type]
         tile_size=tile_size, halo=halo, arch=arch, encoder=encoder, arch_kwargs=kwargs,
         prefix=prefix, description=description, overwrite=overwrite)
@@ -324,9 +361,10 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
         console.print(f"imported from {safe(origin.get('file'))} ({safe(origin.get('kind'))}"
                       f"{prefix}, sha256 {safe(str(origin.get('sha256', ''))[:16])}…){figure}",
                       soft_wrap=True)
-    bands = Table("band", "mean", "std", title="bands (model order)")
+    bands = Table("band", "mean", "std", "input encoding", title="bands (model order)")
     for b in meta.bands:
-        bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}")
+        bands.add_row(safe(b.name), f"{b.mean:.4g}", f"{b.std:.4g}",
+                      b.encoding.text() if b.encoding else "none (values as stored)")
     classes = Table("id", "name", "colour", title="classes")
     for c in meta.classes:
         hexa = "#{:02x}{:02x}{:02x}".format(*c.color)
@@ -345,6 +383,46 @@ def info(bundle: Path, receptive_field: bool, as_json: bool) -> None:
                       f"independence: {at_least}{ceil_to(radius, align)} px (stride {align})")
         if meta.arch in NON_LOCAL_ARCHITECTURES:
             console.print(f"note: {meta.arch} pools over the whole tile; keep the tile size fixed")
+
+
+@model.command("set-encoding")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--scale", type=float, help="Physical units per DN (> 0), e.g. 0.0001.")
+@click.option("--offset", type=float, default=0.0, show_default=True,
+              help="Physical value of DN 0, e.g. -0.1 for Sentinel-2 L2A since baseline 04.00.")
+@click.option("--none", "clear", is_flag=True,
+              help="Record no encoding (the values as stored in the file), as before.")
+@click.option("--bands", "only", help="Only these bands (comma list) [every band].")
+@click.option("-o", "--out", type=click.Path(path_type=Path),
+              help="Bundle to write [BUNDLE itself, replaced atomically].")
+def set_encoding(bundle: Path, scale: float | None, offset: float, clear: bool,
+                 only: str | None, out: Path | None) -> None:
+    """Record what the values a bundle's model was made with mean: physical = DN × SCALE +
+    OFFSET (the GDAL / STAC raster:bands convention). Weights and statistics are unchanged.
+
+    Scenes whose bands declare another encoding are then converted on read (folded into the
+    normalization); without one, a scene that declares a non-identity encoding is refused.
+
+    \b
+    Example (trained on Sentinel-2 L2A DN before baseline 04.00, reflectance = DN / 10000):
+      geoseg model set-encoding model.safetensors --scale 0.0001 --offset 0
+    """
+    from geoseg.errors import ConfigError
+    from geoseg.models.bundle import load_bundle, save_bundle
+    from geoseg.models.meta import with_encoding
+
+    if clear == (scale is not None):
+        raise ConfigError("give --scale (and --offset), or --none")
+    encoding = None if clear else _encoding(f"{scale!r},{offset!r}", "--scale/--offset")
+    loaded = load_bundle(bundle)
+    try:
+        meta = with_encoding(loaded.meta, encoding, _split(only, "--bands") if only else None)
+    except ValueError as exc:
+        raise ConfigError(f"--bands: {exc}") from None
+    target = save_bundle(loaded.build(), meta, out or bundle)
+    shown = encoding.text() if encoding else "none"
+    console.print(f"[green]wrote[/] {terminal_safe(target)}: input encoding {shown} for "
+                  f"{terminal_safe(only or 'every band')}", soft_wrap=True)
 
 
 @model.command("export")

@@ -26,6 +26,7 @@ from geoseg.models.meta import (
     BundleMeta,
     ClassSpec,
     InputDtype,
+    InputEncoding,
     check_class_names,
     validation_message,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "BundleInfo",
     "BundleMeta",
     "ClassSpec",
+    "InputEncoding",
     "check_align",
     "check_bundle",
     "check_class_names",

@@ -10,7 +10,17 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from geoseg.models.registry import ARCHITECTURES
 
@@ -20,8 +30,10 @@ __all__ = [
     "BundleMeta",
     "ClassSpec",
     "InputDtype",
+    "InputEncoding",
     "check_class_names",
     "validation_message",
+    "with_encoding",
 ]
 
 BUNDLE_FORMAT: Final = "geoseg-bundle/1"
@@ -32,16 +44,60 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class InputEncoding(_Strict):
+    """What a band's stored values (DN) mean: ``physical = DN × scale + offset``.
+
+    The GDAL and STAC ``raster:bands`` convention, e.g. Sentinel-2 L2A reflectance: scale
+    0.0001, offset 0 before processing baseline 04.00 and −0.1 (−1000 DN) since.
+    """
+
+    scale: float = Field(description="physical units per DN, finite and > 0")
+    offset: float = Field(0.0, description="physical value of DN 0, finite")
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_scale(cls, value: float) -> float:
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {value}")
+        return value
+
+    @field_validator("offset")
+    @classmethod
+    def _finite_offset(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"offset must be a finite number, got {value}")
+        return value
+
+    @property
+    def is_identity(self) -> bool:
+        """``scale`` 1 and ``offset`` 0: the stored values are the physical values."""
+        return self.scale == 1.0 and self.offset == 0.0
+
+    def text(self) -> str:
+        """``scale 0.0001 offset -0.1``: how messages and ``model info`` show it."""
+        return f"scale {self.scale:.10g} offset {self.offset:.10g}"
+
+
 class BandSpec(_Strict):
     """One model input band and its normalization: ``x_norm = (x - mean) / std`` (float32).
 
     Both numbers must be finite and ``std`` positive: a NaN or infinite statistic turns every
     pixel into NaN, which the model maps to class 0 without any error.
+
+    ``encoding`` says what the values the model was made with mean (``mean`` and ``std`` are
+    in those values); a scene band that declares another encoding is converted to it on read
+    (:func:`geoseg.normalize.band_conversions`). None (the default, and every bundle made
+    before encodings existed): the model takes the values as stored in the file, and a scene
+    that declares a non-identity encoding is refused. Left out of the header when None, so
+    such bundles keep the header they always had.
     """
 
     name: str = Field(min_length=1, description="band name matched against the scene's bands")
     mean: float = Field(description="mean of the band in the scene's units (e.g. DN)")
     std: float = Field(description="standard deviation in the scene's units, > 0")
+    encoding: InputEncoding | None = Field(
+        None, description="what the model's input values mean (physical = DN × scale + offset); "
+                          "None: the values as stored in the file")
 
     @field_validator("mean")
     @classmethod
@@ -56,6 +112,14 @@ class BandSpec(_Strict):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"std must be a finite number > 0, got {value}")
         return value
+
+    @model_serializer(mode="wrap")
+    def _drop_no_encoding(self, handler: SerializerFunctionWrapHandler,
+                          info: SerializationInfo) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("encoding") is None:  # the header of a bundle without one stays as it was
+            data.pop("encoding", None)
+        return data
 
 
 class ClassSpec(_Strict):
@@ -120,11 +184,34 @@ class BundleMeta(_Strict):
         return tuple(b.name for b in self.bands)
 
     @property
+    def encodings(self) -> tuple[InputEncoding | None, ...]:
+        """Each band's input encoding, in model order (None: values as stored)."""
+        return tuple(b.encoding for b in self.bands)
+
+    @property
     def colormap(self) -> dict[int, tuple[int, int, int, int]]:
         """GDAL colour table: class id → RGBA (:func:`geoseg.maskfile.class_colormap`)."""
         from geoseg.maskfile import class_colormap
 
         return class_colormap(self.classes)
+
+
+def with_encoding(meta: BundleMeta, encoding: InputEncoding | None,
+                  bands: Iterable[str] | None = None) -> BundleMeta:
+    """``meta`` with ``encoding`` recorded for ``bands`` (names, any case; None: every band).
+
+    Raises:
+        ValueError: a name that is not one of the bundle's bands.
+    """
+    wanted = None if bands is None else {b.strip().lower() for b in bands}
+    known = {b.name.lower() for b in meta.bands}
+    unknown = sorted((wanted or set()) - known)
+    if unknown:
+        raise ValueError(f"no band {', '.join(unknown)} in the bundle; its bands are "
+                         f"{', '.join(meta.band_names)}")
+    new = tuple(b.model_copy(update={"encoding": encoding})
+                if wanted is None or b.name.lower() in wanted else b for b in meta.bands)
+    return meta.model_copy(update={"bands": new})
 
 
 def check_class_names(names: Iterable[str]) -> None:
