@@ -29,8 +29,9 @@ import os
 import re
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from geoseg.batch.state import (
     NAME_MAX_BYTES,
@@ -40,6 +41,10 @@ from geoseg.batch.state import (
 )
 from geoseg.errors import ConfigError
 from geoseg.maskfile import RASTER_SIDECAR_SUFFIXES
+
+if TYPE_CHECKING:
+    from geoseg.batch.stacin import StacItem
+    from geoseg.batch.stacmatch import BandAsset
 
 __all__ = [
     "BAND_FILE",
@@ -165,22 +170,28 @@ def unique_names(bases: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class SceneSource:
-    """One scene found on disk.
+    """One scene found on disk (or named by a STAC item).
 
     Attributes:
         name: unique, safe scene name (output folder and file stem, :func:`safe_name`).
-        path: the raster (``kind == "raster"``) or the band files' directory.
-        kind: ``"raster"`` (one multi-band file) or ``"bands"`` (one file per band).
+        path: the raster (``kind == "raster"``), the band files' directory, or the STAC
+            document the item was found in (``kind == "stac"``: a local path, or an http(s)
+            URL kept as a ``str``).
+        kind: ``"raster"`` (one multi-band file), ``"bands"`` (one file per band) or
+            ``"stac"`` (one STAC item; its assets matched to the model's bands on opening).
         bands: for band files, band token as written (e.g. ``B02``) → file.
-        original: the name as found (the raster's file name without its suffix, or the band
-            files' prefix) as :func:`readable` text; empty means ``name``.
+        original: the name as found (the raster's file name without its suffix, the band
+            files' prefix, or the STAC item id) as :func:`readable` text; empty means ``name``.
+        stac: for a STAC item, its id, document and data assets (hrefs absolute, remote ones
+            verbatim); see :meth:`band_match`.
     """
 
     name: str
-    path: Path
+    path: Path | str
     kind: str
     bands: dict[str, Path] = field(default_factory=dict, compare=False)
     original: str = ""
+    stac: StacItem | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.original:
@@ -188,7 +199,29 @@ class SceneSource:
 
     @property
     def files(self) -> tuple[Path, ...]:
-        return tuple(self.bands.values()) if self.kind == "bands" else (self.path,)
+        """The local files the scene is made from (what the resume fingerprint stats): a STAC
+        item's data assets that are local files existing at discovery (remote assets are not
+        listed)."""
+        if self.stac is not None:
+            return self.stac.local_files
+        return tuple(self.bands.values()) if self.kind == "bands" else (Path(self.path),)
+
+    def band_match(self, band_names: Sequence[str]) -> dict[str, BandAsset]:
+        """For a STAC item: each of ``band_names`` (the bundle's) → the asset it is read from
+        (asset key, href, 1-based index, declared ``raster:bands`` scale/offset/nodata);
+        ``BandAsset.to_json()`` is what a record keeps. Empty for other scenes.
+
+        Raises:
+            SceneError: a band that no asset of the item has, or that several have.
+        """
+        return {} if self.stac is None else self.stac.match(band_names)
+
+    def encodings(self, band_names: Sequence[str]) -> dict[str, tuple[float | None,
+                                                                        float | None]]:
+        """For a STAC item: each of ``band_names`` → its declared ``(scale, offset)``
+        (``raster:bands``; physical value = DN × scale + offset; None: not declared). Empty for
+        other scenes. Raises as :meth:`band_match`."""
+        return {b: (m.scale, m.offset) for b, m in self.band_match(band_names).items()}
 
 
 class _Outputs:
@@ -296,8 +329,12 @@ def _glob(pattern: str, outputs: _Outputs) -> list[Path]:
     return current
 
 
-def _expand(inputs: Sequence[str | os.PathLike[str]], outputs: _Outputs) -> list[Path]:
+def _expand(inputs: Sequence[str | os.PathLike[str]],
+            outputs: _Outputs) -> tuple[list[Path], set[tuple[int, int]]]:
+    """The files ``inputs`` name, and the identities of those named directly or by a glob
+    (not found by walking a directory): only these may be STAC documents."""
     files: list[Path] = []
+    named: list[Path] = []
     seen: set[tuple[int, int]] = set()
     for item in inputs:
         text = os.fspath(item)
@@ -311,15 +348,17 @@ def _expand(inputs: Sequence[str | os.PathLike[str]], outputs: _Outputs) -> list
             if outputs.file(path) and not _under(path, outputs.exclude):
                 log.warning("%s: an output of geoseg, not a scene; skipped", path)
             files.append(path)
+            named.append(path)
         elif glob.has_magic(text):
             for p in _glob(text, outputs):
                 if p.is_dir():
                     files += _walk(p, outputs, seen)
                 elif p.is_file():
                     files.append(p)
+                    named.append(p)
         else:
             raise ConfigError(f"{text}: no such file, directory or matching glob")
-    return files
+    return files, {k for k in map(_identity, named) if k is not None}
 
 
 def _spelling(path: Path) -> tuple[bool, str]:
@@ -349,19 +388,36 @@ def _raster_stem(path: Path) -> tuple[str, str]:
 def discover(
     inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = ()
 ) -> list[SceneSource]:
-    """The scenes in ``inputs`` (files, directories searched recursively, or globs).
+    """The scenes in ``inputs`` (files, directories searched recursively, globs, or STAC
+    documents).
 
     Files under ``exclude`` (e.g. the output directory) and geoseg's own outputs are ignored;
     a file reached by several spellings is one scene. Scenes are sorted by resolved path; their
     names are safe (:func:`safe_name`) and made unique in that order (:func:`unique_names`).
 
+    A STAC Item, ItemCollection, Catalog or Collection (recognised by its JSON content; a local
+    file named directly or by a glob, never one found by walking a directory, or an http(s)
+    URL) gives one ``kind="stac"`` scene per item, named by the item id
+    (:mod:`geoseg.batch.stacin`), in the document's order.
+
     Raises:
-        ConfigError: an input names nothing that exists.
+        ConfigError: an input names nothing that exists, or a STAC document that cannot be
+            read.
     """
+    from geoseg.batch.stacin import is_stac_url, stac_scenes, stac_type
+
     outputs = _Outputs(exclude)
+    local: list[str | os.PathLike[str]] = []
+    documents: list[str] = []
+    for item in inputs:
+        if is_stac_url(os.fspath(item)):
+            documents.append(os.fspath(item))
+        else:
+            local.append(item)
     groups: dict[tuple[str, str], dict[str, Path]] = {}
     rasters: list[Path] = []
-    for f in sorted(_distinct(_expand(inputs, outputs)), key=_spelling):
+    files, named = _expand(local, outputs)
+    for f in sorted(_distinct(files), key=_spelling):
         if outputs.file(f):
             continue
         suffix = f.suffix.lower()
@@ -371,6 +427,11 @@ def discover(
             groups.setdefault(key, {}).setdefault(m["band"].upper(), f)
         elif suffix in RASTER_SUFFIXES:
             rasters.append(f)
+        elif _identity(f) in named:
+            if stac_type(f):
+                documents.append(os.fspath(f))
+            else:
+                log.warning("%s: not a GeoTIFF, band file or STAC document; skipped", f)
     found: list[tuple[str, str, str, SceneSource]] = []
     for p in rasters:
         original, base = _raster_stem(p)
@@ -381,7 +442,7 @@ def discover(
         found.append((os.path.join(real, ""), prefix, prefix.lstrip("."),
                       SceneSource(prefix, folder, "bands", dict(sorted(bands.items())),
                                   original=readable(prefix))))
+    found += stac_scenes(documents)
     found.sort(key=lambda t: (t[0], t[1]))
     names = unique_names([safe_name(base) for _, _, base, _ in found])
-    return [SceneSource(n, s.path, s.kind, s.bands, s.original)
-            for n, (_, _, _, s) in zip(names, found, strict=True)]
+    return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]

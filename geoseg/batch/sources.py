@@ -6,8 +6,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from geoseg.batch.discover import SceneSource, band_key
+from geoseg.batch.stacin import StacItem
 from geoseg.errors import SceneError
-from geoseg.scene import Scene, open_band_files, open_scene
+from geoseg.scene import BandRef, Scene, open_band_files, open_scene
 
 __all__ = ["open_source"]
 
@@ -19,14 +20,19 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
     the model's bands are used, named as the model names them, on the grid
     :func:`~geoseg.scene.open_band_files` chooses (the finest in the CRS most of them share);
     its :attr:`~geoseg.scene.Scene.warnings` name bands that only partly overlap or were
-    reprojected.
+    reprojected. A STAC item is opened from the assets :meth:`SceneSource.band_match` finds:
+    single-band assets as band files (resampled per window like them), or the bands of one
+    multi-band asset by their index.
 
     Raises:
         SceneError: unreadable files, band files missing for some of the model's bands, or
-            band files that do not overlap.
+            band files that do not overlap; for a STAC item also a band no asset (or several)
+            has, and bands from a multi-band asset mixed with other assets.
     """
     if source.kind == "raster":
         return dataclasses.replace(open_scene(source.path), name=source.name)
+    if source.stac is not None:
+        return _open_stac(source.name, source.stac, band_names, fill)
     by_key = {band_key(token): path for token, path in source.bands.items()}
     missing = [b for b in band_names if band_key(b) not in by_key]
     if missing:
@@ -38,3 +44,31 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
         )
     files = {b: by_key[band_key(b)] for b in band_names}
     return open_band_files(source.name, files, fill)
+
+
+def _open_stac(name: str, item: StacItem, band_names: Sequence[str],
+               fill: float | None) -> Scene:
+    """Scene ``name`` of a STAC item: its matched assets' hrefs (strings, remote ones
+    verbatim)."""
+    match = item.match(band_names)
+    sizes = {a.key: len(a.bands) for a in item.assets}
+    multi = sorted({m.key for m in match.values() if sizes.get(m.key, 0) > 1})
+    try:
+        if not multi:
+            return open_band_files(name, {b: m.href for b, m in match.items()}, fill)
+        if len({m.key for m in match.values()}) > 1:
+            raise SceneError(
+                f"bands from multi-band asset(s) {', '.join(multi)} and from other assets "
+                f"({', '.join(f'{b}: {m.key}' for b, m in match.items())}) cannot be combined "
+                "yet; give an item whose bands are all single-band assets, or all in one asset")
+        scene = open_scene(next(iter(match.values())).href)
+        count = len(scene.bands)
+        for band, m in match.items():
+            if m.index > count:
+                raise SceneError(f"asset {m.key} ({m.href}) lists band {band} as band "
+                                 f"{m.index} but the file has {count} band(s)")
+        bands = tuple(BandRef(b.path, m.index, band) for band, m in match.items()
+                      for b in scene.bands[m.index - 1 : m.index])
+        return dataclasses.replace(scene, name=name, bands=bands)
+    except SceneError as exc:
+        raise SceneError(f"{item.label}: {exc}") from exc

@@ -1,0 +1,224 @@
+"""STAC documents as inputs: Items, ItemCollections and static Catalogs/Collections, read with
+pystac, each item becoming one scene (:class:`StacItem`).
+
+A document is recognised by its content (its JSON ``type``: ``Feature``, ``FeatureCollection``,
+``Catalog`` or ``Collection``), never by its file name. A Catalog or Collection is walked to all
+its items (``get_items(recursive=True)``). Relative asset hrefs resolve against the item's own
+location: its ``self`` link, else the document it was read from (an ItemCollection written by
+``stac-client search … --save items.json`` has no self links). Hrefs are kept as strings, so
+``s3://…`` and ``https://…`` reach the scene opener as written.
+
+Local documents are read from disk; ``http(s)://`` documents through pystac's own
+:class:`~pystac.StacIO` (the standard library's urllib, no new dependency). Other URI schemes
+(``s3://``, ``gs://``, ``az://``) for the *document* are refused for now; their *assets* are not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from geoseg.batch.discover import SceneSource, readable
+from geoseg.batch.stacmatch import BandAsset, StacAsset, is_data_asset, match_bands, parse_asset
+from geoseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pystac
+
+__all__ = ["STAC_TYPES", "StacItem", "is_remote", "is_stac_url", "read_stac", "stac_scenes",
+           "stac_type"]
+
+log = logging.getLogger(__name__)
+
+#: The JSON ``type`` values of the STAC documents geoseg takes as inputs.
+STAC_TYPES = frozenset({"Feature", "FeatureCollection", "Catalog", "Collection"})
+#: Largest local JSON file inspected for STAC content, bytes.
+MAX_JSON_BYTES = 512 * 1024 * 1024
+_HTTP = ("http://", "https://")
+
+
+def is_remote(href: str) -> bool:
+    """True for a URI (``scheme://…``: s3, gs, az, http(s)…); False for a local path."""
+    head, sep, _ = href.partition("://")
+    return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
+
+
+@dataclass(frozen=True)
+class StacItem:
+    """One STAC item, as a scene source.
+
+    Attributes:
+        id: the item's id as written (the scene name is made from it).
+        document: the STAC document it was found in (local path or URL), for messages.
+        assets: its data assets (:func:`~geoseg.batch.stacmatch.is_data_asset`), hrefs absolute.
+        landsat: a Landsat item (from ``platform``/``constellation``/``collection``), whose plain
+            ``Bn`` names follow the Landsat common-name table.
+    """
+
+    id: str
+    document: str
+    assets: tuple[StacAsset, ...]
+    landsat: bool = False
+
+    @property
+    def label(self) -> str:
+        """How errors name the item: ``item 'ID' (DOCUMENT)``."""
+        return f"STAC item {self.id!r} ({self.document})"
+
+    def match(self, band_names: Sequence[str]) -> dict[str, BandAsset]:
+        """Each of ``band_names`` → its asset (:func:`~geoseg.batch.stacmatch.match_bands`).
+
+        Raises:
+            SceneError: a band with no asset, or with several.
+        """
+        return match_bands(self.label, self.assets, band_names, self.landsat)
+
+    @property
+    def local_files(self) -> tuple[Path, ...]:
+        """The assets that are existing local files (what a resume fingerprint can stat)."""
+        return tuple(Path(a.href) for a in self.assets
+                     if not is_remote(a.href) and os.path.isfile(a.href))
+
+
+def is_stac_url(text: str) -> bool:
+    """True for an http(s) URL (an input read as a STAC document); False for a local path.
+
+    Raises:
+        ConfigError: another URI (``s3://`` …): not an input geoseg reads yet.
+    """
+    if not is_remote(text):
+        return False
+    if not text.lower().startswith(_HTTP):
+        raise ConfigError(
+            f"{text}: URIs are read as STAC documents over http(s) only, for now; give a local "
+            "path, or a STAC Item/ItemCollection/Catalog whose assets are in object storage")
+    return True
+
+
+def stac_type(path: Path) -> str | None:
+    """The STAC ``type`` of local JSON file ``path``, or None when it is no STAC document (not
+    JSON, too large, or another ``type``). Reads at most :data:`MAX_JSON_BYTES`."""
+    try:
+        if path.stat().st_size > MAX_JSON_BYTES:
+            return None
+        with path.open("rb") as f:
+            head = f.read(64).lstrip()
+            if not head.startswith(b"{"):
+                return None
+            f.seek(0)
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    kind = data.get("type") if isinstance(data, dict) else None
+    return kind if isinstance(kind, str) and kind in STAC_TYPES else None
+
+
+def _absolute(href: str) -> str:
+    """A local document's absolute POSIX path, or a URL as it is."""
+    return href if is_remote(href) else os.path.abspath(href)
+
+
+def _read_json(href: str) -> dict[str, Any]:
+    import pystac
+
+    if is_remote(href) and not href.lower().startswith(_HTTP):
+        raise ConfigError(
+            f"{href}: STAC documents are read from local files or http(s):// URLs; copy it "
+            "locally (its assets may stay in object storage)")
+    try:
+        data = pystac.StacIO.default().read_json(href)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{href}: cannot read this STAC document ({exc})") from exc
+    if not isinstance(data, dict) or data.get("type") not in STAC_TYPES:
+        raise ConfigError(f"{href}: not a STAC Item, ItemCollection, Catalog or Collection "
+                          f"(JSON type {data.get('type') if isinstance(data, dict) else None!r})")
+    return data
+
+
+def _items(href: str, data: dict[str, Any]) -> list[tuple[pystac.Item, str]]:
+    """The document's items, each with the href its relative asset hrefs resolve against."""
+    import pystac
+
+    kind = data["type"]
+    if kind == "Feature":
+        item = pystac.Item.from_dict(data, href=href, migrate=True, preserve_dict=False)
+        return [(item, item.get_self_href() or href)]
+    if kind == "FeatureCollection":
+        collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
+        return [(item, item.get_self_href() or href) for item in collection]
+    root = pystac.read_file(href)
+    if not isinstance(root, pystac.Catalog):
+        raise ConfigError(f"{href}: a STAC {kind} that pystac did not read as one")
+    items = [(item, item.get_self_href() or href) for item in root.get_items(recursive=True)]
+    if not items:
+        log.warning("%s: a STAC %s without item links, so no scenes (an API collection? "
+                    "search it, e.g. `stac-client search … --save items.json`, and give that "
+                    "file)", href, kind)
+    return items
+
+
+def _landsat(item: pystac.Item) -> bool:
+    props = item.properties
+    text = " ".join(str(v) for v in (props.get("platform"), props.get("constellation"),
+                                     item.collection_id) if v)
+    return "landsat" in text.lower()
+
+
+def _stac_item(item: pystac.Item, base: str, document: str) -> StacItem:
+    from pystac.utils import make_absolute_href
+
+    assets = []
+    for key, asset in item.assets.items():
+        fields = asset.to_dict()
+        if not is_data_asset(key, fields):
+            continue
+        href = asset.href if is_remote(asset.href) else make_absolute_href(asset.href, base)
+        assets.append(parse_asset(key, fields, href))
+    return StacItem(id=item.id, document=document, assets=tuple(assets), landsat=_landsat(item))
+
+
+def read_stac(location: str | os.PathLike[str]) -> list[StacItem]:
+    """The items of the STAC document at ``location`` (local path or http(s) URL), in document
+    order (a Catalog's in pystac's walk order).
+
+    Raises:
+        ConfigError: the document cannot be read, is no STAC document, or a Catalog's child or
+            item link is broken (the message names the document and pystac's reason).
+    """
+    import pystac
+
+    text = os.fspath(location)
+    href = _absolute(text)
+    data = _read_json(href)
+    try:
+        items = _items(href, data)
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
+        raise ConfigError(f"{text}: not a readable STAC {data.get('type')} ({exc}); check it "
+                          "with `stac validate` or pystac") from exc
+    return [_stac_item(item, base, text) for item, base in items]
+
+
+def stac_scenes(documents: Sequence[str]) -> list[tuple[str, str, str, SceneSource]]:
+    """One scene per item of the STAC ``documents`` (local paths or http(s) URLs), as
+    ``(sort key, id, base name, source)``; an item reached twice (same id, same assets) once."""
+    found = []
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    for doc in dict.fromkeys(documents):
+        for i, item in enumerate(read_stac(doc)):
+            key = (item.id, tuple(sorted(a.href for a in item.assets)))
+            if key in seen:
+                continue
+            seen.add(key)
+            where = doc if is_remote(doc) else os.path.realpath(doc)
+            path: Path | str = doc if is_remote(doc) else Path(doc)
+            found.append((f"{where}\0{i:09d}", item.id, item.id,
+                          SceneSource(item.id, path, "stac", original=readable(item.id),
+                                      stac=item)))
+    return found
