@@ -227,3 +227,50 @@ def test_set_encoding_command(tmp_path: Path) -> None:
     assert [b.encoding for b in load_bundle(out).meta.bands] == [L2A, L2A, L2A, None]
     bad = CliRunner().invoke(main, ["model", "set-encoding", str(out), "--scale", "0"])
     assert bad.exit_code != 0 and "--scale" in bad.output
+
+
+# --- training records the encoding of the scenes it trained on -------------------------------
+
+def _tag(path: Path, encoding: tuple[float, float]) -> Path:
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = (encoding[0],) * dst.count, (encoding[1],) * dst.count
+    return path
+
+
+def test_training_records_and_converts_encodings(tmp_path: Path) -> None:
+    from geoseg.train.run import train_model
+
+    from .test_train import class_map, quick_config, write_labels
+    from .test_train import write_scene as training_scene
+
+    truth = class_map(96, 128, seed=1)
+    labels = write_labels(tmp_path / "labels.tif", truth)
+    new = _tag(training_scene(tmp_path / "new.tif", truth), (1e-4, -0.1))
+    cfg = quick_config(epochs=1, steps_per_epoch=2, val_fraction=0.0)
+    out = tmp_path / "m.safetensors"
+    train_model([new], [labels], out, cfg)
+    trained = load_bundle(out).meta
+    assert trained.encodings == (InputEncoding(scale=1e-4, offset=-0.1),) * 4
+
+    old = _tag(training_scene(tmp_path / "old.tif", truth, seed=2), (1e-4, 0.0))
+    with pytest.raises(SceneError, match="different encodings for band B02") as err:
+        train_model([new, old], [labels, labels], tmp_path / "mixed.safetensors", cfg)
+    assert str(new) in str(err.value) and str(old) in str(err.value)
+
+    # fine-tuning on the other baseline: its DN are brought to the bundle's, which it keeps
+    tuned = tmp_path / "tuned.safetensors"
+    train_model([old], [labels], tuned, cfg, init=out)
+    meta = load_bundle(tuned).meta
+    assert meta.encodings == trained.encodings
+    assert [(b.mean, b.std) for b in meta.bands] == [(b.mean, b.std) for b in trained.bands]
+
+
+def test_onnx_metadata_holds_the_encoding(tmp_path: Path) -> None:
+    from geoseg.models.export import onnx_metadata
+
+    bundle = make_bundle(tmp_path / "m.safetensors", InputEncoding(scale=1e-4, offset=-0.1))
+    props = onnx_metadata(load_bundle(bundle))
+    assert json.loads(props["geoseg.input_encoding"]) == [{"scale": 1e-4, "offset": -0.1}] * 4
+    assert json.loads(props["geoseg.bundle"])["bands"][0]["encoding"]["offset"] == -0.1
+    plain = onnx_metadata(load_bundle(make_bundle(tmp_path / "p.safetensors", None)))
+    assert json.loads(plain["geoseg.input_encoding"]) == [None] * 4

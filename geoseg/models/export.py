@@ -106,7 +106,9 @@ def onnx_metadata(bundle: Bundle, *, deepness: bool = False) -> dict[str, str]:
 
     geoseg's own keys (``geoseg.*``): ``bundle_format``, ``bundle`` (the whole bundle metadata),
     ``bundle_sha256``, ``bands`` (names in input order), ``mean`` and ``std`` (per band, in the
-    scene's units: ``x_norm = (x - mean) / std``), ``input_dtype`` (pixel dtype the statistics
+    scene's units: ``x_norm = (x - mean) / std``), ``input_encoding`` (per band
+    ``{"scale", "offset"}``, physical = DN × scale + offset, of the values ``mean``/``std``
+    apply to, or null: the values as stored), ``input_dtype`` (pixel dtype the statistics
     were made for), ``classes`` (``[{"id", "name", "color": [r, g, b]}]``), ``tile_size``,
     ``halo`` and ``size_divisor`` (pixels), ``input_size`` (``[H, W]`` px the input is fixed
     to, or null), ``input`` and ``output`` (tensor names).
@@ -132,6 +134,8 @@ def onnx_metadata(bundle: Bundle, *, deepness: bool = False) -> dict[str, str]:
         "geoseg.bands": dump([b.name for b in meta.bands]),
         "geoseg.mean": dump([b.mean for b in meta.bands]),
         "geoseg.std": dump([b.std for b in meta.bands]),
+        "geoseg.input_encoding": dump([None if b.encoding is None else b.encoding.model_dump()
+                                       for b in meta.bands]),
         "geoseg.input_dtype": dump(meta.input_dtype),
         "geoseg.classes": dump([{"id": c.id, "name": c.name, "color": list(c.color)}
                                 for c in meta.classes]),

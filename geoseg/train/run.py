@@ -28,6 +28,7 @@ from geoseg.labels import IGNORE, Grid, open_labels
 from geoseg.models.bundle import (
     BandSpec,
     BundleMeta,
+    InputEncoding,
     load_bundle,
     save_bundle,
     validation_message,
@@ -128,6 +129,27 @@ def _open_scenes(paths: Sequence[Path], bands: Sequence[str] | None) -> list[tup
         raise SceneError(f"training scenes have different dtypes ({', '.join(sorted(dtypes))}); "
                          "convert them to one dtype so one normalization fits all")
     return opened
+
+
+def _shared_encodings(opened: Sequence[tuple[Scene, tuple]], paths: Sequence[Path]
+                      ) -> tuple[tuple[float, float] | None, ...]:
+    """Each band's encoding, the same in every training scene (the model learns one meaning
+    of its input values; chips of all scenes are pooled and normalized alike).
+
+    Raises:
+        SceneError: two scenes declare different encodings for a band (both files named).
+    """
+    first = opened[0][1]
+    for (_, bands), path in zip(opened[1:], paths[1:], strict=True):
+        for a, b in zip(first, bands, strict=True):
+            if a.encoding != b.encoding:
+                def text(e: tuple[float, float] | None) -> str:
+                    return "none" if e is None else f"scale {e[0]:.10g} offset {e[1]:.10g}"
+                raise SceneError(
+                    f"training scenes declare different encodings for band {a.name}: "
+                    f"{paths[0]} {text(a.encoding)}, {path} {text(b.encoding)}; bring them to "
+                    "one (e.g. gdal_translate -unscale, or train on one processing baseline)")
+    return tuple(b.encoding for b in first)
 
 
 def _measured_halo(model: Any, n_bands: int, arch: str, tile_size: int, align: int) -> int:
@@ -234,13 +256,21 @@ def train_model(
 
     band_names = base.meta.band_names if base else cfg.bands
     opened = _open_scenes([Path(s) for s in scenes], band_names)
+    encodings = _shared_encodings(opened, [Path(s) for s in scenes])
     dtype = opened[0][0].dtype
+    fit_specs: tuple[BandSpec, ...] | None = None  # the specs chips are normalized with
     if base is not None:
         meta0 = base.meta
         if dtype != meta0.input_dtype:
             raise SceneError(f"{scenes[0]}: pixels are {dtype} but {start_from} was trained "
                              f"on {meta0.input_dtype}")
         band_specs = meta0.bands
+        from geoseg.normalize import band_conversions, folded_statistics
+
+        conversions = band_conversions(opened[0][1], band_specs, str(start_from))
+        if any(c.converts for c in conversions):  # the scenes' DN, brought to the bundle's
+            fit_specs = tuple(BandSpec(name=b.name, mean=m, std=sd) for b, (m, sd) in zip(
+                band_specs, folded_statistics(band_specs, conversions), strict=True))
         if init is None:
             model, classes, meta_base = base.build(), meta0.classes, meta0
         else:
@@ -259,8 +289,10 @@ def train_model(
         per_scene = [band_statistics(b, s.height, s.width) for s, b in opened]
         stats = combine_statistics(per_scene, [s.height * s.width for s, _ in opened])
         try:
-            band_specs = tuple(BandSpec(name=b.name, mean=m, std=sd)
-                               for b, (m, sd) in zip(opened[0][1], stats, strict=True))
+            band_specs = tuple(
+                BandSpec(name=b.name, mean=m, std=sd,
+                         encoding=None if e is None else InputEncoding(scale=e[0], offset=e[1]))
+                for b, (m, sd), e in zip(opened[0][1], stats, encodings, strict=True))
         except ValidationError as exc:  # e.g. float pixels so large their variance overflows
             raise SceneError(f"{', '.join(map(str, scenes))}: no usable normalization "
                              f"statistics ({validation_message(exc)}); check the pixel values "
@@ -378,7 +410,7 @@ def train_model(
         return train.draw(generator, n, cfg.chip_size, cfg.min_labelled)
 
     result = fit(
-        model, draw, train.class_counts(len(classes)), val, band_specs, names,
+        model, draw, train.class_counts(len(classes)), val, fit_specs or band_specs, names,
         steps=cfg.total_steps, steps_per_epoch=cfg.steps_per_epoch, batch_size=cfg.batch_size,
         lr=cfg.lr, weight_decay=cfg.weight_decay, weighting=cfg.class_weighting,
         patience=cfg.patience, seed=cfg.seed, device=device, precision=cfg.precision,
