@@ -274,3 +274,24 @@ def test_onnx_metadata_holds_the_encoding(tmp_path: Path) -> None:
     assert json.loads(props["geoseg.bundle"])["bands"][0]["encoding"]["offset"] == -0.1
     plain = onnx_metadata(load_bundle(make_bundle(tmp_path / "p.safetensors", None)))
     assert json.loads(plain["geoseg.input_encoding"]) == [None] * 4
+
+
+def test_model_import_records_the_input_encoding(tmp_path: Path) -> None:
+    import torch
+
+    from geoseg.models.registry import build_model
+
+    source = tmp_path / "unet.pth"
+    torch.save(build_model("unet", "resnet18", 4, 2, TINY_UNET["arch_kwargs"]).state_dict(),
+               source)
+    args = ["model", "import", str(source), "--arch", "unet", "--encoder", "resnet18",
+            "--arch-kwargs", json.dumps(TINY_UNET["arch_kwargs"]), "--bands", ",".join(BANDS),
+            "--classes", "water,land", "--mean", "0.1,0.1,0.1,0.2", "--std", "0.05,0.05,0.05,0.1",
+            "--scale", "0.0001", "-o", str(tmp_path / "m.safetensors")]
+    result = CliRunner().invoke(main, [*args, "--input-encoding", "0.0001,-0.1"])
+    assert result.exit_code == 0, result.output
+    meta = load_bundle(tmp_path / "m.safetensors").meta
+    assert meta.encodings == (InputEncoding(scale=1e-4, offset=-0.1),) * 4
+    assert meta.bands[0].mean == pytest.approx(1000.0)  # --scale folds the statistics still
+    bad = CliRunner().invoke(main, [*args, "--overwrite", "--input-encoding", "0,1"])
+    assert bad.exit_code != 0 and "--input-encoding" in bad.output and "scale" in bad.output
