@@ -137,12 +137,20 @@ def test_landsat_items_read_plain_band_numbers_as_landsat_bands() -> None:
 
 # --- real files, real documents -------------------------------------------------------------------
 
-def band_files(folder: Path, prefix: str, seed: int, skip: str = "",
-               names: dict[str, str] | None = None) -> dict[str, Path]:
-    """One GeoTIFF per band (B08 at 20 m, the others at 10 m), named ``<prefix>_<band>.tif``
-    or ``names[band]``."""
+def declare(path: Path, scale: float, offset: float) -> Path:
+    """Declare every band's encoding in the file itself (GDAL scale/offset)."""
+    with rasterio.open(path, "r+") as dst:
+        dst.scales = (scale,) * dst.count
+        dst.offsets = (offset,) * dst.count
+    return path
+
+
+def band_files(folder: Path, prefix: str, seed: int, skip: str = "", add: int = 0,
+               encoding: tuple[float, float] | None = None) -> dict[str, Path]:
+    """One GeoTIFF per band (B08 at 20 m, the others at 10 m), named ``<prefix>_<band>.tif``;
+    ``add`` DN added to every pixel; ``encoding`` declared in the files (GDAL scale/offset)."""
     folder.mkdir(parents=True, exist_ok=True)
-    data = pixels(seed, H, W)
+    data = pixels(seed, H, W) + np.uint16(add)
     out = {}
     for k, band in enumerate(BANDS):
         if band == skip:
@@ -150,14 +158,17 @@ def band_files(folder: Path, prefix: str, seed: int, skip: str = "",
         plane, transform = data[k : k + 1], from_origin(420000.0, 4150000.0, 10.0, 10.0)
         if band == "B08":
             plane, transform = plane[:, ::2, ::2], from_origin(420000.0, 4150000.0, 20.0, 20.0)
-        name = (names or {}).get(band, f"{prefix}_{band}.tif")
-        out[band] = write_raster(folder / name, plane, transform, block=64)
+        out[band] = write_raster(folder / f"{prefix}_{band}.tif", plane, transform, block=64)
+        if encoding:
+            declare(out[band], *encoding)
     return out
 
 
-def stac_item(item_id: str, hrefs: dict[str, str], style: str, **props: object) -> pystac.Item:
+def stac_item(item_id: str, hrefs: dict[str, str], style: str,
+              encoding: tuple[float, float] | None = (0.0001, 0.0), **props: object) -> pystac.Item:
     """An item whose assets are ``hrefs`` (band → href), keyed Earth Search style (``red`` …,
-    plus ``-jp2`` twins, a visual composite and a thumbnail) or Planetary Computer style."""
+    plus ``-jp2`` twins and a thumbnail) or Planetary Computer style; ``encoding``: the
+    ``raster:bands`` scale and offset declared (None: no ``raster:bands``)."""
     item = pystac.Item(item_id, {"type": "Point", "coordinates": [-75.9, 37.5]},
                        [-76.0, 37.4, -75.8, 37.6], dt.datetime(2020, 1, 1, tzinfo=dt.timezone.utc),
                        dict(props))
@@ -165,8 +176,11 @@ def stac_item(item_id: str, hrefs: dict[str, str], style: str, **props: object) 
         common = EARTH_SEARCH[band]
         key = common if style == "earth-search" else band
         bands = [{"name": band, "common_name": common}]
-        item.add_asset(key, pystac.Asset(href, media_type=COG, roles=["data"], extra_fields={
-            "eo:bands": bands, "raster:bands": [{"scale": 0.0001, "offset": 0, "nodata": 0}]}))
+        fields: dict = {"eo:bands": bands}
+        if encoding:
+            fields["raster:bands"] = [{"scale": encoding[0], "offset": encoding[1], "nodata": 0}]
+        item.add_asset(key, pystac.Asset(href, media_type=COG, roles=["data"],
+                                         extra_fields=fields))
         if style == "earth-search":
             item.add_asset(f"{key}-jp2", pystac.Asset(
                 href.replace(".tif", ".jp2"), media_type="image/jp2", roles=["data"],
@@ -190,13 +204,14 @@ def stac(tmp_path_factory) -> dict[str, Path]:
     pc = band_files(root / "pc", "S2B_T18XYZ_20200111", seed=2)
     gap = band_files(root / "gap", "S2B_T18XYZ_20200121", seed=3, skip="B03")
     (root / "multi").mkdir()
-    multi = write_raster(root / "multi" / "T18MULTI.tif", pixels(4, H, W), names=BANDS)
+    multi = declare(write_raster(root / "multi" / "T18MULTI.tif", pixels(4, H, W), names=BANDS),
+                    0.0001, 0.0)
     docs = root / "docs"
     docs.mkdir()
     # relative hrefs (against the collection's own folder) for two items, absolute for the rest
     items = [
         stac_item("S2A_T18XYZ_20200101", {b: f"../es/{p.name}" for b, p in es.items()},
-                  "earth-search", platform="sentinel-2a"),
+                  "earth-search", (0.0001, -0.1), platform="sentinel-2a"),
         stac_item("S2B_T18XYZ_20200111", {b: str(p) for b, p in pc.items()}, "planetary"),
         stac_item("S2B_T18XYZ_20200121", {b: f"../gap/{p.name}" for b, p in gap.items()},
                   "planetary"),
@@ -237,7 +252,8 @@ def test_item_collection_gives_one_scene_per_item_with_matched_band_files(stac) 
     match = es.band_match(BANDS)
     assert {b: (m.key, m.href) for b, m in match.items()} == {
         b: (EARTH_SEARCH[b], str(stac["es"] / f"S2A_T18XYZ_20200101_{b}.tif")) for b in BANDS}
-    assert es.encodings(BANDS)["B04"] == (0.0001, 0.0)
+    assert es.encodings(BANDS)["B04"] == (0.0001, -0.1)
+    assert scenes["T18MULTI"].encodings(BANDS)["B04"] == (None, None)
     assert set(es.files) == {stac["es"] / f"S2A_T18XYZ_20200101_{b}.tif" for b in BANDS}
     pc = scenes["S2B_T18XYZ_20200111"].band_match(BANDS)
     assert {b: (m.key, Path(m.href).parent) for b, m in pc.items()} == {
@@ -282,12 +298,15 @@ def test_a_named_json_that_is_no_stac_is_skipped_with_a_warning(tmp_path, caplog
 def test_opened_scenes_use_the_matched_files_at_their_resolutions(stac) -> None:
     scenes = by_name([stac["items"]])
     es = open_source(scenes["S2A_T18XYZ_20200101"], BANDS)
-    assert [(b.name, Path(b.path).name, b.index, b.warp) for b in es.bands] == [
-        (b, f"S2A_T18XYZ_20200101_{b}.tif", 1, b == "B08") for b in BANDS]
+    # the item's raster:bands encoding replaces the file's (which declares none)
+    assert [(b.name, Path(b.path).name, b.index, b.warp, b.encoding) for b in es.bands] == [
+        (b, f"S2A_T18XYZ_20200101_{b}.tif", 1, b == "B08", (0.0001, -0.1)) for b in BANDS]
     assert (es.name, es.shape) == ("S2A_T18XYZ_20200101", (H, W))
+    # an item declaring nothing keeps the file's own encoding
     multi = open_source(scenes["T18MULTI"], ["B08", "B02"])
-    assert [(b.name, b.path, b.index) for b in multi.bands] == [
-        ("B08", str(stac["multi"]), 4), ("B02", str(stac["multi"]), 1)]
+    assert [(b.name, b.path, b.index, b.encoding) for b in multi.bands] == [
+        ("B08", str(stac["multi"]), 4, (0.0001, 0.0)), ("B02", str(stac["multi"]), 1,
+                                                         (0.0001, 0.0))]
     with pytest.raises(SceneError, match=r"'S2B_T18XYZ_20200121'.*B03.*data assets: B02, B04"):
         open_source(scenes["S2B_T18XYZ_20200121"], BANDS)
 
@@ -365,29 +384,46 @@ def geoseg(*args: object) -> tuple[int, str]:
 
 def test_run_over_an_item_collection_fails_the_item_missing_a_band_alone(stac,
                                                                           tmp_path) -> None:
+    """Items whose DN are shifted by +1000 and say so in ``raster:bands`` (Sentinel-2 L2A
+    since baseline 04.00), plain ones, one with a coarse band, one multi-band asset, one
+    missing a band and one declaring no encoding, mapped with a bundle that records its
+    encoding (reflectance = DN / 10000)."""
     bundle = tiny_bundle(tmp_path / "tiny.safetensors")
-    out, direct = tmp_path / "out", tmp_path / "direct"
-    code, output = geoseg("run", stac["items"], "-m", bundle, "-o", out, "--scheduler",
-                          "synchronous")
+    code, output = geoseg("model", "set-encoding", bundle, "--scale", "0.0001", "--offset", "0")
+    assert code == 0, output
+    direct = band_files(tmp_path / "direct", "S2A_T18XYZ_20200101", 1, encoding=(0.0001, 0.0))
+    shifted = band_files(tmp_path / "shifted", "L2A", 1, add=1000)
+    plain = {b: str(p) for b, p in band_files(tmp_path / "plain", "plain", 2).items()}
+    gap = {b: str(p) for b, p in band_files(tmp_path / "gap", "gap", 3, skip="B03").items()}
+    image = pystac.Item("T18MULTI", None, None, dt.datetime(2020, 1, 1), {})
+    image.add_asset("image", pystac.Asset(str(stac["multi"]), media_type=COG, extra_fields={
+        "eo:bands": [{"name": b} for b in BANDS]}))
+    items = save_item_collection([
+        stac_item("S2A_T18XYZ_20200101", {b: str(p) for b, p in shifted.items()},
+                  "earth-search", (0.0001, -0.1)),
+        stac_item("plain", plain, "planetary"), stac_item("gap", gap, "planetary"),
+        image, stac_item("nometa", plain, "planetary", None)], tmp_path / "items.json")
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    code, output = geoseg("run", items, "-m", bundle, "-o", out, "--scheduler", "synchronous")
     assert code == EXIT_SOME_FAILED, output
     report = json.loads((out / "report.json").read_text())
     status = {e["scene"]: e for e in report["scenes"]}
     assert {n: e["status"] for n, e in status.items()} == {
-        "S2A_T18XYZ_20200101": "ok", "S2B_T18XYZ_20200111": "ok", "S2B_T18XYZ_20200121": "failed",
-        "T18MULTI": "ok"}
-    error = status["S2B_T18XYZ_20200121"]["error"]
-    assert "'S2B_T18XYZ_20200121'" in error and "B03" in error and "B02, B04, B08" in error
-    assert not (out / "S2B_T18XYZ_20200121").exists()
-    # the same files given directly (band files by their names, the 4-band raster) map the same
-    code, output = geoseg("run", stac["es"], stac["multi"], "-m", bundle, "-o", direct,
+        "S2A_T18XYZ_20200101": "ok", "plain": "ok", "gap": "failed", "T18MULTI": "ok",
+        "nometa": "failed"}
+    error = status["gap"]["error"]
+    assert "STAC item 'gap'" in error and "band(s) B03" in error and "B02, B04, B08" in error
+    assert "declares no scale/offset" in status["nometa"]["error"]
+    assert not (out / "gap").exists() and not (out / "nometa").exists()
+    # the same reflectances given directly, stored as plain DN and declared in the files
+    code, output = geoseg("run", direct["B02"].parent, stac["multi"], "-m", bundle, "-o", ref,
                           "--scheduler", "synchronous")
     assert code == 0, output
     for name in ("S2A_T18XYZ_20200101", "T18MULTI"):
-        assert_same_mask(out / name / f"{name}.tif", direct / name / f"{name}.tif")
-    with rasterio.open(out / "S2A_T18XYZ_20200101" / "S2A_T18XYZ_20200101.tif") as mask:
+        assert_same_mask(out / name / f"{name}.tif", ref / name / f"{name}.tif")
+    with rasterio.open(out / "plain" / "plain.tif") as mask:
         assert mask.shape == (H, W) and np.unique(mask.read(1)).size > 1
-    # resume: finished items are skipped, the failed one is tried again
-    code, output = geoseg("run", stac["items"], "-m", bundle, "-o", out, "--scheduler",
-                          "synchronous")
+    # resume: finished items are skipped, the failed ones are tried again
+    code, output = geoseg("run", items, "-m", bundle, "-o", out, "--scheduler", "synchronous")
     summary = json.loads((out / "report.json").read_text())["summary"]
-    assert (code, summary["skipped"], summary["failed"]) == (EXIT_SOME_FAILED, 3, 1), output
+    assert (code, summary["skipped"], summary["failed"]) == (EXIT_SOME_FAILED, 3, 2), output

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from geoseg.batch.discover import SceneSource, band_key
 from geoseg.batch.stacin import StacItem
+from geoseg.batch.stacmatch import BandAsset
 from geoseg.errors import SceneError
 from geoseg.scene import BandRef, Scene, open_band_files, open_scene
 
@@ -51,24 +52,43 @@ def _open_stac(name: str, item: StacItem, band_names: Sequence[str],
     """Scene ``name`` of a STAC item: its matched assets' hrefs (strings, remote ones
     verbatim)."""
     match = item.match(band_names)
-    sizes = {a.key: len(a.bands) for a in item.assets}
-    multi = sorted({m.key for m in match.values() if sizes.get(m.key, 0) > 1})
     try:
-        if not multi:
-            return open_band_files(name, {b: m.href for b, m in match.items()}, fill)
-        if len({m.key for m in match.values()}) > 1:
-            raise SceneError(
-                f"bands from multi-band asset(s) {', '.join(multi)} and from other assets "
-                f"({', '.join(f'{b}: {m.key}' for b, m in match.items())}) cannot be combined "
-                "yet; give an item whose bands are all single-band assets, or all in one asset")
-        scene = open_scene(next(iter(match.values())).href)
-        count = len(scene.bands)
-        for band, m in match.items():
-            if m.index > count:
-                raise SceneError(f"asset {m.key} ({m.href}) lists band {band} as band "
-                                 f"{m.index} but the file has {count} band(s)")
-        bands = tuple(BandRef(b.path, m.index, band) for band, m in match.items()
-                      for b in scene.bands[m.index - 1 : m.index])
-        return dataclasses.replace(scene, name=name, bands=bands)
+        scene = _open_assets(name, match, {a.key: len(a.bands) for a in item.assets}, fill)
     except SceneError as exc:
         raise SceneError(f"{item.label}: {exc}") from exc
+    return dataclasses.replace(scene, bands=tuple(_with_encoding(b, match[b.name])
+                                                  for b in scene.bands))
+
+
+def _with_encoding(band: BandRef, asset: BandAsset) -> BandRef:
+    """``band`` with the encoding its asset declares (``raster:bands`` scale/offset; an
+    undeclared half is 1 or 0), which the item knows better than the file; unchanged (the
+    file's own) when the asset declares neither."""
+    if asset.scale is None and asset.offset is None:
+        return band
+    scale = 1.0 if asset.scale is None else asset.scale
+    offset = 0.0 if asset.offset is None else asset.offset
+    return dataclasses.replace(band, encoding=(scale, offset))
+
+
+def _open_assets(name: str, match: dict[str, BandAsset], sizes: dict[str, int],
+                 fill: float | None) -> Scene:
+    """The scene of matched assets: single-band ones as band files, or one multi-band asset
+    (``sizes``: asset key → the number of bands the item lists for it)."""
+    multi = sorted({m.key for m in match.values() if sizes.get(m.key, 0) > 1})
+    if not multi:
+        return open_band_files(name, {b: m.href for b, m in match.items()}, fill)
+    if len({m.key for m in match.values()}) > 1:
+        raise SceneError(
+            f"bands from multi-band asset(s) {', '.join(multi)} and from other assets "
+            f"({', '.join(f'{b}: {m.key}' for b, m in match.items())}) cannot be combined "
+            "yet; give an item whose bands are all single-band assets, or all in one asset")
+    scene = open_scene(next(iter(match.values())).href)
+    count = len(scene.bands)
+    for band, m in match.items():
+        if m.index > count:
+            raise SceneError(f"asset {m.key} ({m.href}) lists band {band} as band "
+                             f"{m.index} but the file has {count} band(s)")
+    bands = tuple(dataclasses.replace(scene.bands[m.index - 1], name=band)
+                  for band, m in match.items())
+    return dataclasses.replace(scene, name=name, bands=bands)
