@@ -311,6 +311,42 @@ def test_opened_scenes_use_the_matched_files_at_their_resolutions(stac) -> None:
         open_source(scenes["S2B_T18XYZ_20200121"], BANDS)
 
 
+def test_real_sentinel2_jp2_assets_open_like_the_band_files_themselves(tmp_path) -> None:
+    """An Earth Search style item over the real Sentinel-2 sample (JP2, 10/20/60 m)."""
+    from geoseg.sample import sentinel2_band_paths
+    from geoseg.scene import open_band_files
+
+    common = {"B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B08": "nir",
+              "B8A": "nir08", "B11": "swir16", "B12": "swir22"}
+    paths = sentinel2_band_paths(tuple(common))
+    item = pystac.Item("S2_sample", None, None, dt.datetime(2020, 1, 1), {})
+    for band, path in paths.items():
+        item.add_asset(common[band], pystac.Asset(str(path), media_type="image/jp2", roles=[
+            "data"], extra_fields={"eo:bands": [{"name": band, "common_name": common[band]}]}))
+    (scene,) = discover([save_item_collection([item], tmp_path / "items.json")])
+    wanted = ["B02", "B8A", "B11", "B04"]
+    opened = open_source(scene, wanted)
+    assert opened == open_band_files("S2_sample", {b: paths[b] for b in wanted})
+    assert [(b.name, b.warp) for b in opened.bands] == [
+        ("B02", False), ("B8A", True), ("B11", True), ("B04", False)]
+    assert opened.shape == (1947, 1933)  # rows, columns
+
+
+def test_bands_from_a_multiband_asset_and_other_assets_are_refused_clearly(stac,
+                                                                           tmp_path) -> None:
+    item = pystac.Item("mixed", None, None, dt.datetime(2020, 1, 1), {})
+    item.add_asset("rgb", pystac.Asset(str(stac["multi"]), media_type=COG, extra_fields={
+        "eo:bands": [{"name": b} for b in BANDS[:3]]}))
+    item.add_asset("nir", pystac.Asset(str(stac["es"] / "S2A_T18XYZ_20200101_B08.tif"),
+                                       media_type=COG))
+    (scene,) = discover([save_item_collection([item], tmp_path / "items.json")])
+    assert {b: (m.key, m.index) for b, m in scene.band_match(BANDS).items()} == {
+        "B02": ("rgb", 1), "B03": ("rgb", 2), "B04": ("rgb", 3), "B08": ("nir", 1)}
+    with pytest.raises(SceneError, match=r"^STAC item 'mixed' .*multi-band asset\(s\) rgb and "
+                                         r"from other assets .*B08: nir\) cannot be combined"):
+        open_source(scene, BANDS)
+
+
 def test_a_missing_asset_file_fails_with_the_item_named(tmp_path) -> None:
     item = stac_item("gone", {b: str(tmp_path / f"gone_{b}.tif") for b in BANDS}, "planetary")
     path = save_item_collection([item], tmp_path / "items.json")

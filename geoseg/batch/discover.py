@@ -6,6 +6,11 @@ with the same directory and prefix form one scene. Any other ``.tif``/``.tiff`` 
 its own. Band tokens are compared by :func:`band_key` (``B02`` and ``B2`` are the same band), so
 a model's band names match either spelling.
 
+A STAC Item, ItemCollection, Catalog or Collection named as an input (a local JSON file, known
+by its content, or an http(s) URL) gives one scene per item (``kind == "stac"``), named by the
+item id; its assets are matched to the model's bands when the scene is opened
+(:mod:`geoseg.batch.stacin`, :mod:`geoseg.batch.stacmatch`).
+
 Inputs are hostile until proven otherwise:
 
 * one file reached by several spellings (relative, absolute, ``..``, symlinks, hard links) is one
