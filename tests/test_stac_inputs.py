@@ -135,6 +135,22 @@ def test_landsat_items_read_plain_band_numbers_as_landsat_bands() -> None:
     assert match_bands("l", assets(spec), ["SR_B5"])["SR_B5"].key == "nir08"
 
 
+def test_landsat_items_are_told_by_their_platform(tmp_path) -> None:
+    from geoseg.batch.stacin import read_stac
+
+    item = pystac.Item("LC09_L2SP_015034_20230101", None, None, dt.datetime(2023, 1, 1),
+                       {"platform": "landsat-9"})
+    for key, name in (("nir08", "SR_B5"), ("red", "SR_B4")):
+        item.add_asset(key, pystac.Asset(f"{key}.TIF", media_type=COG, roles=["data"],
+                                         extra_fields={"eo:bands": [{"name": name}]}))
+    item.add_asset("qa_pixel", pystac.Asset("qa.TIF", media_type=COG, roles=["cloud"]))
+    item.save_object(include_self_link=False, dest_href=str(tmp_path / "l9.json"))
+    (read,) = read_stac(tmp_path / "l9.json")
+    assert read.landsat and [a.key for a in read.assets] == ["nir08", "red"]
+    assert {b: m.href for b, m in read.match(["B5", "B4"]).items()} == {
+        "B5": str(tmp_path / "nir08.TIF"), "B4": str(tmp_path / "red.TIF")}
+
+
 # --- real files, real documents -------------------------------------------------------------------
 
 def declare(path: Path, scale: float, offset: float) -> Path:
@@ -377,6 +393,21 @@ def test_hostile_item_ids_get_safe_unique_names_and_keep_a_readable_original(tmp
                      "x" * NAME_BYTES, "scene", "con_", "rf", "_exe_tif"]  # document order
     assert scenes[2].original == "line\\x0abreak\\x1b[31m"
     assert scenes[0].original == "../../etc/passwd" and scenes[6].original == "x" * 600
+
+
+def test_item_ids_and_file_scenes_share_one_set_of_unique_names(tmp_path) -> None:
+    files = band_files(tmp_path / "b", "b", seed=6)
+    write_raster(tmp_path / "dup.tif", pixels(7, 8, 8))
+    items = [stac_item(i, {b: str(p) for b, p in files.items()}, "planetary")
+             for i in ("dup", "report.json")]
+    items[1].assets["B02"].href += "?v=1"  # another item (ids differ anyway)
+    doc = save_item_collection(items, tmp_path / "z-items.json")
+    scenes = discover([tmp_path / "dup.tif", doc])
+    assert [(s.name, s.kind, s.original) for s in scenes] == [
+        ("dup", "raster", "dup"), ("dup-2", "stac", "dup"), ("report_json", "stac", "report.json")]
+    # the same inputs in another order: the same names
+    assert [s.name for s in discover([doc, tmp_path / "dup.tif"])] == ["dup", "dup-2",
+                                                                        "report_json"]
 
 
 @pytest.fixture
