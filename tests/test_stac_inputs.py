@@ -296,6 +296,27 @@ def test_item_and_catalog_resolve_relative_hrefs_against_their_own_location(stac
         stac["es"] / "S2A_T18XYZ_20200101_B04.tif")
 
 
+def test_catalog_link_loops_end_the_walk_and_broken_links_name_the_catalog(stac,
+                                                                            tmp_path) -> None:
+    def catalog(name: str, *links: tuple[str, str]) -> Path:
+        doc = {"type": "Catalog", "stac_version": "1.0.0", "id": name, "description": name,
+               "links": [{"rel": "root", "href": "./loop.json"},
+                         *({"rel": rel, "href": href} for rel, href in links)]}
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+        return tmp_path / f"{name}.json"
+
+    stac_item("looped", {b: str(stac["es"] / f"S2A_T18XYZ_20200101_{b}.tif") for b in BANDS},
+              "earth-search").save_object(include_self_link=False,
+                                          dest_href=str(tmp_path / "looped.json"))
+    root = catalog("loop", ("child", "./inner.json"))
+    catalog("inner", ("child", "./loop.json"), ("child", "./inner.json"),
+            ("item", "./looped.json"))
+    assert [(s.name, s.kind) for s in discover([root])] == [("looped", "stac")]
+    broken = catalog("broken", ("child", "./nowhere.json"))
+    with pytest.raises(ConfigError, match=r"broken.json: not a readable STAC Catalog \("):
+        discover([broken])
+
+
 def test_stac_json_in_a_walked_folder_is_not_a_scene_and_one_item_twice_is_one(stac) -> None:
     assert [s.kind for s in discover([stac["root"] / "docs"])] == []
     twice = discover([stac["item"], stac["items"], stac["catalog"]])

@@ -3,10 +3,10 @@ pystac, each item becoming one scene (:class:`StacItem`).
 
 A document is recognised by its content (its JSON ``type``: ``Feature``, ``FeatureCollection``,
 ``Catalog`` or ``Collection``), never by its file name. A Catalog or Collection is walked to all
-its items (``get_items(recursive=True)``). Relative asset hrefs resolve against the item's own
-location: its ``self`` link, else the document it was read from (an ItemCollection written by
-``stac-client search … --save items.json`` has no self links). Hrefs are kept as strings, so
-``s3://…`` and ``https://…`` reach the scene opener as written.
+its items, each catalog entered once (a link loop ends the walk). Relative asset hrefs resolve
+against the item's own location: its ``self`` link, else the document it was read from (an
+ItemCollection written by ``stac-client search … --save items.json`` has no self links). Hrefs
+are kept as strings, so ``s3://…`` and ``https://…`` reach the scene opener as written.
 
 Local documents are read from disk; ``http(s)://`` documents through pystac's own
 :class:`~pystac.StacIO` (the standard library's urllib, no new dependency). Other URI schemes
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -154,12 +154,28 @@ def _items(href: str, data: dict[str, Any]) -> list[tuple[pystac.Item, str]]:
     root = pystac.read_file(href)
     if not isinstance(root, pystac.Catalog):
         raise ConfigError(f"{href}: a STAC {kind} that pystac did not read as one")
-    items = [(item, item.get_self_href() or href) for item in root.get_items(recursive=True)]
+    items = [(item, item.get_self_href() or href) for item in _walk(root)]
     if not items:
         log.warning("%s: a STAC %s without item links, so no scenes (an API collection? "
                     "search it, e.g. `stac-client search … --save items.json`, and give that "
                     "file)", href, kind)
     return items
+
+
+def _walk(root: pystac.Catalog) -> Iterator[pystac.Item]:
+    """The items of ``root`` and of its children, depth first in link order (as pystac's
+    ``get_items(recursive=True)``), entering each catalog (by its href) once: a child link
+    back to an ancestor ends there instead of recursing for ever."""
+    seen: set[str] = set()
+    stack = [root]
+    while stack:
+        catalog = stack.pop()
+        key = catalog.get_self_href() or str(id(catalog))
+        if key in seen:
+            continue
+        seen.add(key)
+        yield from catalog.get_items()
+        stack.extend(reversed(list(catalog.get_children())))
 
 
 def _landsat(item: pystac.Item) -> bool:
