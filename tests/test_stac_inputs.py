@@ -284,6 +284,13 @@ def test_item_collection_gives_one_scene_per_item_with_matched_band_files(stac) 
 def test_item_and_catalog_resolve_relative_hrefs_against_their_own_location(stac) -> None:
     item = discover([stac["item"]])
     assert [(s.name, s.kind) for s in item] == [("S2B_T18XYZ_20200111", "stac")]
+    # file:// hrefs (some catalogs write them) are local paths
+    url = pystac.Item.from_file(str(stac["item"]))
+    url.assets["B04"].href = (stac["pc"] / "S2B_T18XYZ_20200111_B04.tif").as_uri()
+    url.save_object(include_self_link=False, dest_href=str(stac["root"] / "file-url.json"))
+    (by_url,) = discover([stac["root"] / "file-url.json"])
+    assert by_url.band_match(["B04"])["B04"].href == str(
+        stac["pc"] / "S2B_T18XYZ_20200111_B04.tif")
     walked = by_name([stac["catalog"]])
     assert set(walked) == {"S2A_T18XYZ_20200101", "S2B_T18XYZ_20200111"}
     for scene in walked.values():

@@ -185,6 +185,16 @@ def _landsat(item: pystac.Item) -> bool:
     return "landsat" in text.lower()
 
 
+def _file_path(href: str) -> str:
+    """A ``file://`` URL as the local path it names (percent-decoded); any other href as it
+    is."""
+    if not href.lower().startswith("file://"):
+        return href
+    from urllib.parse import unquote, urlsplit
+
+    return unquote(urlsplit(href).path)
+
+
 def _stac_item(item: pystac.Item, base: str, document: str) -> StacItem:
     from pystac.utils import make_absolute_href
 
@@ -194,7 +204,7 @@ def _stac_item(item: pystac.Item, base: str, document: str) -> StacItem:
         if not is_data_asset(key, fields):
             continue
         href = asset.href if is_remote(asset.href) else make_absolute_href(asset.href, base)
-        assets.append(parse_asset(key, fields, href))
+        assets.append(parse_asset(key, fields, _file_path(href)))
     return StacItem(id=item.id, document=document, assets=tuple(assets), landsat=_landsat(item))
 
 
