@@ -1,0 +1,420 @@
+"""Keeping the GPU fed: a batch of scenes, one after another against several in flight.
+
+    python -m benchmarks.batch [--quick] [--scenes 8] [--size 2048] [--in-flight N]
+                               [--rate 200] [--skip-cpu-model] [--skip-simulated] [--work DIR]
+
+Every row runs ``--scenes`` synthetic 4-band uint16 DEFLATE tiled GeoTIFFs of ``--size``² (as
+:mod:`benchmarks.memory` writes them; the same pixels in every file) through geoseg's own path,
+:func:`geoseg.batch.plan_batch` + :func:`geoseg.batch.run_planned` (what ``geoseg run`` calls:
+mask COG, vectorize, quick-looks, STAC, record), with the shipped demo bundle
+(``models/s2-demo-landcover.safetensors``), on a fresh local cluster started by geoseg with its
+defaults, in a fresh client process. "In flight" is ``run.scenes_in_flight``; a geoseg without
+that key runs only the sequential rows (the others are recorded as skipped).
+
+Rows:
+
+1. **CPU model**: the real model on CPU, sequential (``scenes_in_flight`` 1) and in flight (N).
+2. **Simulated accelerator**: the same, with a benchmark-only "device" on every worker (a
+   :class:`distributed.WorkerPlugin` that replaces the model geoseg's worker cache hands to block
+   tasks; production code untouched). Its forward pass sleeps ``pixels / R`` seconds (no CPU, as
+   a GPU) and returns one-hot logits of a fixed pattern: classes from thresholds of the
+   normalized first band, pixel by pixel, so the mask does not depend on the tiling and
+   vectorizing has real polygons. Sequential, in flight, and **CPU-stage limit**: in flight with
+   R = infinity (no sleep at all): read, decode, normalize, the COG, vectorize, the report.
+
+Columns: ``wall`` is the whole ``run_planned`` call (cluster start and model load included);
+``span`` runs from the first scene started to the last scene finished (the batch itself);
+Mpx/s count scene pixels over the span. ``predict busy`` is the share of the span during which
+at least one prediction task (key prefix ``geoseg-predict-``, :mod:`geoseg.graph`) was running,
+the union of their compute intervals from the scheduler's task stream
+(``client.get_task_stream``); ``wall busy`` the same over the wall time; ``device busy`` (simulated
+rows) the union of the sleeps themselves. Targets (issue 19): predict busy ≥ 95 % and wall no
+worse than sequential (CPU model); in flight ≥ 0.8 × the CPU-stage limit and ≥ 1.5 × sequential
+(simulated). Results go to ``benchmarks/results/batch.json`` and ``batch.md``
+(``batch-quick.*`` with ``--quick``), headed by the machine and its load average before/after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from benchmarks.memory import DEMO_BUNDLE, REPO, RESULTS, machine, process_memory, write_scene
+
+#: Key prefix of geoseg's prediction (block) tasks (geoseg.graph.lazy_prediction).
+PREDICT_PREFIX = "geoseg-predict-"
+#: Default simulated accelerator rate, Mpx/s: a 1 Gpx/s GPU scaled to 2 cores of a 16-core node.
+DEFAULT_RATE = 200.0
+#: Class thresholds on the normalized first band for the simulated pattern (7 demo classes).
+THRESHOLDS = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0)
+
+
+def busy_fraction(intervals: Iterable[tuple[float, float]], start: float, stop: float) -> float:
+    """Share of ``[start, stop]`` (seconds) covered by the union of ``intervals``.
+
+    Args:
+        intervals: ``(start, stop)`` pairs, any order, may overlap.
+        start, stop: the window, ``stop > start``.
+
+    Returns:
+        A fraction in ``[0, 1]``.
+    """
+    if stop <= start:
+        raise ValueError(f"empty window [{start}, {stop}]: stop must be after start")
+    covered, reach = 0.0, start
+    for a, b in sorted((max(a, start), min(b, stop)) for a, b in intervals):
+        if b <= reach:
+            continue
+        covered += b - max(a, reach)
+        reach = b
+    return covered / (stop - start)
+
+
+# --- the simulated accelerator (worker side) -----------------------------------------------------
+
+#: ``(start, stop, pixels)`` of every simulated forward pass in this (worker) process.
+DEVICE_LOG: list[tuple[float, float, int]] = []
+
+
+def sleeping_module(rate_mpx_s: float, n_classes: int) -> Any:
+    """A torch module standing in for an accelerator: ``(N, C, H, W)`` float32 normalized
+    input → ``(N, n_classes, H, W)`` float32 one-hot logits, class = number of
+    :data:`THRESHOLDS` below band 0; sleeps ``N·H·W / (rate_mpx_s · 1e6)`` s (none at
+    ``inf``) and logs each call in :data:`DEVICE_LOG`."""
+    import torch
+
+    class SleepingDevice(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("cuts", torch.tensor(THRESHOLDS[: n_classes - 1]))
+            self.register_buffer("ids", torch.arange(n_classes).view(1, -1, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            start = time.time()
+            n, _, h, w = x.shape
+            if math.isfinite(rate_mpx_s):
+                time.sleep(n * h * w / (rate_mpx_s * 1e6))
+            classes = torch.bucketize(x[:, :1].contiguous(), self.cuts)
+            out = (classes == self.ids).to(torch.float32)
+            DEVICE_LOG.append((start, time.time(), n * h * w))
+            return out
+
+    return SleepingDevice().eval()
+
+
+def device_log() -> list[tuple[float, float, int]]:
+    """This worker's simulated forward passes (for ``client.run``)."""
+    return list(DEVICE_LOG)
+
+
+class SimulatedDevice(WorkerPlugin):
+    """Makes every block task of a worker run :func:`sleeping_module` instead of the bundle's
+    model: it replaces :func:`geoseg.predict.get_model` in the worker, which is where block
+    tasks find their model (the bundle is still loaded and checked by geoseg as usual, with the
+    real ``get_model`` that :mod:`geoseg.workers` imported)."""
+
+    name = "benchmark-simulated-device"
+
+    def __init__(self, rate_mpx_s: float, n_classes: int) -> None:
+        self.rate, self.n_classes = rate_mpx_s, n_classes
+
+    def setup(self, worker: Any) -> None:
+        import torch
+
+        import geoseg.predict as predict
+        import geoseg.workers  # noqa: F401  (binds the real get_model: its model check runs it)
+
+        loaded = predict._Loaded(sleeping_module(self.rate, self.n_classes), torch.device("cpu"))
+        predict.get_model = lambda ref: loaded  # type: ignore[assignment]
+
+
+# --- one row, in a fresh client process ---------------------------------------------------------
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run ``spec['scenes']`` through geoseg's batch path; return times and busy fractions."""
+    # the worker side by reference to this module, not pickled by value from __main__
+    from benchmarks.batch import SimulatedDevice, device_log
+    from geoseg.batch import plan_batch, run_planned
+    from geoseg.batch.runner import QuietEvents
+
+    clients: list[Any] = []
+    todo = len(spec["scenes"])
+    rate = None if spec["rate"] is None else float(spec["rate"])  # "inf": no sleep
+
+    class Events(QuietEvents):
+        first: float | None = None
+        last: float | None = None
+        entries: list[dict[str, Any]] = []
+        stream: list[dict[str, Any]] = []
+        device: dict[str, list[tuple[float, float, int]]] = {}
+        workers: dict[str, dict[str, Any]] = {}
+        threads: dict[str, int] = {}
+
+        def scene_started(self, index: int, total: int, name: str) -> None:
+            if self.first is None:
+                self.first = time.time()
+
+        def scene_finished(self, entry: dict[str, Any]) -> None:
+            self.entries.append(entry)
+            if len(self.entries) == todo:  # the batch is done: read the cluster before it goes
+                self.last = time.time()
+                self.stream = clients[0].get_task_stream(start=begin)
+                if rate is not None:
+                    self.device = clients[0].run(device_log)
+                self.workers = clients[0].run(process_memory)
+                self.threads = {a: w["nthreads"] for a, w in
+                                clients[0].scheduler_info()["workers"].items()}
+
+    def on_client(client: Any) -> None:
+        clients.append(client)
+        client.get_task_stream(start=0, stop=0)  # the scheduler records from now on
+        if rate is not None:
+            client.register_plugin(SimulatedDevice(rate, spec["classes"]))
+
+    overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"}}
+    if spec["in_flight"] is not None:
+        overrides["run"] = {"scenes_in_flight": spec["in_flight"]}
+    plan = plan_batch(spec["scenes"], spec["bundle"], spec["out"], None, overrides)
+    events = Events()
+    begin = time.time()
+    run_planned(plan, overwrite=True, events=events, on_client=on_client)
+    end = time.time()
+    failed = [e for e in events.entries if e["status"] != "ok"]
+    if failed or events.first is None or events.last is None:
+        raise RuntimeError(f"scenes failed: {[(e['scene'], e.get('error')) for e in failed]}")
+    predict = [(s["start"], s["stop"]) for t in events.stream if PREDICT_PREFIX in str(t["key"])
+               for s in t["startstops"] if s["action"] == "compute"]
+    sleeps = [(a, b) for log in events.device.values() for a, b, _ in log]
+    span = events.last - events.first
+    mpx = sum(e["size"][0] * e["size"][1] for e in events.entries) / 1e6
+    row = {
+        "wall_s": round(end - begin, 2),
+        "span_s": round(span, 2),
+        "scenes": len(events.entries),
+        "mpx": round(mpx, 1),
+        "mpx_s": round(mpx / span, 2),
+        "predict_tasks": len(predict),
+        "predict_busy": round(busy_fraction(predict, events.first, events.last), 4),
+        "wall_busy": round(busy_fraction(predict, begin, end), 4),
+        "stage_s": {k: round(sum(e["timings_s"].get(k, 0.0) for e in events.entries), 1)
+                    for k in ("open", "predict", "vectorize", "report", "total")},
+        "blocks": sum(e["blocks"] for e in events.entries),
+        "tiles": sum(e["tiles"] for e in events.entries),
+    }
+    row["workers"] = [{"threads": events.threads.get(a), **w}
+                      for a, w in sorted(events.workers.items())]
+    if rate is not None:
+        row["device_busy"] = round(busy_fraction(sleeps, events.first, events.last), 4)
+        row["device_calls"] = len(sleeps)
+        row["device_mpx"] = round(sum(p for log in events.device.values()
+                                      for *_, p in log) / 1e6, 1)
+    return row
+
+
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`child` in a fresh process (so no cluster, cache or peak carries over)."""
+    cmd = [sys.executable, "-m", "benchmarks.batch", "--child", json.dumps(spec)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))  # workers import benchmarks
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"row {spec['label']} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def in_flight_default() -> int | None:
+    """geoseg's default ``run.scenes_in_flight`` if above 1, else 2; None when this geoseg has
+    no such key (then only sequential rows can run)."""
+    from geoseg.config import RunConfig
+
+    field = RunConfig.model_fields.get("scenes_in_flight")
+    if field is None:
+        return None
+    default = field.default
+    return default if isinstance(default, int) and default > 1 else 2
+
+
+def plan_rows(args: argparse.Namespace, n: int | None) -> list[dict[str, Any]]:
+    """The rows to run: ``(section, variant, rate, in_flight)`` as dicts; ``skip`` says why a
+    row cannot run here."""
+    seq = 1 if n is not None else None  # a geoseg without the key is sequential by itself
+    rows = []
+    if not args.skip_cpu_model:
+        rows += [("cpu model", "sequential", None, seq), ("cpu model", "in flight", None, n)]
+    if not args.skip_simulated:
+        rows += [("simulated", "sequential", args.rate, seq),
+                 ("simulated", "in flight", args.rate, n),
+                 ("simulated", "CPU-stage limit", "inf", n or seq)]
+    out = []
+    for section, variant, rate, flight in rows:
+        skip = (variant == "in flight" and flight is None)
+        out.append({"section": section, "variant": variant, "rate": rate,
+                    "in_flight": flight,
+                    "skip": "run.scenes_in_flight is not in this geoseg" if skip else None})
+    return out
+
+
+def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """The issue's figures from the rows (None where a row is missing)."""
+    def get(section: str, variant: str) -> dict[str, Any] | None:
+        return next((r for r in rows if r["section"] == section and r["variant"] == variant
+                     and "span_s" in r), None)
+
+    cs, cf = get("cpu model", "sequential"), get("cpu model", "in flight")
+    ss, sf, lim = (get("simulated", v) for v in ("sequential", "in flight", "CPU-stage limit"))
+    div = lambda a, b, k: round(a[k] / b[k], 3) if a and b else None  # noqa: E731
+    return {"cpu_wall_in_flight_over_sequential": div(cf, cs, "wall_s"),
+            "cpu_span_in_flight_over_sequential": div(cf, cs, "span_s"),
+            "sim_in_flight_over_cpu_limit": div(sf, lim, "mpx_s"),
+            "sim_in_flight_over_sequential": div(sf, ss, "mpx_s"),
+            "sim_sequential_over_cpu_limit": div(ss, lim, "mpx_s")}
+
+
+def write_results(out: dict[str, Any], name: str) -> None:
+    """``<name>.json`` and a Markdown table ``<name>.md`` under ``benchmarks/results``."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    pct = lambda v: "" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    lines = [f"Machine: {out['machine']}; load average {out['load_before']} before, "
+             f"{out['load_after']} after{out['busy_note']}.", "",
+             f"Command: `{out['command']}`. {out['setup']}", "",
+             "| section | variant | in flight | R Mpx/s | wall s | span s | Mpx/s (span) | "
+             "predict busy (span) | predict busy (wall) | device busy | predict / vectorize / "
+             "report s (sum) | workers × threads |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in out["rows"]:
+        flight = r["in_flight"] or ("n/a" if r.get("skip") else "1 (no key)")
+        head = (f"| {r['section']} | {r['variant']} | {flight} | "
+                f"{r['rate'] or ''} |")
+        if r.get("skip"):
+            lines.append(f"{head} skipped: {r['skip']} ||||||||")
+            continue
+        st = r["stage_s"]
+        lines.append(
+            f"{head} {r['wall_s']} | {r['span_s']} | {r['mpx_s']} | {pct(r['predict_busy'])} | "
+            f"{pct(r['wall_busy'])} | {pct(r.get('device_busy'))} | {st['predict']} / "
+            f"{st['vectorize']} / {st['report']} | {len(r['workers'])} × "
+            f"{r['workers'][0]['threads']} |")
+    rt = out["ratios"]
+    fmt = lambda v: "n/a" if v is None else v  # noqa: E731
+    lines += ["", "Figures (computed; targets from issue 19):", "",
+              f"* CPU model, predict busy in flight: "
+              f"{pct(out['rows_by'].get('cpu model/in flight'))} (target ≥ 95 %); sequential "
+              f"{pct(out['rows_by'].get('cpu model/sequential'))}.",
+              f"* CPU model, wall in flight / sequential: "
+              f"{fmt(rt['cpu_wall_in_flight_over_sequential'])} (target ≤ 1).",
+              f"* Simulated, in flight / CPU-stage limit: "
+              f"{fmt(rt['sim_in_flight_over_cpu_limit'])} (target ≥ 0.8); sequential / limit "
+              f"{fmt(rt['sim_sequential_over_cpu_limit'])}.",
+              f"* Simulated, in flight / sequential: {fmt(rt['sim_in_flight_over_sequential'])} "
+              "(target ≥ 1.5)."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def make_scenes(work: Path, count: int, size: int) -> list[str]:
+    """``count`` copies of one synthetic scene of ``size``² under ``work/scenes``."""
+    folder = work / f"scenes-{size}"
+    folder.mkdir(parents=True, exist_ok=True)
+    first = folder / "scene00.tif"
+    if not first.exists():
+        write_scene(first, size)
+    paths = [first]
+    for k in range(1, count):
+        path = folder / f"scene{k:02d}.tif"
+        if not path.exists():
+            shutil.copyfile(first, path)
+        paths.append(path)
+    return [str(p) for p in paths]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke configuration: 3 scenes of 1024² (results: batch-quick.*)")
+    parser.add_argument("--scenes", type=int, default=None, help="scenes per row (default 8)")
+    parser.add_argument("--size", type=int, default=None, help="scene side, px (default 2048)")
+    parser.add_argument("--in-flight", type=int, default=None,
+                        help="scenes in flight (default: geoseg's default if above 1, else 2)")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                        help="simulated accelerator rate, Mpx/s (default 200)")
+    parser.add_argument("--skip-cpu-model", action="store_true", help="no real-model rows")
+    parser.add_argument("--skip-simulated", action="store_true", help="no simulated rows")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep scenes and outputs here (default: a temporary folder)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))), flush=True)  # noqa: T201
+        return
+    count = args.scenes or (3 if args.quick else 8)
+    size = args.size or (1024 if args.quick else 2048)
+    supported = in_flight_default()
+    n = (args.in_flight or supported) if supported is not None else None
+    from geoseg.models.bundle import check_bundle
+
+    classes = len(check_bundle(DEMO_BUNDLE).meta.classes)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        scenes = make_scenes(work, count, size)
+        for k, row in enumerate(plan_rows(args, n)):
+            if not row["skip"]:
+                spec = {"label": f"{row['section']} {row['variant']}", "scenes": scenes,
+                        "bundle": str(DEMO_BUNDLE), "out": str(work / f"out{k}"),
+                        "rate": row["rate"], "in_flight": row["in_flight"], "classes": classes}
+                row.update(run_row(spec))
+            rows.append(row)
+            print(json.dumps(row), flush=True)  # noqa: T201
+    load_after = [round(x, 2) for x in os.getloadavg()]
+    busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
+    import torch
+
+    argv = " ".join(["python -m benchmarks.batch", *sys.argv[1:]])
+    out = {
+        "benchmark": "batch",
+        "machine": machine() + f"; worker allocator {_allocator(rows)}",
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "command": argv,
+        "load_before": load_before,
+        "load_after": load_after,
+        "busy_note": (f": **machine busy (load {max(load_before[0], load_after[0])} on "
+                      f"{os.cpu_count()} CPUs), compare ratios, not seconds**" if busy else ""),
+        "setup": (f"{count} copies of one synthetic {size}² 4-band uint16 DEFLATE tiled scene, "
+                  "the demo bundle, `plan_batch` + `run_planned` on a fresh local cluster with "
+                  "geoseg's defaults (device cpu, vectorize on), one fresh client process per "
+                  f"row; in flight = run.scenes_in_flight {n if n else '(not in this geoseg)'}; "
+                  f"simulated device R = {args.rate} Mpx/s (CPU-stage limit: no sleep)."),
+        "scenes": count,
+        "size": size,
+        "rows": rows,
+        "rows_by": {f"{r['section']}/{r['variant']}": r.get("predict_busy") for r in rows},
+        "ratios": ratios(rows),
+    }
+    write_results(out, "batch-quick" if args.quick else "batch")
+
+
+def _allocator(rows: list[dict[str, Any]]) -> str:
+    return next((r["workers"][0]["allocator"] for r in rows if r.get("workers")), "unknown")
+
+
+if __name__ == "__main__":
+    main()
