@@ -7,7 +7,7 @@ GEOSEG := $(VENV)/bin/geoseg
 DEMO   ?= demo-out
 DEMO_MODEL ?= models/s2-demo-landcover.safetensors
 
-.PHONY: install lint test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory bench-gpu clean
+.PHONY: install lint test test-fast demo demo-model bench bench-throughput bench-vectorize bench-memory bench-batch bench-gpu clean
 
 install: $(VENV)/.installed
 
@@ -54,6 +54,12 @@ bench-vectorize: install
 
 bench-memory: install
 	$(PY) -m benchmarks.memory
+
+# a batch of 8 scenes sequential against scenes in flight (real model and a simulated accelerator),
+# then the process tree at 16 Mpx against a plain TorchGeo loop (about 15 min on 2 cores)
+bench-batch: install
+	$(PY) -m benchmarks.batch
+	$(PY) -m benchmarks.tree
 
 # one GPU and its node's cores: U-Net and DeepLabV3+ ResNet-34, bf16/fp16 (never run on a GPU yet)
 bench-gpu: install
