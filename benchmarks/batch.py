@@ -293,7 +293,7 @@ def write_results(out: dict[str, Any], name: str) -> None:
     pct = lambda v: "" if v is None else f"{100 * v:.1f} %"  # noqa: E731
     lines = [f"Machine: {out['machine']}; load average {out['load_before']} before, "
              f"{out['load_after']} after{out['busy_note']}.", "",
-             f"Command: `{out['command']}`. {out['setup']}", "",
+             f"Command: `{out['command']}` at geoseg {out['geoseg_commit']}. {out['setup']}", "",
              "| section | variant | in flight | R Mpx/s | wall s | span s | Mpx/s (span) | "
              "predict busy (span) | predict busy (wall) | device busy | predict / vectorize / "
              "report s (sum) | workers × threads |",
@@ -393,6 +393,7 @@ def main() -> None:
         "machine": machine() + f"; worker allocator {_allocator(rows)}",
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
+        "geoseg_commit": geoseg_commit(),
         "command": argv,
         "load_before": load_before,
         "load_after": load_after,
@@ -410,6 +411,17 @@ def main() -> None:
         "ratios": ratios(rows),
     }
     write_results(out, "batch-quick" if args.quick else "batch")
+
+
+def geoseg_commit() -> str:
+    """The checkout's commit (``git rev-parse``), else ``$GEOSEG_COMMIT`` (a copy of a commit
+    made with ``git archive``), else ``unknown``."""
+    try:
+        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("GEOSEG_COMMIT", "unknown")
 
 
 def _allocator(rows: list[dict[str, Any]]) -> str:

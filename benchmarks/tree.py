@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.batch import geoseg_commit
 from benchmarks.memory import DEMO_BUNDLE, REPO, RESULTS, machine, write_scene
 
 #: geoseg's process tree may peak at this many times the leanest peer's (issue 19).
@@ -189,8 +190,12 @@ def write_results(out: dict[str, Any]) -> None:
     """``tree.json`` and ``tree.md`` under ``benchmarks/results``."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "tree.json").write_text(json.dumps(out, indent=2) + "\n")
+    load = max(out["load_before"][0], out["load_after"][0])
+    busy = (f": **machine busy (load {load} on {out['cpu_count']} CPUs), compare peaks, not "
+            "seconds**" if load > 0.5 * out["cpu_count"] else "")
     lines = [f"Machine: {out['machine']}; load average {out['load_before']} before, "
-             f"{out['load_after']} after.", "", f"Command: `{out['command']}`. {out['setup']}",
+             f"{out['load_after']} after{busy}.", "",
+             f"Command: `{out['command']}` at geoseg {out['geoseg_commit']}. {out['setup']}",
              "", "| run | seconds | tree peak MiB (sum of VmHWM) | processes (name: peak MiB) |",
              "|---|---|---|---|"]
     for name, r in out["rows"].items():
@@ -239,6 +244,8 @@ def main() -> None:
     out = {
         "benchmark": "tree",
         "machine": machine(),
+        "cpu_count": os.cpu_count() or 1,
+        "geoseg_commit": geoseg_commit(),
         "command": " ".join(["python -m benchmarks.tree", *sys.argv[1:]]),
         "load_before": load_before,
         "load_after": load_after,
