@@ -295,3 +295,26 @@ def test_model_import_records_the_input_encoding(tmp_path: Path) -> None:
     assert meta.bands[0].mean == pytest.approx(1000.0)  # --scale folds the statistics still
     bad = CliRunner().invoke(main, [*args, "--overwrite", "--input-encoding", "0,1"])
     assert bad.exit_code != 0 and "--input-encoding" in bad.output and "scale" in bad.output
+
+
+def test_model_init_records_the_stats_scene_encoding(tmp_path: Path) -> None:
+    dn = np.round(reflectance(shape=(32, 48)) * 10000).astype(np.uint16) + np.uint16(1000)
+    scene = write_scene(tmp_path / "after.tif", dn, (1e-4, -0.1))
+    args = ["model", "init", "--arch", "unet", "--encoder", "resnet18", "--encoder-depth", "3",
+            "--bands", ",".join(BANDS), "--classes", "a,b", "--stats-from", str(scene)]
+    out = tmp_path / "m.safetensors"
+    result = CliRunner().invoke(main, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = load_bundle(out).meta
+    assert meta.encodings == (InputEncoding(scale=1e-4, offset=-0.1),) * 4
+    assert meta.bands[0].mean == pytest.approx(dn[0].mean(), rel=1e-3)  # in the file's DN
+    bad = CliRunner().invoke(main, [*args, "-o", str(tmp_path / "x.safetensors"),
+                                    "--input-encoding", "0.0001,0"])
+    assert bad.exit_code != 0 and "declares scale 0.0001 offset -0.1" in bad.output
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_file_declaring_a_zero_scale_is_refused(tmp_path: Path) -> None:
+    path = write_scene(tmp_path / "zero.tif", np.ones((4, 8, 8), np.uint16), (0.0, 0.0))
+    with pytest.raises(SceneError, match=r"zero.tif: band 1 declares scale 0 offset 0"):
+        open_scene(path)

@@ -132,6 +132,31 @@ def _encoding(text: str | None, option: str = "--input-encoding") -> InputEncodi
         raise ConfigError(f"{option}: {validation_message(exc)}") from None
 
 
+def _measured_encodings(refs: tuple, stated: InputEncoding | None,
+                        stats_from: Path) -> list[InputEncoding | None]:
+    """The encodings of statistics measured on ``stats_from``'s bands ``refs``: the ones the
+    scene declares (None where it declares none), or ``stated`` if the scene agrees.
+
+    Raises:
+        ConfigError: ``stated`` differs from an encoding the scene declares.
+    """
+    from geoseg.errors import ConfigError
+    from geoseg.models.bundle import InputEncoding
+
+    if stated is not None:
+        for ref in refs:
+            if ref.encoding is not None and ref.encoding != (stated.scale, stated.offset):
+                raise ConfigError(
+                    f"--input-encoding {stated.text()}, but {stats_from} band {ref.name} "
+                    f"declares scale {ref.encoding[0]:.10g} offset {ref.encoding[1]:.10g} and "
+                    "--stats-from measures its DN: leave --input-encoding out to record the "
+                    "scene's, or give --mean/--std in the stated encoding")
+        return [stated] * len(refs)
+    return [None if r.encoding is None else InputEncoding(scale=r.encoding[0],
+                                                           offset=r.encoding[1])
+            for r in refs]
+
+
 def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
                 mean: str | None, std: str | None, scale: float | None = None,
                 encoding: InputEncoding | None = None) -> tuple:
@@ -141,7 +166,9 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
     A model trained on ``x · scale`` normalized by ``m``/``s`` (given in those scaled units)
     sees ``(x · scale − m) / s = (x − m/scale) / (s/scale)``: the bundle stores ``m/scale`` and
     ``s/scale``, in the scene's units. ``--scale`` alone means ``m = 0``, ``s = 1``.
-    ``encoding`` (``--input-encoding``) is recorded on every band as is.
+    ``encoding`` (``--input-encoding``) is recorded on every band; with ``--stats-from`` and
+    no ``--input-encoding``, each band records the encoding the scene declares (its
+    statistics are in that scene's DN, as ``geoseg train`` records its scenes').
 
     Raises:
         ConfigError: no normalization given, half of it, bad numbers, --scale with
@@ -152,6 +179,7 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
     from geoseg.errors import ConfigError
     from geoseg.models.bundle import BandSpec, validation_message
 
+    encodings = [encoding] * len(names)
     if stats_from is not None:
         if scale is not None:
             raise ConfigError("--scale applies to --mean/--std (or to none); --stats-from "
@@ -160,8 +188,9 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
         from geoseg.scene import open_scene, select_bands
 
         scene = open_scene(stats_from)
-        stats = band_statistics(select_bands(scene, names, str(stats_from)), scene.height,
-                                scene.width)
+        refs = select_bands(scene, names, str(stats_from))
+        stats = band_statistics(refs, scene.height, scene.width)
+        encodings = _measured_encodings(refs, encoding, stats_from)
     elif mean and std:
         stats = list(zip(_numbers("--mean", mean, len(names)),
                          _numbers("--std", std, len(names), positive=True), strict=True))
@@ -175,8 +204,8 @@ def _band_specs(names: list[str], input_dtype: str, stats_from: Path | None,
     if scale is not None:
         stats = [(m / scale, s / scale) for m, s in stats]
     try:
-        return tuple(BandSpec(name=n, mean=m, std=s, encoding=encoding)
-                     for n, (m, s) in zip(names, stats, strict=True))
+        return tuple(BandSpec(name=n, mean=m, std=s, encoding=e)
+                     for n, (m, s), e in zip(names, stats, encodings, strict=True))
     except ValidationError as exc:  # statistics measured on --stats-from, or folded by --scale
         source = stats_from if stats_from is not None else "--mean/--std/--scale"
         raise ConfigError(f"{source}: no usable normalization statistics "
@@ -196,14 +225,17 @@ def model() -> None:
 @click.option("--encoder-depth", type=int,
               help="Encoder stages (3-5); fewer = smaller receptive field.")
 @click.option("--seed", default=0, show_default=True, help="Random seed of the weights.")
+@click.option("--input-encoding", metavar="SCALE,OFFSET",
+              help="What the model's input DN mean: physical = DN × SCALE + OFFSET "
+                   "[--stats-from's declared encoding, else none: the values as stored].")
 @click.option("--description", default="", help="What this model is (stored in the bundle).")
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Bundle to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
 def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
          stats_from: Path | None, mean: str | None, std: str | None, tile_size: int,
-         halo: int | None, encoder_depth: int | None, seed: int, description: str, out: Path,
-         overwrite: bool) -> None:
+         halo: int | None, encoder_depth: int | None, seed: int, input_encoding: str | None,
+         description: str, out: Path, overwrite: bool) -> None:
     """Write a randomly initialised (untrained) bundle, e.g. to try the pipeline.
 
     Normalization statistics come from --stats-from SCENE (recommended) or --mean/--std.
@@ -221,7 +253,8 @@ def init(arch: str, encoder: str, bands: str, classes: str, input_dtype: str,
         raise OutputExistsError(f"{out}: exists already; pass --overwrite to replace it")
     names = _split(bands, "--bands")
     classes_ = _parse_classes(classes)
-    band_specs = _band_specs(names, input_dtype, stats_from, mean, std)
+    band_specs = _band_specs(names, input_dtype, stats_from, mean, std,
+                             encoding=_encoding(input_encoding))
     meta = init_bundle(
         out,
         arch=arch,

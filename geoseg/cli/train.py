@@ -190,3 +190,8 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
         f"(blocks of {result.val_block} px), tile {meta.tile_size} px, halo {meta.halo} px, "
         f"{result.seconds:.0f} s"
     )
+    declared = {b.encoding for b in meta.bands if b.encoding is not None}
+    if declared:  # what the model's input values mean, recorded from the training scenes
+        shown = "; ".join(sorted(e.text() for e in declared))
+        console.print(f"input encoding (physical = DN × scale + offset): {shown} "
+                      "(`geoseg model info` shows it per band)", soft_wrap=True)
