@@ -420,6 +420,9 @@ def test_hostile_item_ids_get_safe_unique_names_and_keep_a_readable_original(tmp
     assert names == ["_etc_passwd", "a_b_c", "line_break_31m", "dup", "DUP-2", "dup-3",
                      "x" * NAME_BYTES, "scene", "con_", "rf", "_exe_tif"]  # document order
     assert scenes[2].original == "line\\x0abreak\\x1b[31m"
+    with pytest.raises(SceneError) as err:  # errors name the item without its control bytes
+        scenes[2].band_match(["B99"])
+    assert str(err.value).startswith("STAC item 'line\\x0abreak\\x1b[31m' (")
     assert scenes[0].original == "../../etc/passwd" and scenes[6].original == "x" * 600
 
 

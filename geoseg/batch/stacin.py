@@ -67,8 +67,9 @@ class StacItem:
 
     @property
     def label(self) -> str:
-        """How errors name the item: ``item 'ID' (DOCUMENT)``."""
-        return f"STAC item {self.id!r} ({self.document})"
+        """How errors name the item: ``STAC item 'ID' (DOCUMENT)``, control characters
+        escaped (:func:`~geoseg.batch.discover.readable`)."""
+        return f"STAC item '{readable(self.id)}' ({readable(self.document)})"
 
     def match(self, band_names: Sequence[str]) -> dict[str, BandAsset]:
         """Each of ``band_names`` → its asset (:func:`~geoseg.batch.stacmatch.match_bands`).
