@@ -11,6 +11,12 @@ does this itself; Slurm jobs get it from ``--gres=gpu:1`` per worker job (one wo
 each); elsewhere start one ``dask worker --resources GPU=1`` per GPU and set
 ``cluster.resources`` (``{GPU: 0.5}``: two blocks at once), which tasks then take as given.
 
+CPU-only work beside GPU workers: a local cluster of GPU workers also starts CPU-only workers
+(``cluster.cpu_workers``) offering ``CPU`` = their threads, and every CPU-only task (vectorize
+blocks) then asks for ``CPU=1`` (:attr:`~geoseg.tasks.TaskPolicy.cpu_resources`), so none takes
+a GPU worker's slot. Clusters without GPU workers, Slurm/PBS worker jobs and existing schedulers
+keep CPU-only tasks unconstrained.
+
 Allocator: the workers of clusters geoseg starts (local, Slurm/PBS jobs) run under jemalloc
 where their node has it, else under glibc tuned to keep its large blocks (``cluster.allocator``,
 :mod:`geoseg.allocator`, a nanny preload);
@@ -38,6 +44,7 @@ __all__ = [
     "ClusterSession",
     "available_cores",
     "connect",
+    "cpu_worker_layout",
     "cuda_device_count",
     "jobqueue_kwargs",
     "local_worker_layout",
@@ -64,6 +71,9 @@ ALLOCATOR_PRELOAD = "geoseg.allocator"
 #: What a GPU worker geoseg starts offers per GPU; each prediction task takes
 #: ``1/cluster.gpu_tasks`` of it (:func:`task_policy`), unless ``cluster.resources`` is set.
 GPU_RESOURCE = {"GPU": 1.0}
+
+#: What the CPU-only workers beside GPU workers offer per thread, and each CPU-only task takes.
+CPU_RESOURCE = {"CPU": 1.0}
 
 #: Set to the worker's cores on GPU workers: GDAL decodes the compressed tiles of one window
 #: read in that many threads (4-band uint16 DEFLATE, 2 cores: 48 → 105 Mpx/s), and reading is
@@ -175,12 +185,16 @@ def resource_arg(resources: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
 
 
-def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
+def task_policy(cfg: ClusterConfig, gpu_workers: bool = False,
+                cpu_workers: bool = False) -> TaskPolicy:
     """The resources, retries and stall timeout of prediction tasks under ``cfg``.
 
     ``gpu_workers``: the cluster geoseg starts has GPU workers offering ``GPU=1``; each task
     then needs ``GPU=1/cfg.gpu_tasks``, so that many tasks share a GPU and one reads its block
     while another runs the model. ``cfg.resources`` given by the user are used as they are.
+    ``cpu_workers``: CPU-only workers offering :data:`CPU_RESOURCE` run beside them (a local
+    GPU cluster); CPU-only tasks then take ``CPU=1`` (``cpu_resources``). ``cfg.cpu_resources``
+    given by the user are used as they are.
     """
     if cfg.resources:
         resources = dict(cfg.resources)
@@ -188,7 +202,21 @@ def task_policy(cfg: ClusterConfig, gpu_workers: bool = False) -> TaskPolicy:
         resources = {k: v / cfg.gpu_tasks - 1e-9 for k, v in GPU_RESOURCE.items()}
     else:
         resources = {}
-    return TaskPolicy(resources, cfg.retries, cfg.stall_timeout)
+    if cfg.cpu_resources:
+        cpu = dict(cfg.cpu_resources)
+    else:
+        cpu = dict(CPU_RESOURCE) if cpu_workers else {}
+    return TaskPolicy(resources, cfg.retries, cfg.stall_timeout, cpu_resources=cpu)
+
+
+def cpu_worker_layout(cfg: ClusterConfig, gpus: int, cores: int | None = None) -> tuple[int, int]:
+    """``(CPU-only workers, threads each)`` a local cluster of ``gpus`` GPU workers starts
+    beside them on ``cores`` cores: ``cfg.cpu_workers`` (default one per 4 cores the GPU
+    workers leave, ``cores - gpus``, at least 1), sharing those cores."""
+    cores = cores or available_cores()
+    free = max(1, cores - gpus)
+    workers = cfg.cpu_workers or max(1, free // 4)
+    return workers, max(1, free // workers)
 
 
 _DURATION = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -319,8 +347,10 @@ def quiet_environ() -> dict[str, str]:
     }
 
 
-def _check_resources(client: Any, resources: dict[str, float], address: str) -> None:
-    """Fail fast when no worker of an existing scheduler offers the tasks' resources."""
+def _check_resources(client: Any, resources: dict[str, float], address: str,
+                     key: str = "cluster.resources") -> None:
+    """Fail fast when no worker of an existing scheduler offers the tasks' resources
+    (``key``: the config field that asks for them)."""
     if not resources:
         return
     client.wait_for_workers(1, timeout=60)
@@ -329,7 +359,7 @@ def _check_resources(client: Any, resources: dict[str, float], address: str) -> 
         raise ConfigError(
             f"no worker of {address} offers resources {resource_arg(resources)}: start "
             f"workers with `dask worker {address} --resources {resource_arg(resources)}` or "
-            "unset cluster.resources"
+            f"unset {key}"
         )
 
 
@@ -371,8 +401,9 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
     from distributed.system import MEMORY_LIMIT
     from distributed.worker_memory import parse_memory_limit
 
+    n_cpu, cpu_threads = cpu_worker_layout(cfg, len(gpu_ids))
     memory = (
-        MEMORY_LIMIT // workers if cfg.memory_limit == "auto"
+        MEMORY_LIMIT // (workers + n_cpu) if cfg.memory_limit == "auto"
         else parse_memory_limit(cfg.memory_limit, cfg.threads_per_worker, logger=log)
     )
     specs = {
@@ -388,6 +419,16 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
         }
         for gpu in gpu_ids
     }
+    for k in range(n_cpu):  # CPU-only tasks (vectorize blocks) go here, never to a GPU worker
+        specs[f"cpu{k}"] = {
+            "cls": Nanny,
+            "options": {
+                "nthreads": cpu_threads,
+                "memory_limit": memory,
+                "resources": {name: v * cpu_threads for name, v in CPU_RESOURCE.items()},
+                **_allocator_options(cfg, {"CUDA_VISIBLE_DEVICES": ""}),
+            },
+        }
     return SpecCluster(
         workers=specs,
         scheduler={"cls": Scheduler, "options": {"dashboard_address": ":0"}},
@@ -437,6 +478,8 @@ def connect(cfg: ClusterConfig, device: str = "auto") -> Iterator[Any]:
         with Client(cfg.scheduler, timeout="30s") as client:
             log.info("connected to %s", cfg.scheduler)
             _check_resources(client, dict(cfg.resources), cfg.scheduler)
+            _check_resources(client, dict(cfg.cpu_resources), cfg.scheduler,
+                             "cluster.cpu_resources")
             yield client
         return
     settings = {"distributed.scheduler.allowed-failures": cfg.allowed_failures, **quiet_config()}
@@ -504,5 +547,6 @@ def session(cfg: ClusterConfig, device: str = "auto") -> ClusterSession:
         ConfigError: ``cfg.gpus`` asks for more GPUs than this machine shows.
     """
     gpus = gpu_workers(cfg, device)
+    cpu_beside = gpus > 0 and cfg.kind == "local"  # _local_cluster starts CPU-only workers
     return ClusterSession(cfg, device, gpus, torch_threads(cfg, gpus),
-                          task_policy(cfg, gpu_workers=gpus > 0))
+                          task_policy(cfg, gpu_workers=gpus > 0, cpu_workers=cpu_beside))

@@ -317,6 +317,13 @@ class RunConfig(_Section):
     )
     html: bool = Field(True, description="write report.html with quick-looks")
     stac: bool = Field(True, description="write a STAC Item per scene")
+    scenes_in_flight: Int = Field(
+        2, ge=1, description="scenes processed at once, each in its own client thread: the "
+        "prediction of the next scene overlaps the tail work (COG with overviews, polygons, "
+        "quick-looks, STAC, record) of the one before; earlier scenes' blocks go first and the "
+        "report stays in scene order. Memory grows with it (geoseg inspect shows the bound). "
+        "1: one scene after another (sequential)"
+    )
 
 
 class _BatchJobs(_Section):
@@ -523,12 +530,25 @@ class ClusterConfig(_Section):
         "one runs the model, the others read, decode and normalize their blocks (each task holds "
         "its block, so memory grows with it). Local GPU workers get at least this many threads"
     )
+    cpu_workers: Int | None = Field(
+        None, gt=0, description="CPU-only worker processes a local cluster of GPU workers "
+        "starts beside them, offering CPU=<threads>; CPU-only tasks (vectorize blocks) then "
+        "take CPU=1 and never a GPU worker's slot (default: one per 4 cores the GPU workers "
+        "leave, at least 1; the cores - GPUs are shared among them)"
+    )
     resources: dict[ResourceName, Number] = Field(
         default_factory=dict, description="Dask resources every prediction task needs, taken "
         "as given, e.g. {GPU: 1} (one block per GPU at once) or {GPU: 0.5} (two); workers must "
         "offer them (dask worker --resources GPU=1). Default (empty): on clusters of GPU "
         "workers geoseg starts, which offer GPU=1, each task takes 1/gpu_tasks of it; no "
         "resources otherwise"
+    )
+    cpu_resources: dict[ResourceName, Number] = Field(
+        default_factory=dict, description="Dask resources every CPU-only task (vectorize "
+        "blocks) needs, taken as given, e.g. {CPU: 1} with CPU-only workers started beside the "
+        "GPU workers (dask worker --resources CPU=8), so that no CPU-only task takes a GPU "
+        "worker's slot. Default (empty): {CPU: 1} on a local cluster of GPU workers, which "
+        "starts cpu_workers offering it; none otherwise"
     )
     allowed_failures: Int = Field(
         3, ge=0, description="worker deaths a task may cause before it fails (KilledWorker); "

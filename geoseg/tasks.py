@@ -27,11 +27,19 @@ class TaskPolicy:
         resources: Dask resources each task needs (e.g. ``{"GPU": 1}``); empty: none.
         retries: times a task that raised is run again before the scene fails.
         stall_timeout: seconds without any finished task before the scene fails; None: never.
+        cpu_resources: Dask resources of CPU-only tasks (vectorize blocks): ``{"CPU": 1}`` on
+            a cluster geoseg starts with GPU workers, whose CPU-only workers beside them offer
+            ``CPU`` (:func:`geoseg.cluster.task_policy`), so that no such task takes a GPU
+            worker's slot; empty: any worker.
+        priority: Dask priority of the tasks (higher first). A batch run with several scenes
+            in flight gives an earlier scene a higher priority, so that scenes finish in order.
     """
 
     resources: dict[str, float] = field(default_factory=dict)
     retries: int = 0
     stall_timeout: float | None = None
+    cpu_resources: dict[str, float] = field(default_factory=dict)
+    priority: int = 0
 
 
 def map_as_finished(
@@ -55,8 +63,9 @@ def map_as_finished(
             and results are fetched, each released once yielded, as they finish; all tasks are
             cancelled when the caller stops early or fails. None: each task runs in turn in
             this process, in order, without retries or timeout.
-        policy: retries and stall timeout on the cluster, and the ``resources`` each ``fn``
-            task asks for (collections carry their own); None: ``TaskPolicy()``.
+        policy: retries, stall timeout and priority on the cluster, and the ``resources``
+            each ``fn`` task (and its ``keep`` task) asks for (collections carry their own);
+            None: ``TaskPolicy()``.
         what: what a task is called in errors ("block", "vectorize block"…).
         label: ``label(position)`` names a task in errors; None: its Dask key.
         keep: ``result -> (sent, kept)``, run where the task ran; ``(sent, kept)`` is then
@@ -76,15 +85,18 @@ def map_as_finished(
         return
     policy = policy or TaskPolicy()
     if fn is None:
-        futures = client.compute(list(items), retries=policy.retries)
+        futures = client.compute(list(items), retries=policy.retries, priority=policy.priority)
     else:
         futures = [client.submit(fn, item, pure=False, retries=policy.retries,
-                                 resources=policy.resources or None) for item in items]
+                                 resources=policy.resources or None, priority=policy.priority)
+                   for item in items]
     kept: dict[Any, Any] = {}
     if keep is not None:  # only the sent part comes here, the kept part stays on the worker
-        parts = [client.submit(keep, f, pure=False, retries=policy.retries) for f in futures]
-        futures = [client.submit(operator.getitem, p, 0, pure=False) for p in parts]
-        kept = {f.key: client.submit(operator.getitem, p, 1, pure=False)
+        where = {"resources": policy.resources or None, "priority": policy.priority}
+        parts = [client.submit(keep, f, pure=False, retries=policy.retries, **where)
+                 for f in futures]
+        futures = [client.submit(operator.getitem, p, 0, pure=False, **where) for p in parts]
+        kept = {f.key: client.submit(operator.getitem, p, 1, pure=False, **where)
                 for f, p in zip(futures, parts, strict=True)}
         del parts  # only what is sent and kept holds the results now
     position = {future.key: k for k, future in enumerate(futures)}

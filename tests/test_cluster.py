@@ -170,7 +170,35 @@ def test_gpu_workers_take_the_memory_limit(monkeypatch) -> None:
     made: dict = {}
     monkeypatch.setattr(distributed, "SpecCluster", lambda **kw: made.update(kw) or "cluster")
     assert _local_cluster(ClusterConfig(memory_limit="1GiB"), ["0", "1"]) == "cluster"
-    assert [w["options"]["memory_limit"] for w in made["workers"].values()] == [2**30] * 2
+    assert [w["options"]["memory_limit"] for w in made["workers"].values()] == [2**30] * 3
+
+
+def test_local_gpu_cluster_starts_cpu_workers_for_cpu_tasks(monkeypatch) -> None:
+    """Beside its GPU workers a local GPU cluster starts CPU-only workers offering CPU = their
+    threads, and CPU-only tasks then ask for CPU=1; without GPUs nothing changes."""
+    import distributed
+
+    import geoseg.cluster
+    from geoseg.cluster import _local_cluster, cpu_worker_layout, session
+
+    made: dict = {}
+    monkeypatch.setattr(distributed, "SpecCluster", lambda **kw: made.update(kw) or "cluster")
+    monkeypatch.setattr(geoseg.cluster, "available_cores", lambda: 16)
+    assert cpu_worker_layout(ClusterConfig(), gpus=1) == (3, 5)  # 15 free cores, 1 per 4
+    assert cpu_worker_layout(ClusterConfig(cpu_workers=1), gpus=1) == (1, 15)
+    _local_cluster(ClusterConfig(cpu_workers=2), ["0"])
+    workers = {name: w["options"] for name, w in made["workers"].items()}
+    assert workers["gpu0"]["resources"] == {"GPU": 1}
+    assert {n: (w["nthreads"], w["resources"]) for n, w in workers.items() if n != "gpu0"} == {
+        "cpu0": (7, {"CPU": 7}), "cpu1": (7, {"CPU": 7})}
+    assert workers["cpu0"]["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setattr(geoseg.cluster, "visible_gpus", lambda cfg, device="auto": ["0"])
+    gpu = session(ClusterConfig())
+    assert gpu.policy.cpu_resources == {"CPU": 1} and "GPU" in gpu.policy.resources
+    assert session(ClusterConfig(), "cpu").policy.cpu_resources == {}
+    assert session(ClusterConfig(scheduler="tcp://h:8786")).policy.cpu_resources == {}
+    assert session(ClusterConfig(scheduler="tcp://h:8786", cpu_resources={"CPU": 2})
+                   ).policy.cpu_resources == {"CPU": 2}
 
 
 def test_block_tasks_carry_paths_not_pixels(make_scene, make_bundle, tmp_path) -> None:

@@ -219,14 +219,20 @@ def test_rerun_skips_finished_scenes_and_overwrite_recomputes(first_run, scenes,
         assert src.tags()["GEOSEG_MODEL_SHA256"] != first["bundle"]["sha256"]
 
 
-def test_on_error_fail_stops_at_the_first_failure(scenes, bundle, tmp_path) -> None:
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_on_error_fail_stops_at_the_first_failure(scenes, bundle, tmp_path, in_flight) -> None:
+    """No scene starts after the first failure; with scenes in flight, those started before it
+    finish (at most in_flight - 1 reported after it)."""
     code, output = geoseg("run", scenes, "-m", bundle, "-o", tmp_path, "--scheduler",
-                          "synchronous", "--on-error", "fail", "--no-vectorize")
+                          "synchronous", "--on-error", "fail", "--no-vectorize",
+                          "--scenes-in-flight", in_flight)
     assert code == EXIT_SOME_FAILED
     report = json.loads((tmp_path / "report.json").read_text())
     statuses = [e["status"] for e in report["scenes"]]
     assert statuses.count("failed") == 1 and "pending" in statuses
-    assert statuses.index("failed") == len([s for s in statuses if s != "pending"]) - 1
+    handled = len([s for s in statuses if s != "pending"])
+    assert handled - in_flight <= statuses.index("failed") <= handled - 1
+    assert statuses[:handled].count("pending") == 0  # handled scenes come first, in order
 
 
 def test_band_file_scene_mask_is_block_size_invariant(scenes, bundle, tmp_path) -> None:

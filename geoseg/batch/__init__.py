@@ -12,13 +12,15 @@ import datetime as dt
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from inspect import signature
 from pathlib import Path
 from typing import Any
 
 from geoseg.batch.discover import SceneSource, band_key, discover
+from geoseg.batch.inflight import run_batch
 from geoseg.batch.outdir import check_output_dir, check_output_path, output_error
 from geoseg.batch.report import build_report, write_report
-from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, run_batch, select_split
+from geoseg.batch.runner import BatchEvents, BatchResult, QuietEvents, select_split
 from geoseg.config import Config, load_config
 from geoseg.errors import BundleError, ConfigError
 from geoseg.models.bundle import BundleInfo, check_bundle
@@ -130,12 +132,16 @@ class _Reporting:
     def __init__(self, inner: BatchEvents, plan: BatchPlan, out: Path, header: dict[str, Any]):
         self.inner, self.plan, self.out, self.header = inner, plan, out, header
         self.entries: list[dict[str, Any]] = []
+        self.named = "scene" in signature(inner.progress).parameters
 
     def scene_started(self, index: int, total: int, name: str) -> None:
         self.inner.scene_started(index, total, name)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
-        self.inner.progress(stage, done, total)
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None:
+        if self.named:
+            self.inner.progress(stage, done, total, scene=scene)
+        else:  # a display written before scenes in flight
+            self.inner.progress(stage, done, total)
 
     def scene_finished(self, entry: dict[str, Any]) -> None:
         self.entries.append(entry)

@@ -20,15 +20,20 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass
 
+from geoseg.blockcache import BLOCK_CACHE_MIB
 from geoseg.errors import BundleError
 from geoseg.models.bundle import BundleInfo
 from geoseg.tiling import SceneGrid
 
-__all__ = ["BASE_BYTES", "ModelSize", "activation_bytes_per_pixel", "measure_model",
-           "worker_peak_bytes"]
+__all__ = ["BASE_BYTES", "CLIENT_BASE_BYTES", "ModelSize", "activation_bytes_per_pixel",
+           "client_peak_bytes", "measure_model", "scene_client_bytes", "worker_peak_bytes"]
 
 #: Resident memory of an idle worker with torch, rasterio and the model code loaded, bytes.
 BASE_BYTES = 400 * 2**20
+
+#: Resident memory of ``geoseg run``'s client (no torch: rasterio, GDAL, shapely, Dask's
+#: client) before its first scene, bytes; it errs high (measured 180-250 MiB).
+CLIENT_BASE_BYTES = 300 * 2**20
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,24 @@ def worker_peak_bytes(bundle: BundleInfo, grid: SceneGrid, batch_size: int, n_ba
         buffers += (n_classes + 1) * read * read * 4
     activations = 3 * batch_size * per_px * tile * tile
     return int(BASE_BYTES + 2 * weights + tasks * buffers + activations)
+
+
+def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int, n_bands: int) -> int:
+    """Client memory one scene in flight holds at most, bytes: the GDAL block cache of its COG
+    writers (:data:`~geoseg.blockcache.BLOCK_CACHE_MIB`; GDAL's cache is one per process, so
+    several scenes share it and this errs high), two blocks of its ``outputs`` uint8 bands
+    (one being written, one fetched), and its quick-looks (``quicklook_size``² px, float64 per
+    band plus RGBA). A scene never holds more: blocks stream through and the files are the
+    checkpoint (``docs/architecture.md``)."""
+    blocks = 2 * outputs * block_size**2
+    quicklooks = quicklook_size**2 * (8 * n_bands + 4)
+    return int(BLOCK_CACHE_MIB * 2**20 + blocks + quicklooks)
+
+
+def client_peak_bytes(scenes_in_flight: int, per_scene: int) -> int:
+    """The bound on ``geoseg run``'s client memory, bytes: its base plus ``scenes_in_flight``
+    times the largest ``per_scene`` budget (:func:`scene_client_bytes`)."""
+    return CLIENT_BASE_BYTES + scenes_in_flight * per_scene
 
 
 def _main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from geoseg.batch import BatchPlan
     from geoseg.batch.discover import SceneSource
 
-__all__ = ["SceneInspection", "inspect_batch"]
+__all__ = ["SceneInspection", "inspect_batch", "memory_bound"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,8 @@ class SceneInspection:
         blocks, tiles: Dask blocks and model tiles of the scene.
         block_size, tile_size, halo: px, as planned (rounded to the model's stride).
         peak_memory_mib: estimated peak memory of one prediction worker, MiB (±30 %).
+        client_memory_mib: most memory the scene holds in the client while in flight, MiB
+            (:func:`~geoseg.batch.estimate.scene_client_bytes`).
         error: why the run would fail on this scene.
     """
 
@@ -47,6 +49,7 @@ class SceneInspection:
     tile_size: int | None = None
     halo: int | None = None
     peak_memory_mib: int | None = None
+    client_memory_mib: int | None = None
     error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -83,7 +86,7 @@ def inspect_batch(plan: BatchPlan) -> list[SceneInspection]:
 def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspection:
     import numpy as np
 
-    from geoseg.batch.estimate import worker_peak_bytes
+    from geoseg.batch.estimate import scene_client_bytes, worker_peak_bytes
     from geoseg.batch.sources import open_source
     from geoseg.pipeline import batch_size, check_scene
 
@@ -97,6 +100,8 @@ def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspectio
         peak = worker_peak_bytes(bundle, grid, batch_size(p, grid.lattice), len(bands),
                                  np.dtype(scene.dtype).itemsize, p.stitch == "blend",
                                  outputs, tasks)
+        client = scene_client_bytes(grid.block_size, outputs, cfg.run.quicklook_size,
+                                    len(bands))
     except Exception as exc:  # noqa: BLE001 - report it, as the run would
         return SceneInspection(name, kind, path, error=str(exc))
     index = kind == "raster"
@@ -112,4 +117,23 @@ def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspectio
         tile_size=grid.lattice.tile_size,
         halo=grid.lattice.halo,
         peak_memory_mib=round(peak / 2**20),
+        client_memory_mib=round(client / 2**20),
     )
+
+
+def memory_bound(plan: BatchPlan, rows: list[SceneInspection]) -> dict[str, int]:
+    """The run's memory bound, MiB: ``scenes_in_flight``, the largest ``per_scene_client_mib``
+    of ``rows`` and ``client_mib`` = the client's base + scenes in flight × that
+    (:func:`~geoseg.batch.estimate.client_peak_bytes`), and ``worker_mib``, the largest
+    prediction worker peak (scenes in flight add none there: block tasks queue on the
+    scheduler and each worker runs as many at once as with one scene)."""
+    from geoseg.batch.estimate import client_peak_bytes
+
+    n = plan.cfg.run.scenes_in_flight
+    per_scene = max((r.client_memory_mib or 0 for r in rows), default=0)
+    return {
+        "scenes_in_flight": n,
+        "per_scene_client_mib": per_scene,
+        "client_mib": round(client_peak_bytes(n, per_scene * 2**20) / 2**20),
+        "worker_mib": max((r.peak_memory_mib or 0 for r in rows), default=0),
+    }

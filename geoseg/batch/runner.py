@@ -1,6 +1,7 @@
-"""``geoseg run``: every scene → mask COG, GeoPackage, quick-looks, STAC Item and a record.
+"""``geoseg run``: one scene → mask COG, GeoPackage, quick-looks, STAC Item and a record.
 
-One Dask client serves the whole run (the model is shipped to each worker once). Each scene is
+One Dask client serves the whole run (the model is shipped to each worker once);
+:mod:`geoseg.batch.inflight` runs :func:`process_scene` for several scenes at once. Each scene is
 isolated: whatever goes wrong with it is recorded as its failure and the run goes on (or stops,
 with ``on_error="fail"``). Outputs appear under their final names only when a scene is complete
 (:mod:`geoseg.batch.state`).
@@ -17,18 +18,16 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from geoseg.batch.discover import SceneSource
 from geoseg.batch.outdir import output_error
-from geoseg.batch.record import ClassCount, FailedRecord, SceneRecord, as_skipped, utc_now
+from geoseg.batch.record import ClassCount, SceneRecord, utc_now
 from geoseg.batch.sources import open_source
 from geoseg.batch.state import (
     RECORD,
     STATE_DIR,
     SceneFolder,
     atomic_write_json,
-    fingerprint,
-    read_record,
 )
 from geoseg.config import Config
-from geoseg.errors import OutputError, SceneError
+from geoseg.errors import SceneError
 from geoseg.models.bundle import BundleInfo
 from geoseg.tasks import TaskPolicy
 
@@ -36,17 +35,24 @@ if TYPE_CHECKING:
     from geoseg.pipeline import PredictionPlan, PredictResult
     from geoseg.scene import Scene
 
-__all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "run_batch",
-           "select_split", "settings_of"]
+__all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "message_of",
+           "process_scene", "select_split", "settings_of"]
 
 log = logging.getLogger(__name__)
 
 
 class BatchEvents(Protocol):
-    """What a batch run tells its display (a progress bar, or log lines)."""
+    """What a batch run tells its display (a progress bar, or log lines).
+
+    ``scene_started`` and ``scene_finished`` come in scene order from the thread that called
+    the run; ``progress`` (``stage`` ``predict`` or ``vectorize``, blocks ``done`` of ``total``
+    of scene ``scene``) comes from the scenes' own threads, several at once with scenes in
+    flight, so a display must be thread-safe. A ``progress`` without the ``scene`` parameter
+    (displays written before scenes in flight) is called without it.
+    """
 
     def scene_started(self, index: int, total: int, name: str) -> None: ...
-    def progress(self, stage: str, done: int, total: int) -> None: ...
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None: ...
     def scene_finished(self, entry: dict[str, Any]) -> None: ...
 
 
@@ -56,7 +62,7 @@ class QuietEvents:
     def scene_started(self, index: int, total: int, name: str) -> None:
         log.info("[%d/%d] %s", index + 1, total, name)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None:
         pass
 
     def scene_finished(self, entry: dict[str, Any]) -> None:
@@ -338,75 +344,9 @@ def _version() -> str:
         return "unknown"
 
 
-def run_batch(
-    sources: list[SceneSource],
-    bundle: BundleInfo,
-    cfg: Config,
-    out_dir: Path,
-    client: Any = None,
-    *,
-    overwrite: bool = False,
-    threads: int | None = None,
-    events: BatchEvents | None = None,
-    policy: TaskPolicy | None = None,
-) -> BatchResult:
-    """Process ``sources`` in order into ``out_dir/<scene name>/``.
-
-    Scenes already finished with the same bundle, settings and inputs are ``skipped`` unless
-    ``overwrite``; a scene that fails is ``failed`` with its error message, and the run goes on
-    unless ``cfg.run.on_error == "fail"``.
-
-    Returns:
-        the entries of the scenes handled (``ok``, ``failed`` or ``skipped``).
-    """
-    events = events or QuietEvents()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = settings_of(cfg)
-    result = BatchResult()
-    for k, source in enumerate(sources):
-        events.scene_started(k, len(sources), source.name)
-        folder = SceneFolder(out_dir, source.name)
-        folder.clean()
-        failed_file = failure_path(out_dir, source.name)
-        start = time.perf_counter()
-        try:
-            fp = fingerprint(bundle.sha256, settings, source.files)
-            if not overwrite and folder.is_done(fp):
-                entry = as_skipped(read_record(folder.final))
-            else:
-                entry = process_scene(source, bundle, cfg, folder, client, threads, fp,
-                                      events.progress, policy).to_json()
-            failed_file.unlink(missing_ok=True)
-        except (KeyboardInterrupt, OutputError):
-            raise  # the output folder fails every scene alike: stop, keeping finished ones
-        except Exception as exc:  # noqa: BLE001 - any failure belongs to this scene only
-            log.debug("scene %s failed", source.name, exc_info=True)
-            entry = FailedRecord(
-                scene=source.name,
-                original=source.original,
-                kind=source.kind,
-                inputs=tuple(str(f) for f in source.files),
-                error=_message(exc),
-                error_type=type(exc).__name__,
-                finished=utc_now(),
-                timings_s={"total": round(time.perf_counter() - start, 3)},
-            ).to_json()
-            try:
-                failed_file.parent.mkdir(exist_ok=True)
-                atomic_write_json(failed_file, entry)
-            except OSError as write_exc:
-                stopping = output_error(out_dir, write_exc, always=True)
-                if stopping is None:
-                    raise
-                raise stopping from write_exc
-        result.entries.append(entry)
-        events.scene_finished(entry)
-        if entry["status"] == "failed" and cfg.run.on_error == "fail":
-            break
-    return result
-
-
-def _message(exc: BaseException) -> str:
+def message_of(exc: BaseException) -> str:
+    """How a scene's failure reads in its entry: geoseg's own errors as they are, others
+    prefixed with their type."""
     text = str(exc).strip() or type(exc).__name__
     if type(exc).__module__.startswith("geoseg"):
         return text

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` (UTF-8; a lone surrogate as ``\\udcNN``) to ``path`` through a temporary
     file and a rename.
 
-    The temporary name is unique per host and process, so jobs sharing a filesystem never write
-    the same one; a long ``path.name`` is shortened in it (with a hash of the whole name) so the
-    temporary name fits :data:`NAME_MAX_BYTES` whatever the host name.
+    The temporary name is unique per host, process and thread, so jobs sharing a filesystem
+    (and scenes in flight in one process) never write the same one; a long ``path.name`` is
+    shortened in it (with a hash of the whole name) so the temporary name fits
+    :data:`NAME_MAX_BYTES` whatever the host name.
     """
-    tail = f".{socket.gethostname()}.{os.getpid()}.partial"
+    tail = f".{socket.gethostname()}.{os.getpid()}.{threading.get_native_id()}.partial"
     head = path.name
     room = NAME_MAX_BYTES - 1 - len(tail.encode())
     if len(head.encode("utf-8", "surrogateescape")) > room:

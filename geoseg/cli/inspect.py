@@ -34,22 +34,30 @@ def inspect(inputs: tuple[str, ...], bundle_path: Path, config_path: Path | None
     For every scene: its size and CRS, the model's bands matched to files (and which are
     resampled), the number of blocks and tiles, and an estimate of a worker's peak memory
     (±30 %; lower it with --block-size and --batch-size; a GPU worker holds
-    cluster.gpu_tasks blocks at once). Nothing is written; scenes that would fail say why.
+    cluster.gpu_tasks blocks at once), and the bound on the client's memory: scenes in
+    flight (--scenes-in-flight) × each scene's share, plus its base. Nothing is written;
+    scenes that would fail say why.
 
     \b
     Example:
       geoseg inspect scenes/ -m model.safetensors --block-size 1024
     """
     from geoseg.batch import plan_batch
-    from geoseg.batch.inspect import inspect_batch
+    from geoseg.batch.inspect import inspect_batch, memory_bound
 
     plan = plan_batch(inputs, bundle_path, None, config_path, config_overrides(), split)
     rows = inspect_batch(plan)
+    memory = memory_bound(plan, rows)
     if as_json:
         click.echo(json.dumps({"scenes_found": len(plan.sources),
-                               "scenes": [r.as_dict() for r in rows]}, indent=2))
+                               "scenes": [r.as_dict() for r in rows], "memory": memory},
+                              indent=2))
         return
     _table(rows, len(plan.sources))
+    console.print(
+        f"memory: client ≤ {memory['client_mib']} MiB ({memory['scenes_in_flight']} scenes in "
+        f"flight × {memory['per_scene_client_mib']} MiB + base), each prediction worker "
+        f"≈ {memory['worker_mib']} MiB", highlight=False)
 
 
 def _table(rows: list[SceneInspection], found: int) -> None:

@@ -7,7 +7,7 @@ Commands take the groups they need (as rasterio's ``rio`` takes ``rasterio.rio.o
     config_option         -c/--config                                      all below
     predict_options       --tile-size … --probabilities  → predict.*       predict, run, inspect
     run_options           --vectorize, --min-area … --layer → vectorize.*,
-                          --on-error → run.on_error                        run, inspect
+                          --on-error, --scenes-in-flight → run.*           run, inspect
     vectorize_options     --min-area … --layer, --block-size → vectorize.* vectorize
     cluster_options       --workers, --scheduler, --cluster, --allocator
                           → cluster.*                                      all four
@@ -181,6 +181,10 @@ VECTORIZE_BLOCK_SIZE = _Option(("--block-size",), BLOCK_SIZE_HELP, "vectorize.bl
 # run.*
 ON_ERROR = _Option(("--on-error",), "On a failed scene: record it and go on, or stop.",
                    "run.on_error", attrs={"type": click.Choice(["continue", "fail"])})
+SCENES_IN_FLIGHT = _Option(("--scenes-in-flight",),
+                           "Scenes processed at once: the next scene's prediction overlaps "
+                           "the last one's COG, polygons and report; 1: one after another.",
+                           "run.scenes_in_flight", attrs={"type": click.IntRange(min=1)})
 
 # cluster.*
 WORKERS = _Option(("--workers",), "Local worker processes.", "cluster.workers",
@@ -207,7 +211,8 @@ json_option = _group(JSON)
 predict_options = _group(TILE_SIZE, HALO, BLOCK_SIZE, BATCH_SIZE, STITCH, DEVICE, PRECISION,
                          CONFIDENCE, PROBABILITIES)
 #: what a batch run does after predicting: the polygons (or none) and failed scenes
-run_options = _group(VECTORIZE, MIN_AREA, SIMPLIFY, CONNECTIVITY, LAYER, ON_ERROR)
+run_options = _group(VECTORIZE, MIN_AREA, SIMPLIFY, CONNECTIVITY, LAYER, ON_ERROR,
+                     SCENES_IN_FLIGHT)
 #: ``geoseg vectorize``: the polygons of one mask, in blocks of --block-size
 vectorize_options = _group(MIN_AREA, SIMPLIFY, CONNECTIVITY, LAYER, VECTORIZE_BLOCK_SIZE)
 cluster_options = _group(WORKERS, SCHEDULER, CLUSTER, ALLOCATOR)

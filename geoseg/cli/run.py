@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.progress import TaskID
 
 from geoseg.cli.allocator import rerun_under_allocator
 from geoseg.cli.options import (
@@ -85,13 +87,15 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
 
 
 class _Display:
-    """Live progress (scenes, and blocks of the current stage) or, off a terminal, log lines."""
+    """Live progress (scenes, and one bar per scene in flight naming it and its stage) or, off
+    a terminal, log lines. Thread-safe: ``progress`` comes from the scenes' threads."""
 
     def __init__(self, total: int):
         self.live = console.is_terminal
         self.bar = new_progress()
         self.scenes = self.bar.add_task("scenes", total=total)
-        self.stage = self.bar.add_task("", total=None, visible=False)
+        self.stages: dict[str, TaskID] = {}  # scene name → its bar, while it is in flight
+        self.lock = threading.Lock()
 
     def __enter__(self) -> _Display:
         self.bar.__enter__()
@@ -101,18 +105,25 @@ class _Display:
         self.bar.__exit__(*exc)  # type: ignore[arg-type]
 
     def scene_started(self, index: int, total: int, name: str) -> None:
-        self.name = name
+        with self.lock:
+            self.stages[name] = self.bar.add_task("", total=None, visible=False)
         if not self.live:
             console.print(f"\\[{index + 1}/{total}] {terminal_safe(name)}", highlight=False,
                           soft_wrap=True)
 
-    def progress(self, stage: str, done: int, total: int) -> None:
-        self.bar.update(self.stage, description=f"  {terminal_safe(self.name)}: {stage} blocks",
-                             completed=done, total=total, visible=True)
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None:
+        with self.lock:
+            task = self.stages.get(scene)
+            if task is not None:
+                self.bar.update(task, description=f"  {terminal_safe(scene)}: {stage} blocks",
+                                completed=done, total=total, visible=True)
 
     def scene_finished(self, entry: dict[str, Any]) -> None:
-        self.bar.advance(self.scenes)
-        self.bar.update(self.stage, visible=False)
+        with self.lock:
+            self.bar.advance(self.scenes)
+            task = self.stages.pop(entry["scene"], None)
+            if task is not None:
+                self.bar.remove_task(task)
         status = entry["status"]
         colour = {"ok": "green", "failed": "red"}.get(status, "dim")
         line = f"[{colour}]{status}[/] {terminal_safe(entry['scene'])}"

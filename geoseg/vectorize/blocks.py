@@ -209,14 +209,17 @@ def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
     """Results of ``fn`` over ``tasks`` as they finish: Dask tasks with a client, else here
     (:func:`geoseg.tasks.map_as_finished`).
 
-    On a cluster the tasks get ``policy``'s retries and stall timeout (a paused or missing
-    worker fails the run instead of hanging it), not its resources: vectorizing needs no GPU.
+    On a cluster the tasks get ``policy``'s retries, stall timeout (a paused or missing
+    worker fails the run instead of hanging it) and priority, and its ``cpu_resources`` in
+    place of its resources: vectorizing needs no GPU, and on a cluster of GPU workers it goes
+    to the CPU-only workers beside them.
 
     ``split``: ``result -> (sent, kept)``, run where ``fn`` ran; then ``(sent, kept)`` is
     yielded. On a cluster only ``sent`` comes here and ``kept`` is a future: it stays on the
     worker until the caller drops that future (a worker that dies meanwhile has it
     recomputed).
     """
-    policy = replace(policy or TaskPolicy(), resources={})
+    policy = policy or TaskPolicy()
+    policy = replace(policy, resources=dict(policy.cpu_resources))
     for _, result in map_as_finished(fn, tasks, client, policy, what=what, keep=split):
         yield result

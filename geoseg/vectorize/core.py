@@ -123,7 +123,8 @@ def vectorize_mask(
         layer: layer name. block_size: block side, pixels.
         client: a ``distributed.Client`` to run blocks on, or None for this process.
         overwrite: replace ``out_gpkg``. progress: called with ``(done, total)`` block steps.
-        policy: retries and stall timeout of the block tasks on a cluster (resources unused).
+        policy: retries, stall timeout, priority and ``cpu_resources`` of the block tasks
+            on a cluster (its prediction ``resources`` unused).
 
     Fields: ``class_id`` int32, ``class_name`` str, ``area_m2`` float64 (geodesic for a
     geographic CRS), ``mean_confidence`` float64 percent (only with a ``.confidence.tif``).

@@ -1,0 +1,347 @@
+"""Scenes in flight (``run.scenes_in_flight``): the same outputs, report and guarantees as one
+scene at a time, with several scenes processed at once; CPU-only tasks kept off GPU workers.
+
+Concurrency is counted where the work runs (how many scenes are predicting at once, which
+worker ran which task prefix), never read off clocks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import geoseg.graph
+import geoseg.writers
+from geoseg.batch import plan_batch, run_planned
+from geoseg.cli import main
+from geoseg.errors import OutputError
+
+from .conftest import BANDS, assert_same_mask, gpkg_features, write_raster
+from .test_run import pixels
+
+#: Bounds a test that is failing anyway (a barrier nobody reaches); it decides nothing.
+PATIENCE = 120.0
+
+
+class Recorder:
+    """Batch events, recorded (from any thread)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.progress_of: Counter[tuple[str, str]] = Counter()
+
+    def scene_started(self, index: int, total: int, name: str) -> None:
+        self.started.append(name)
+
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None:
+        with self.lock:
+            self.progress_of[scene, stage] += 1
+
+    def scene_finished(self, entry: dict[str, Any]) -> None:
+        self.finished.append(entry["scene"])
+
+
+class ScenesPredicting:
+    """Counts the scenes whose blocks are being predicted at once in this process
+    (``geoseg.graph.predict_block`` wrapped). The first calls wait until ``wait_for`` scenes
+    predict at once, so that a run that may overlap them does, however busy the machine."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, wait_for: int) -> None:
+        self.cond = threading.Condition()
+        self.running: Counter[str] = Counter()
+        self.most = 0
+        inner = geoseg.graph.predict_block
+
+        def counted(block: Any, job: Any) -> Any:
+            scene = Path(job.bands[0].path).stem
+            with self.cond:
+                self.running[scene] += 1
+                self.most = max(self.most, sum(1 for n in self.running.values() if n))
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.most >= wait_for, PATIENCE)
+            try:
+                return inner(block, job)
+            finally:
+                with self.cond:
+                    self.running[scene] -= 1
+
+        monkeypatch.setattr(geoseg.graph, "predict_block", counted)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory) -> Path:
+    """Five small scenes, the third one broken (it fails when opened)."""
+    d = tmp_path_factory.mktemp("inflight")
+    for k, name in enumerate(("a", "b", "d", "e")):
+        write_raster(d / f"{name}.tif", pixels(30 + k, 160, 200), names=BANDS)
+    (d / "c.tif").write_bytes(b"not a tiff")
+    return d
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    from .test_run import tiny_bundle
+
+    return tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny.safetensors")
+
+
+def batch(scenes: Path, bundle: Path, out: Path, in_flight: int, events: Any = None,
+          **run: Any) -> tuple[Any, dict[str, Any]]:
+    """``geoseg run`` through the library, synchronous scheduler; (result, report)."""
+    overrides = {"run": {"scenes_in_flight": in_flight, **run},
+                 "cluster": {"scheduler": "synchronous"}, "predict": {"confidence": True}}
+    plan = plan_batch([scenes], bundle, out, overrides=overrides)
+    result, report = run_planned(plan, events=events)
+    return result, json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def sequential(scenes, bundle, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sequential")
+    return out, *batch(scenes, bundle, out, 1)
+
+
+def test_in_flight_run_matches_the_sequential_run(scenes, bundle, sequential, tmp_path,
+                                                  monkeypatch) -> None:
+    """Three scenes predicting at once (counted), never more; masks byte-identical, the same
+    polygons, entries and events in scene order, progress naming its scene."""
+    ref, ref_result, ref_report = sequential
+    counter = ScenesPredicting(monkeypatch, wait_for=3)
+    events = Recorder()
+    result, report = batch(scenes, bundle, tmp_path, 3, events)
+    assert counter.most == 3  # a, b and d (c fails at once): overlapped, and no more than 3
+    order = ["a", "b", "c", "d", "e"]
+    assert [e["scene"] for e in result.entries] == order == events.started == events.finished
+    assert [e["scene"] for e in report["scenes"]] == order
+    assert [e["status"] for e in result.entries] == [e["status"] for e in ref_result.entries] \
+        == ["ok", "ok", "failed", "ok", "ok"]
+    assert {s for s, _ in events.progress_of} == {"a", "b", "d", "e"}
+    assert {stage for _, stage in events.progress_of} == {"predict", "vectorize"}
+    for name in ("a", "b", "d", "e"):
+        for suffix in (".tif", ".confidence.tif"):
+            assert_same_mask(ref / name / f"{name}{suffix}", tmp_path / name / f"{name}{suffix}")
+        assert gpkg_features(ref / name / f"{name}.gpkg") == gpkg_features(
+            tmp_path / name / f"{name}.gpkg")
+    assert not (tmp_path / "c").exists() and (tmp_path / ".geoseg" / "c.failed.json").exists()
+    assert not list(tmp_path.glob(".partial-*"))
+    # resume: every finished scene is skipped, in flight as well
+    result, report = batch(scenes, bundle, tmp_path, 3)
+    assert [e["status"] for e in result.entries] == ["skipped", "skipped", "failed", "skipped",
+                                                     "skipped"]
+
+
+def test_sequential_run_predicts_one_scene_at_a_time(sequential, monkeypatch, scenes, bundle,
+                                                     tmp_path) -> None:
+    counter = ScenesPredicting(monkeypatch, wait_for=1)
+    result, _ = batch(scenes, bundle, tmp_path, 1)
+    assert counter.most == 1 and result.count("ok") == 4
+
+
+def test_on_error_fail_starts_no_scene_after_the_failure(scenes, bundle, tmp_path) -> None:
+    """With on_error: fail, no scene starts once one failed; those in flight finish and are
+    reported in order; the rest stay pending, with nothing written for them."""
+    events = Recorder()
+    result, report = batch(scenes, bundle, tmp_path, 2, events, on_error="fail")
+    statuses = [e["status"] for e in report["scenes"]]
+    assert statuses.count("failed") == 1 and statuses[2] == "failed"
+    after = [s for s in statuses[3:] if s != "pending"]
+    assert len(after) <= 1  # only a scene already in flight (2 at once) may follow it
+    assert statuses[3 + len(after):] == ["pending"] * (2 - len(after))
+    assert events.finished == [e["scene"] for e in result.entries] == ["a", "b", "c",
+                                                                       "d", "e"][:3 + len(after)]
+    for name, status in zip("abcde", statuses, strict=True):
+        assert (tmp_path / name).exists() == (status == "ok"), name
+    assert not list(tmp_path.glob(".partial-*"))
+
+
+class Interrupting(Recorder):
+    """Events that stop the run: Ctrl-C after the first scene is reported, or a full disk
+    while scene ``full`` writes."""
+
+    def __init__(self, full: str | None = None) -> None:
+        super().__init__()
+        self.full = full
+
+    def progress(self, stage: str, done: int, total: int, scene: str = "") -> None:
+        super().progress(stage, done, total, scene)
+        if scene == self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def scene_finished(self, entry: dict[str, Any]) -> None:
+        super().scene_finished(entry)
+        if self.full is None:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, OutputError])
+def test_stopping_keeps_finished_scenes_and_leaves_nothing_partial(
+        scenes, bundle, sequential, tmp_path, stop) -> None:
+    """Ctrl-C (in the run's thread) or a full output disk (in a scene's thread) stops every
+    scene in flight; finished scenes stay complete, nothing partial remains under a final name
+    or as a staging folder, and a re-run completes the batch identically."""
+    ref = sequential[0]
+    events = Interrupting(full="b" if stop is OutputError else None)
+    with pytest.raises(stop):
+        batch(scenes, bundle, tmp_path, 3, events)
+    assert not list(tmp_path.glob(".partial-*"))
+    done = {p.name for p in tmp_path.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    assert done <= {"a", "b", "d", "e"}
+    if stop is KeyboardInterrupt:  # after a was reported: those finished by then are kept
+        assert "a" in done and events.finished[0] == "a"
+    else:  # b stopped at its first block, and the others with it
+        assert "b" not in done and "b" not in events.finished
+    written = tmp_path / "report.json"  # after each reported scene: none if none was
+    assert written.exists() == bool(events.finished)
+    report = {e["scene"]: e["status"] for e in json.loads(written.read_text())["scenes"]
+              } if events.finished else {}  # entries, and what the disk held
+    assert set(events.finished) <= {n for n, status in report.items() if status != "pending"}
+    assert {n for n, status in report.items() if status == "ok"} <= done
+    for name in done:
+        assert json.loads((tmp_path / name / "scene.json").read_text())["status"] == "ok"
+    result, _ = batch(scenes, bundle, tmp_path, 3)
+    assert [e["status"] for e in result.entries] == [
+        "skipped" if n in done else ("failed" if n == "c" else "ok") for n in "abcde"]
+    for name in ("a", "b", "d", "e"):
+        assert_same_mask(ref / name / f"{name}.tif", tmp_path / name / f"{name}.tif")
+
+
+def test_splits_with_scenes_in_flight(scenes, bundle, tmp_path) -> None:
+    runner = CliRunner()
+    for split, code, statuses in (("1/2", 0, ["pending", "ok", "pending", "ok", "pending"]),
+                                  ("0/2", 3, ["ok", "ok", "failed", "ok", "ok"])):  # c fails
+        result = runner.invoke(main, ["run", str(scenes), "-m", str(bundle), "-o", str(tmp_path),
+                                      "--scheduler", "synchronous", "--no-vectorize",
+                                      "--scenes-in-flight", "2", "--split", split])
+        assert result.exit_code == code, result.output
+        report = json.loads((tmp_path / "report.json").read_text())
+        assert [e["status"] for e in report["scenes"]] == statuses
+
+
+def test_inspect_shows_the_memory_bound_of_scenes_in_flight(scenes, bundle) -> None:
+    runner = CliRunner()
+    rows = {}
+    for n in (1, 3):
+        result = runner.invoke(main, ["inspect", str(scenes), "-m", str(bundle), "--json",
+                                      "--scenes-in-flight", str(n)])
+        assert result.exit_code == 0, result.output
+        rows[n] = json.loads(result.output)["memory"]
+    one, three = rows[1], rows[3]
+    assert (one["scenes_in_flight"], three["scenes_in_flight"]) == (1, 3)
+    assert one["per_scene_client_mib"] == three["per_scene_client_mib"] > 0
+    assert three["client_mib"] - one["client_mib"] == pytest.approx(
+        2 * one["per_scene_client_mib"], abs=2)
+
+
+def test_scenes_in_flight_is_checked() -> None:
+    result = CliRunner().invoke(main, ["config", "show", "--scenes-in-flight", "0"])
+    assert result.exit_code == 2 and "scenes-in-flight" in result.output
+    result = CliRunner().invoke(main, ["config", "show", "--scenes-in-flight", "4"])
+    assert result.exit_code == 0 and "scenes_in_flight: 4" in result.output
+
+
+# --- a real distributed cluster: one worker offering GPU=1, one offering CPU=1 --------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_and_cpu_workers() -> Iterator[tuple[Any, dict[str, str]]]:
+    """A scheduler with two worker threads of this process: ``gpu`` offering GPU=1 (two task
+    slots) and ``cpu`` offering CPU=1. Yields the cluster and worker address → name."""
+    from distributed import Client, SpecCluster, Worker
+
+    workers = {
+        "gpu": {"cls": Worker, "options": {"nthreads": 2, "resources": {"GPU": 1}}},
+        "cpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"CPU": 1}}},
+    }
+    with SpecCluster(workers=workers, scheduler={"cls": _scheduler(), "options": {
+            "dashboard_address": ":0"}}, name="fake-gpu") as cluster, Client(cluster) as client:
+        client.wait_for_workers(2)
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+        yield cluster, names
+
+
+def _scheduler() -> type:
+    from distributed import Scheduler
+
+    return Scheduler
+
+
+class WhereTasksRan:
+    """A scheduler plugin: (task prefix, worker address) → tasks finished there."""
+
+    name = "where-tasks-ran"
+
+    def __init__(self) -> None:
+        self.ran: Counter[tuple[str, str]] = Counter()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        from dask.utils import key_split
+
+        if start == "processing" and finish == "memory":
+            self.ran[key_split(key), kwargs.get("worker", "?")] += 1
+
+
+def test_cpu_tasks_avoid_gpu_workers_and_scenes_overlap(gpu_and_cpu_workers, scenes, bundle,
+                                                        sequential, tmp_path, monkeypatch) -> None:
+    """Prediction tasks run on the GPU worker only, every vectorize task on the CPU worker only
+    (counted by a scheduler plugin); scene b's blocks are predicted while scene a's mask is
+    being converted to a COG (counted where the conversion runs), and the masks are the
+    sequential run's."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    cluster, names = gpu_and_cpu_workers
+    address = cluster.scheduler_address
+    plugin = type("Plugin", (WhereTasksRan, SchedulerPlugin), {})()
+    cluster.scheduler.add_plugin(plugin)  # the scheduler runs in this process
+    overlap = threading.Condition()
+    predicted: Counter[str] = Counter()
+    seen_during_commit: list[int] = []
+    inner_predict = geoseg.graph.predict_block
+    inner_commit = geoseg.writers.StreamingCOGWriter.commit
+
+    def predict(block: Any, job: Any) -> Any:
+        out = inner_predict(block, job)
+        with overlap:
+            predicted[Path(job.bands[0].path).stem] += 1
+            overlap.notify_all()
+        return out
+
+    def commit(self: Any) -> Path:
+        if self.path.name == "a.tif":  # scene a's tail: waits for scene b to be predicting
+            with overlap:
+                overlap.wait_for(lambda: predicted["b"] > 0, PATIENCE)
+                seen_during_commit.append(predicted["b"])
+        return inner_commit(self)
+
+    monkeypatch.setattr(geoseg.graph, "predict_block", predict)
+    monkeypatch.setattr(geoseg.writers.StreamingCOGWriter, "commit", commit)
+    overrides = {"run": {"scenes_in_flight": 2},
+                 "cluster": {"scheduler": address, "resources": {"GPU": 0.5},
+                             "cpu_resources": {"CPU": 1}}}
+    plan = plan_batch([scenes / "a.tif", scenes / "b.tif"], bundle, tmp_path,
+                      overrides=overrides)
+    try:
+        result, _ = run_planned(plan)
+    finally:
+        cluster.scheduler.remove_plugin(name=plugin.name)
+    assert [e["status"] for e in result.entries] == ["ok", "ok"]
+    assert seen_during_commit and seen_during_commit[0] > 0
+    ran = Counter()
+    for (prefix, worker), n in plugin.ran.items():
+        ran[prefix, names.get(worker, worker)] += n
+    gpu_side = {"geoseg-predict", "built_align"}  # key_split drops the underscore
+    assert ran["geoseg-predict", "gpu"] > 0 and ran["polygonize_task", "cpu"] > 0, ran
+    misplaced = {(p, w): n for (p, w), n in ran.items()
+                 if (p in gpu_side) != (w == "gpu") and p != "register-model"}
+    assert not misplaced, misplaced
+    for name in "ab":  # the same masks as the sequential run in this process
+        assert_same_mask(sequential[0] / name / f"{name}.tif", tmp_path / name / f"{name}.tif")
