@@ -139,16 +139,16 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
         TimeElapsedColumn,
     )
 
-    from geoseg.cli.model import _depth_kwargs, _parse_classes, _split
+    from geoseg.cli.bundle_args import depth_kwargs, parse_classes, split_list
     from geoseg.errors import ConfigError
     from geoseg.models.bundle import validation_message
     from geoseg.train import TrainConfig, train_model
 
     try:
         cfg = TrainConfig(
-            classes=_parse_classes(classes) if classes else (),
-            bands=tuple(_split(bands)) if bands else None,
-            arch_kwargs=_depth_kwargs(str(options["arch"]), encoder_depth) or {},
+            classes=parse_classes(classes) if classes else (),
+            bands=tuple(split_list(bands)) if bands else None,
+            arch_kwargs=depth_kwargs(str(options["arch"]), encoder_depth) or {},
             **options,  # type: ignore[arg-type]
         )
     except ValidationError as exc:
@@ -172,7 +172,7 @@ def train(scenes: tuple[Path, ...], labels: tuple[Path, ...], out: Path, classes
 
         result = train_model(list(scenes), list(labels), out, cfg, resume=resume, init=init,
                              encoder_weights=encoder_weights,
-                             weights_bands=_split(weights_bands) if weights_bands else None,
+                             weights_bands=split_list(weights_bands) if weights_bands else None,
                              class_field=class_field, ignore_value=ignore_value,
                              overwrite=overwrite, progress=progress, on_epoch=on_epoch,
                              on_setup=_print_note)
