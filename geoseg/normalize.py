@@ -21,7 +21,6 @@ import numpy as np
 
 from geoseg.errors import SceneError
 from geoseg.models.bundle import BandSpec
-from geoseg.models.meta import InputEncoding
 from geoseg.scene import BandRef
 
 if TYPE_CHECKING:
@@ -38,9 +37,10 @@ __all__ = [
 
 
 def _text(encoding: tuple[float, float] | None) -> str:
+    """As :meth:`InputEncoding.text` shows it (any numbers, valid or not)."""
     if encoding is None:
         return "none"
-    return InputEncoding(scale=encoding[0], offset=encoding[1]).text()
+    return f"scale {encoding[0]:.10g} offset {encoding[1]:.10g}"
 
 
 @dataclass(frozen=True)
@@ -122,22 +122,21 @@ def band_conversions(bands: Sequence[BandRef], specs: Sequence[BandSpec],
         if source == target or (target is None and source == (1.0, 0.0)) or (
                 source is None and target == (1.0, 0.0)):
             out.append(Conversion(band.name, band.path, source, target))
-        elif target is None:
-            assert source is not None
+        elif source is not None and target is None:
             raise SceneError(
                 f"{head} declares {_text(source)} (physical = DN × scale + offset) but "
                 f"{where} records no input encoding for {band.name}, so geoseg cannot tell "
                 "whether its values match the model's; record the encoding the model was made "
                 f"with, e.g. `geoseg model set-encoding BUNDLE --scale {source[0]:.10g} "
                 f"--offset {source[1]:.10g}` if it was trained on DN in this file's encoding")
-        elif source is None:
+        elif source is None and target is not None:
             raise SceneError(
                 f"{head} declares no scale/offset, and {where} takes {band.name} as "
                 f"{_text(target)}: taking the file's values as physical (scale 1, offset 0) "
                 "would change them by that factor and offset; if its DN are in the bundle's "
                 f"encoding, declare it in the file: `gdal_edit.py -scale {target[0]:.10g} "
                 f"-offset {target[1]:.10g} FILE` (or a VRT)")
-        else:
+        elif source is not None and target is not None:
             gain = source[0] / target[0]
             bias = (source[1] - target[1]) / target[0]
             out.append(Conversion(band.name, band.path, source, target, gain, bias))

@@ -13,7 +13,6 @@ GDAL warped VRT — never a full-scene copy.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -173,22 +172,14 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
 
 
 def file_encodings(src: DatasetReader) -> list[tuple[float, float] | None]:
-    """Each band's declared encoding ``(scale, offset)`` from GDAL (``src.scales``,
+    """Each band's declared encoding ``(scale, offset)`` as GDAL reports it (``src.scales``,
     ``src.offsets``), None where it is the identity (GDAL's answer when nothing is declared).
 
-    Raises:
-        SceneError: a declared scale that is not finite and > 0, or an offset that is not
-            finite (the file and band named).
+    Recorded as declared, even when unusable (a scale of 0, NaN): a scene is refused for it
+    only when the model needs that band (:func:`geoseg.normalize.band_conversions`).
     """
-    out: list[tuple[float, float] | None] = []
-    for i, (scale, offset) in enumerate(zip(src.scales, src.offsets, strict=True), start=1):
-        scale, offset = float(scale), float(offset)
-        if not (math.isfinite(scale) and scale > 0 and math.isfinite(offset)):
-            raise SceneError(f"{src.name}: band {i} declares scale {scale:g} offset {offset:g}; "
-                             "a scale must be finite and > 0 and an offset finite: fix the "
-                             "metadata (gdal_edit.py -scale S -offset O FILE)")
-        out.append(None if (scale, offset) == (1.0, 0.0) else (scale, offset))
-    return out
+    return [None if (float(scale), float(offset)) == (1.0, 0.0) else (float(scale), float(offset))
+            for scale, offset in zip(src.scales, src.offsets, strict=True)]
 
 
 def open_band_files(

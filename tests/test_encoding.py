@@ -314,7 +314,11 @@ def test_model_init_records_the_stats_scene_encoding(tmp_path: Path) -> None:
     assert not (tmp_path / "x.safetensors").exists()
 
 
-def test_a_file_declaring_a_zero_scale_is_refused(tmp_path: Path) -> None:
+def test_a_band_declaring_a_zero_scale_is_refused_when_used(tmp_path: Path) -> None:
     path = write_scene(tmp_path / "zero.tif", np.ones((4, 8, 8), np.uint16), (0.0, 0.0))
-    with pytest.raises(SceneError, match=r"zero.tif: band 1 declares scale 0 offset 0"):
-        open_scene(path)
+    bands = open_scene(path).bands  # opens: a band the model does not use may say anything
+    assert bands[0].encoding == (0.0, 0.0)
+    specs = [BandSpec(name=b, mean=0.0, std=1.0, encoding=L2A) for b in BANDS]
+    with pytest.raises(SceneError, match=r"zero.tif: band B02 \(band 1 of the file\) declares "
+                                         r"scale 0 offset 0; a scale must be finite and > 0"):
+        band_conversions(bands, specs)
