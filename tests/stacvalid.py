@@ -9,12 +9,15 @@ is not on disk raises :class:`SchemaNotVendored`, naming it and where to put it.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pystac.utils import make_absolute_href
 from pystac.validation import JsonSchemaSTACValidator, validate_dict
 
-__all__ = ["SCHEMAS", "SchemaNotVendored", "OfflineValidator", "validate", "vendored"]
+__all__ = ["SCHEMAS", "OfflineValidator", "SchemaNotVendored", "validate", "validate_tree",
+           "vendored"]
 
 #: The folder of vendored extension schemas: ``<extension>/<version>/schema.json``.
 SCHEMAS = Path(__file__).parent / "stac_schemas"
@@ -61,3 +64,34 @@ def validate(stac: dict[str, Any], href: str | None = None) -> list[str]:
         SchemaNotVendored: a schema it declares is not on disk.
     """
     return [str(u) for u in validate_dict(stac, href=href, validator=OfflineValidator())]
+
+
+def _read_local(href: str) -> bytes:
+    return Path(href).read_bytes()
+
+
+def validate_tree(href: str, read: Callable[[str], bytes] = _read_local) -> dict[str, str]:
+    """Validate the catalog (or collection) at ``href`` and everything it links (``child``
+    and ``item`` links, recursively), offline; return each object's href → its ``type``.
+
+    Args:
+        href: where the catalog is: a local path, or a URI read by ``read``.
+        read: href → the document's bytes (default: a local file; for an object store, e.g.
+            an fsspec filesystem's ``cat``). Relative links resolve against their document.
+
+    Raises:
+        pystac.errors.STACValidationError, SchemaNotVendored: as :func:`validate`.
+        ValueError: a link leads back to a document already seen (a cycle).
+    """
+    seen: dict[str, str] = {}
+    todo = [href]
+    while todo:
+        where = todo.pop(0)
+        if where in seen:
+            raise ValueError(f"{where}: linked twice (a cycle, or an item listed twice)")
+        doc = json.loads(read(where))
+        validate(doc, href=where)
+        seen[where] = str(doc.get("type"))
+        todo += [make_absolute_href(link["href"], where) for link in doc.get("links", [])
+                 if link.get("rel") in ("child", "item")]
+    return seen

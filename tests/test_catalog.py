@@ -25,7 +25,7 @@ from geoseg.batch.catalog import (
 )
 
 from .conftest import BANDS, write_raster
-from .stacvalid import SchemaNotVendored, validate
+from .stacvalid import SchemaNotVendored, validate, validate_tree
 from .test_run import pixels, tiny_bundle
 
 H, W = 64, 80
@@ -99,6 +99,9 @@ def test_local_catalog_links_every_finished_item_and_validates_offline(run, no_n
         "./catalog.json"]
     assert not [link for link in cat["links"] if link["rel"] == "self"]  # self-contained
     assert "tiny.safetensors" in cat["description"]
+    assert validate_tree(str(path)) == {str(path): "Catalog",
+                                        str(out / "alpha" / "stac.json"): "Feature",
+                                        str(out / "beta" / "stac.json"): "Feature"}
 
 
 def test_skipped_scenes_are_linked_too(run, tmp_path):
@@ -185,7 +188,7 @@ def test_items_with_catalog_links_point_back_and_validate(run, tmp_path, no_netw
 
 def test_remote_root_gives_absolute_uris_and_writes_nothing(run, tmp_path, monkeypatch,
                                                              no_network):
-    _, first, _ = run
+    out, first, _ = run
     monkeypatch.chdir(tmp_path)
     for given in ("s3://bucket/prefix/", "s3://bucket/prefix"):
         data = write_catalog(given, first["scenes"], header=first)
@@ -201,6 +204,12 @@ def test_remote_root_gives_absolute_uris_and_writes_nothing(run, tmp_path, monke
         assert sorted(link.get_absolute_href() for link in read.get_item_links()) == [
             "s3://bucket/prefix/alpha/stac.json", "s3://bucket/prefix/beta/stac.json"]
     assert list(tmp_path.iterdir()) == []  # uploading is the caller's job
+    store = {"s3://bucket/prefix/catalog.json": data}  # a bucket as the caller uploads it
+    for name in GOOD:
+        item = json.loads((out / name / "stac.json").read_text(encoding="utf-8"))
+        store[f"s3://bucket/prefix/{name}/stac.json"] = json.dumps(
+            with_item_links(item, name, "s3://bucket/prefix/")).encode()
+    assert set(validate_tree("s3://bucket/prefix/catalog.json", store.__getitem__)) == set(store)
     assert item_links("alpha", root_uri("gs://b/maps")) == [
         {"rel": "self", "href": "gs://b/maps/alpha/stac.json", "type": "application/geo+json"},
         {"rel": "root", "href": "gs://b/maps/catalog.json", "type": "application/json"},
