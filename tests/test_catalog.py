@@ -29,7 +29,10 @@ from .stacvalid import SchemaNotVendored, validate, validate_tree
 from .test_run import pixels, tiny_bundle
 
 H, W = 64, 80
-GOOD = ["alpha", "beta"]
+#: The good scenes, in report order: a GeoTIFF in a UTM zone, band files whose names date them,
+#: a GeoTIFF in a CRS with no EPSG code (the Item gets ``proj:wkt2``).
+GOOD = ["alpha", "beta_20200101T101010", "gamma"]
+CUSTOM_CRS = "+proj=tmerc +lat_0=0 +lon_0=-75.3 +k=0.9996 +x_0=500000 +y_0=0 +ellps=GRS80 +units=m"
 EXTENSIONS = {
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
@@ -41,21 +44,26 @@ EXTENSIONS = {
 def _run(scenes: Path, bundle: Path, out: Path) -> dict:
     plan = plan_batch([scenes], bundle, out,
                       overrides={"cluster": {"scheduler": "synchronous"},
-                                 "run": {"scenes_in_flight": 1}})
+                                 "run": {"scenes_in_flight": 1},
+                                 "predict": {"confidence": True}})
     _, report = run_planned(plan)
     return json.loads(report.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> tuple[Path, dict, dict]:
-    """A real run: two good scenes and one that fails (every pixel nodata), then the same run
-    again (its scenes ``skipped``). Returns the output folder and both reports."""
+    """A real run: the :data:`GOOD` scenes and one that fails (every pixel nodata), then the
+    same run again (its scenes ``skipped``). Returns the output folder and both reports."""
     d = tmp_path_factory.mktemp("catalog")
     bundle = tiny_bundle(d / "tiny.safetensors")
     scenes = d / "scenes"
     scenes.mkdir()
-    for seed, name in enumerate(GOOD, start=1):
-        write_raster(scenes / f"{name}.tif", pixels(seed, H, W), names=BANDS)
+    write_raster(scenes / "alpha.tif", pixels(1, H, W), names=BANDS)
+    (scenes / "beta").mkdir()
+    for k, band in enumerate(BANDS):
+        write_raster(scenes / "beta" / f"beta_20200101T101010_{band}.tif",
+                     pixels(2, H, W)[k : k + 1])
+    write_raster(scenes / "gamma.tif", pixels(3, H, W), crs=CUSTOM_CRS, names=BANDS)
     write_raster(scenes / "blank.tif", np.zeros((4, H, W), "uint16"), names=BANDS)
     out = d / "out"
     first = _run(scenes, bundle, out)
@@ -79,8 +87,14 @@ def statuses(report: dict) -> dict[str, str]:
 
 def test_the_run_has_finished_and_failed_scenes(run):
     _, first, second = run
-    assert statuses(first) == {"alpha": "ok", "beta": "ok", "blank": "failed"}
-    assert statuses(second) == {"alpha": "skipped", "beta": "skipped", "blank": "failed"}
+    assert statuses(first) == {**dict.fromkeys(GOOD, "ok"), "blank": "failed"}
+    assert statuses(second) == {**dict.fromkeys(GOOD, "skipped"), "blank": "failed"}
+    assert [e["scene"] for e in first["scenes"] if e["status"] == "ok"] == GOOD
+    out = run[0]
+    items = {n: json.loads((out / n / "stac.json").read_text(encoding="utf-8")) for n in GOOD}
+    assert items["beta_20200101T101010"]["properties"]["datetime"] == "2020-01-01T10:10:10Z"
+    assert "proj:wkt2" in items["gamma"]["properties"]  # no EPSG code
+    assert "confidence" in items["alpha"]["assets"]
 
 
 def test_local_catalog_links_every_finished_item_and_validates_offline(run, no_network):
@@ -94,14 +108,13 @@ def test_local_catalog_links_every_finished_item_and_validates_offline(run, no_n
                              "catalog.json"]
     assert cat["type"] == "Catalog"
     items = [link["href"] for link in cat["links"] if link["rel"] == "item"]
-    assert items == ["./alpha/stac.json", "./beta/stac.json"]  # report order; blank failed
+    assert items == [f"./{n}/stac.json" for n in GOOD]  # report order; blank failed
     assert [link["href"] for link in cat["links"] if link["rel"] == "root"] == [
         "./catalog.json"]
     assert not [link for link in cat["links"] if link["rel"] == "self"]  # self-contained
     assert "tiny.safetensors" in cat["description"]
-    assert validate_tree(str(path)) == {str(path): "Catalog",
-                                        str(out / "alpha" / "stac.json"): "Feature",
-                                        str(out / "beta" / "stac.json"): "Feature"}
+    assert validate_tree(str(path)) == {
+        str(path): "Catalog", **{str(out / n / "stac.json"): "Feature" for n in GOOD}}
 
 
 def test_skipped_scenes_are_linked_too(run, tmp_path):
@@ -194,15 +207,14 @@ def test_remote_root_gives_absolute_uris_and_writes_nothing(run, tmp_path, monke
         data = write_catalog(given, first["scenes"], header=first)
         cat = json.loads(data)
         validate(cat)
-        hrefs = {(link["rel"], link["href"]) for link in cat["links"]}
-        assert hrefs == {("root", "s3://bucket/prefix/catalog.json"),
+        hrefs = [(link["rel"], link["href"]) for link in cat["links"]]
+        assert hrefs == [("root", "s3://bucket/prefix/catalog.json"),
                          ("self", "s3://bucket/prefix/catalog.json"),
-                         ("item", "s3://bucket/prefix/alpha/stac.json"),
-                         ("item", "s3://bucket/prefix/beta/stac.json")}
+                         *[("item", f"s3://bucket/prefix/{n}/stac.json") for n in GOOD]]
         read = pystac.Catalog.from_dict(cat)
         assert read.get_self_href() == "s3://bucket/prefix/catalog.json"
-        assert sorted(link.get_absolute_href() for link in read.get_item_links()) == [
-            "s3://bucket/prefix/alpha/stac.json", "s3://bucket/prefix/beta/stac.json"]
+        assert [link.get_absolute_href() for link in read.get_item_links()] == [
+            f"s3://bucket/prefix/{n}/stac.json" for n in GOOD]
     assert list(tmp_path.iterdir()) == []  # uploading is the caller's job
     store = {"s3://bucket/prefix/catalog.json": data}  # a bucket as the caller uploads it
     for name in GOOD:
