@@ -98,14 +98,18 @@ def assert_only_complete_outputs(out: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("in_flight", [1, 3])
 def test_sigkill_at_any_moment_then_rerun_gives_the_uninterrupted_outputs(
-        tmp_path, make_bundle) -> None:
+        tmp_path, make_bundle, in_flight) -> None:
+    """Killed one scene at a time, or with all three scenes in flight at once (each kill
+    then lands while other scenes are midway too)."""
     scenes = tmp_path / "in"
     scenes.mkdir()
     for k in range(3):
         write_raster(scenes / f"scene{k}.tif", pixels(20 + k, 256, 320), names=BANDS)
     bundle = make_bundle(n_classes=4)
-    common = ["-m", str(bundle), "--scheduler", "synchronous", "--confidence"]
+    common = ["-m", str(bundle), "--scheduler", "synchronous", "--confidence",
+              "--scenes-in-flight", str(in_flight)]
     ref = tmp_path / "ref"
     assert run_geoseg(["run", str(scenes), "-o", str(ref), *common], ref) == 0
     out = tmp_path / "out"
