@@ -176,6 +176,8 @@ def test_an_unvendored_schema_fails_loudly_without_fetching(run, no_network):
     item["stac_extensions"].append("https://stac-extensions.github.io/eo/v1.1.0/schema.json")
     with pytest.raises(SchemaNotVendored, match="tests/stac_schemas/eo/v1.1.0/schema.json"):
         validate(item)
+    with pytest.raises(AssertionError, match="network access attempted"):  # the guard holds
+        socket.create_connection(("127.0.0.1", 9))
 
 
 def test_items_with_catalog_links_point_back_and_validate(run, tmp_path, no_network):

@@ -56,7 +56,8 @@ _COLLAPSED = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/(?!/)")
 
 def root_uri(out: str | os.PathLike[str]) -> str | None:
     """The output root as a URI prefix ending in ``/`` when ``out`` is a URI string
-    (``s3://bucket/maps`` → ``s3://bucket/maps/``); None when it is a local folder.
+    (``s3://bucket/maps`` → ``s3://bucket/maps/``; any ``scheme://``); None when it is a local
+    folder (a path, or a string without a scheme).
 
     Raises:
         ValueError: ``out`` is a URI that went through ``pathlib.Path`` (``s3:/bucket``), or a
@@ -68,7 +69,7 @@ def root_uri(out: str | os.PathLike[str]) -> str | None:
                              "(e.g. s3://bucket/maps/)")
         return out if out.endswith("/") else out + "/"
     text = os.fspath(out)
-    if _COLLAPSED.match(text) and not re.match(r"^[A-Za-z]:[/\\]", text):
+    if _COLLAPSED.match(text):  # a scheme of 2+ letters: not a drive letter (C:/…)
         raise ValueError(f"output root {text!r} looks like a URI that lost a '/' in "
                          "pathlib.Path: pass the URI as a string (e.g. 's3://bucket/maps/')")
     return None
