@@ -265,8 +265,6 @@ def test_roots_and_entries_that_are_not_geoseg_s_are_refused(run):
     assert [link["rel"] for link in catalog_dict([no_item])["links"]] == ["root"]
 
 
-@pytest.mark.xfail(strict=True, reason="geoseg/batch/stac.py writes the scene's WKT1 (GDAL's "
-                   "form) as proj:wkt2; the fix (pyproj's to_wkt(), WKT2_2019) is with the lead")
 def test_proj_wkt2_holds_wkt2(run):
     out, _, _ = run
     wkt = json.loads((out / "gamma" / "stac.json").read_text(encoding="utf-8"))[

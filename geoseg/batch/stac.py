@@ -98,9 +98,10 @@ def stac_item(
                        bbox=list(shapely.bounds(shapely.geometry.shape(geometry))),
                        datetime=when, properties={"geoseg:datetime_source": source})
     proj = ProjectionExtension.ext(item, add_if_missing=True)
-    epsg = CRS.from_wkt(scene.crs_wkt).to_epsg()
+    crs = CRS.from_wkt(scene.crs_wkt)
+    epsg = crs.to_epsg()
     a, b, c, d, e, f = scene.transform
-    proj.apply(code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else scene.crs_wkt,
+    proj.apply(code=f"EPSG:{epsg}" if epsg else None, wkt2=None if epsg else crs.to_wkt(),
                shape=[scene.height, scene.width], transform=[a, b, c, d, e, f])
     total = sum(class_pixels.values()) or 1
     for role, path in assets.items():
