@@ -146,6 +146,8 @@ class StreamingCOGWriter:
             resampling=s.resampling.upper(),
             overview_resampling=s.resampling.upper(),
             bigtiff="IF_SAFER",
+            # DEFLATE in all cores: byte-identical to one thread; not clearly faster on 2 busy
+            # cores (4096² mask 1.60 vs 1.65 s, 8192² 5.6 vs 5.1 s), kept for idle cores
             num_threads="ALL_CPUS",
         )
         if s.classes and s.count == 1:

@@ -32,7 +32,10 @@ __all__ = ["BASE_BYTES", "CLIENT_BASE_BYTES", "ModelSize", "activation_bytes_per
 BASE_BYTES = 400 * 2**20
 
 #: Resident memory of ``geoseg run``'s client (no torch: rasterio, GDAL, shapely, Dask's
-#: client) before its first scene, bytes; it errs high (measured 180-250 MiB).
+#: client and the local scheduler) besides its scenes, bytes. Measured peaks, 4 scenes of
+#: 1024² with the demo model, vectorizing: 290 MiB with 1 scene in flight, 312-320 MiB with
+#: 2 and 321-323 MiB with 3; the bound (this + in flight × :func:`scene_client_bytes`, 81 MiB
+#: each there) errs high: 381, 462 and 543 MiB.
 CLIENT_BASE_BYTES = 300 * 2**20
 
 
