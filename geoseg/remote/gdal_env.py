@@ -293,6 +293,10 @@ def clear_cache(path: str) -> bool:
     bytes); a retry after a transient error would meet that memory instead of the store.
     Calls GDAL's ``VSICurlPartialClearCache`` in the libgdal rasterio loaded.
 
+    Call it inside the :func:`cloud_env` the path was read in: GDAL maps the path to the URL
+    it cached through the endpoint options (outside, ``AWS_S3_ENDPOINT`` differs and nothing is
+    cleared: seen with a failed connection, whose "does not exist" GDAL then kept).
+
     Returns:
         False when that libgdal could not be found (the retry then runs on GDAL's cache).
     """

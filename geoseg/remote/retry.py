@@ -230,14 +230,16 @@ def read_remote_window(
     rio = RioWindow(window.col, window.row, window.width, window.height)  # type: ignore[call-arg]
 
     def attempt() -> np.ndarray:
-        try:
-            with cloud_env(options), rasterio.open(path) as src:
-                bands = list(indexes) if indexes is not None else list(range(1, src.count + 1))
-                return src.read(bands, window=rio)
-        except Exception:
-            # else GDAL answers the next try (this retry, or a later read once the credentials
-            # are fixed) from its memory of the failure
-            clear_cache(path)
-            raise
+        with cloud_env(options):
+            try:
+                with rasterio.open(path) as src:
+                    bands = list(indexes) if indexes is not None else list(range(1, src.count + 1))
+                    return src.read(bands, window=rio)
+            except Exception:
+                # else GDAL answers the next try (this retry, or a later read once the
+                # credentials are fixed) from its memory of the failure. Inside the env: GDAL
+                # finds the cached URL through the endpoint options
+                clear_cache(path)
+                raise
 
     return call_with_retries(attempt, uri, policy, sleep=sleep, on_retry=on_retry)
