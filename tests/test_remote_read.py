@@ -257,3 +257,165 @@ def test_list_prefix_and_glob(cog: Path, s3_server: S3Server,
     s3_server.upload(readme, f"{root}/docs/README.txt")
     with pytest.raises(SceneError, match="no raster"):
         list_prefix(base + "/docs/")
+
+
+@pytest.mark.parametrize(("option", "ours", "other", "measure"), [
+    # 2 x 2 tiles: the two runs of adjacent tiles in 2 parallel requests; SINGLE_GET fetches
+    # the span from the first tile to the last in 16 KiB chunks (seen: 17 requests, 8 x bytes)
+    ("GDAL_HTTP_MULTIRANGE", "YES", "SINGLE_GET", "tile_requests"),
+    # no LIST of the prefix when opening (GDAL lists it to look for sidecar files)
+    ("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR", "FALSE", "list_requests"),
+])
+def test_options_measured(cog: Path, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
+                          option: str, ours: str, other: str, measure: str) -> None:
+    """Each option against another value: requests counted in the server's log."""
+    s3_server.env(monkeypatch)
+    counts = {}
+    w = Window(0, 0, 2 * BLOCK, 2 * BLOCK)
+    for value in (ours, other):
+        key = fresh_key()
+        s3_server.upload(cog, key)
+        o = opts(s3_server.endpoint)
+        o = CloudOptions({**o.gdal, option: value})
+        s3_server.clear()
+        with cloud_env(o), rasterio.open(f"/vsis3/{BUCKET}/{key}") as src:
+            opened = len(s3_server.requests())
+            pixels = src.read(window=((w.row, w.row_stop), (w.col, w.col_stop)))
+        np.testing.assert_array_equal(pixels, local(cog, w))
+        log = s3_server.requests()
+        counts[value] = (len(log) - opened if measure == "tile_requests"
+                         else sum(1 for r in log if "list-type" in r["query"]
+                                  or "prefix=" in r["query"]))
+    if measure == "tile_requests":
+        assert counts[ours] == 2 and counts[other] >= 4 * counts[ours], counts
+    else:
+        assert counts[ours] == 0 and counts[other] >= 1, counts
+
+
+def test_options_never_pickle_secrets() -> None:
+    """What could go into a Dask task graph has no secret; the full options refuse to go."""
+    import pickle
+
+    o = cloud_options({"key": "AKIAEXAMPLE", "secret": "s3cr3t-VALUE", "anon": False},
+                      environ={})
+    with pytest.raises(TypeError, match="public"):
+        pickle.dumps(o)
+    blob = pickle.dumps(o.public())
+    assert b"s3cr3t-VALUE" not in blob and pickle.loads(blob) == o.public()
+
+
+# --- pure functions: no server ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("uri", "path"), [
+    ("s3://bucket/scenes/a.tif", "/vsis3/bucket/scenes/a.tif"),
+    ("gs://bucket/a.tif", "/vsigs/bucket/a.tif"),
+    ("az://container/dir/a.tif", "/vsiaz/container/dir/a.tif"),
+    ("abfs://container@acct.dfs.core.windows.net/dir/a.tif", "/vsiaz/container/dir/a.tif"),
+    ("https://host/x/a.tif?v=1", "/vsicurl/https://host/x/a.tif?v=1"),
+    ("/data/scenes/a.tif", "/data/scenes/a.tif"),
+])
+def test_gdal_path(uri: str, path: str) -> None:
+    assert gdal_path(uri) == path
+
+
+def test_uri_helpers_keep_the_double_slash() -> None:
+    from geoseg.remote import is_remote, join, name, parent
+
+    assert is_remote("s3://b/k") and is_remote("HTTPS://h/x") and not is_remote("/tmp/s3:/x")
+    assert not is_remote("C:\\data\\a.tif") and not is_remote(Path("s3://b/k"))
+    assert join("s3://b/x/", "/y/", "z.tif") == "s3://b/x/y/z.tif"
+    assert parent("s3://b/x/y.tif") == "s3://b/x" and parent("s3://b") == "s3://b"
+    assert name("https://h/a/b.tif?sig=x") == "b.tif" and name("s3://b/x/") == "x"
+    with pytest.raises(ValueError, match="no bucket"):
+        gdal_path("s3:///key.tif")
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("https://user:hunter2@host/a.tif", "hunter2"),
+    ("http://h/b/a.tif?X-Amz-Credential=AKIA%2F1&X-Amz-Signature=deadbeef01", "deadbeef01"),
+    ("https://acct.blob.core.windows.net/c/a.tif?sv=2022-11-02&sig=abc%2Bdef%3D", "abc%2Bdef"),
+    ("failed with AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG", "wJalrXUtnFEMI"),
+    ("DefaultEndpointsProtocol=https;AccountKey=Zm9vYmFy==;EndpointSuffix=x", "Zm9vYmFy"),
+])
+def test_redact(text: str, secret: str) -> None:
+    from geoseg.remote import redact
+
+    out = redact(text)
+    assert secret not in out and "***" in out
+    assert redact("s3://bucket/scenes/a.tif") == "s3://bucket/scenes/a.tif"
+
+
+def test_endpoint_and_environment_mapping() -> None:
+    from geoseg.errors import ConfigError
+
+    env = {"AWS_ENDPOINT_URL": "https://minio.example:9000", "AWS_NO_SIGN_REQUEST": "YES",
+           "AWS_REGION": "eu-west-1", "AWS_SECRET_ACCESS_KEY": "never-copied"}
+    o = cloud_options(environ=env)
+    assert {k: o.gdal[k] for k in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING",
+                                   "AWS_NO_SIGN_REQUEST", "AWS_REGION")} == {
+        "AWS_S3_ENDPOINT": "minio.example:9000", "AWS_HTTPS": "YES",
+        "AWS_VIRTUAL_HOSTING": "FALSE", "AWS_NO_SIGN_REQUEST": "YES", "AWS_REGION": "eu-west-1"}
+    assert "never-copied" not in repr(o) and not o.credentials
+    o = cloud_options({"endpoint_url": "http://127.0.0.1:9000", "anon": True}, environ=env)
+    assert (o.gdal["AWS_S3_ENDPOINT"], o.gdal["AWS_HTTPS"]) == ("127.0.0.1:9000", "NO")
+    with pytest.raises(ConfigError, match="unknown key.*secret_key"):
+        cloud_options({"secret_key": "x"}, environ={})
+    with pytest.raises(ConfigError, match="expected http"):
+        cloud_options({"endpoint_url": "127.0.0.1:9000"}, environ={})
+
+
+def test_retry_codes_only_where_gdal_knows_them() -> None:
+    from geoseg.remote.gdal_env import base_options
+
+    assert "GDAL_HTTP_RETRY_CODES" in base_options(gdal=(3, 10, 0))
+    assert "GDAL_HTTP_RETRY_CODES" not in base_options(gdal=(3, 9, 3))
+    assert "CPL_VSIL_CURL_ALLOWED_EXTENSIONS" not in base_options(allowed_extensions=None)
+
+
+@pytest.mark.parametrize(("message", "transient", "cause"), [
+    ("HTTP response code: 503", True, "server error"),
+    ("Please reduce your request rate.", True, "server error"),
+    ("HTTP response code: 429", True, "throttled"),
+    ("CURL error: Failed to connect to 127.0.0.1 port 9: Could not connect to server", True,
+     "unreachable"),
+    ("CURL error: Operation timed out after 10001 milliseconds", True, "timed out"),
+    ("The specified key does not exist.", False, "not found (HTTP 404)"),
+    ("HTTP response code: 404", False, "not found (HTTP 404)"),
+    ("The request signature we calculated does not match the signature you provided.", False,
+     "invalid credentials"),
+    ("HTTP response code: 403", False, "access denied"),
+    ("'/vsis3/b/x.txt' not recognized as a supported file format.", False, "not a raster"),
+])
+def test_classify(message: str, transient: bool, cause: str) -> None:
+    from rasterio.errors import RasterioIOError
+
+    from geoseg.remote import classify
+
+    f = classify(RasterioIOError(message))
+    assert (f.transient, cause in f.cause) == (transient, True), f
+
+
+def test_retry_policy_backoff_and_budget() -> None:
+    import random
+
+    from geoseg.remote import call_with_retries
+
+    p = RetryPolicy(attempts=5, base_delay_s=1.0, max_delay_s=4.0, jitter=0.5)
+    rng = random.Random(0)
+    for n, cap in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 4.0), (5, 4.0)]:
+        assert cap / 2 <= p.delay(n, rng) <= cap
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("HTTP response code: 503")
+        return "ok"
+
+    assert call_with_retries(flaky, "s3://b/k.tif", p, sleep=sleeps.append) == "ok"
+    assert len(calls) == 3 and len(sleeps) == 2
+    with pytest.raises(SceneError, match=r"^s3://b/k\.tif: server error \(HTTP 5xx\) after 2"):
+        call_with_retries(lambda: (_ for _ in ()).throw(OSError("HTTP response code: 502")),
+                          "s3://b/k.tif", RetryPolicy(attempts=2), sleep=sleeps.append)
