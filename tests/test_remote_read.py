@@ -204,11 +204,11 @@ def test_wrong_credentials_403_never_shows_the_secret(
     uri = s3_auth_server.upload(cog, key, public=False)
     wrong = "WRONGsecretWRONGsecretWRONGsecret0000000"
     s3_auth_server.env(monkeypatch, secret=wrong)
-    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)  # rasterio's and GDAL's debug messages too (CPL_DEBUG)
+    debug = CloudOptions({**opts(s3_auth_server.endpoint).gdal, "CPL_DEBUG": "ON"})
     sleeps, policy = no_sleep()
     with pytest.raises(SceneError) as info:
-        read_remote_window(uri, WINDOWS[0], options=opts(s3_auth_server.endpoint),
-                           policy=policy, sleep=sleeps.append)
+        read_remote_window(uri, WINDOWS[0], options=debug, policy=policy, sleep=sleeps.append)
     assert_one_clear_line(info.value, uri, "invalid credentials (HTTP 403)", wrong)
     assert sleeps == []
     # the right secret, given as storage options: reads; neither secret in logs or reprs
@@ -219,6 +219,7 @@ def test_wrong_credentials_403_never_shows_the_secret(
     # the same object: GDAL's memory of the 403 was cleared
     np.testing.assert_array_equal(read_remote_window(uri, WINDOWS[0], options=good),
                                   local(cog, WINDOWS[0]))
+    assert "GDAL signalled an error" in caplog.text  # the log did capture GDAL's words
     for secret in (wrong, s3_auth_server.secret):
         assert secret not in caplog.text
         assert secret not in repr(good) and secret not in str(good)
