@@ -226,6 +226,29 @@ def test_wrong_credentials_403_never_shows_the_secret(
         assert secret not in repr(good.public()) and not good.public().credentials
 
 
+@pytest.mark.slow  # a real cluster: 5 s on 2 busy cores
+def test_dask_worker_reads_with_its_own_credentials(cog: Path, s3_auth_server: S3Server,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker process of a real LocalCluster reads a private object with the credentials of
+    its own environment; the task carries options without secrets, and its pickled graph holds
+    neither the secret nor the key."""
+    import pickle
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    uri = s3_auth_server.upload(cog, fresh_key(), public=False)
+    s3_auth_server.env(monkeypatch)  # the workers inherit this environment, as on a node
+    options = cloud_options(environ={"AWS_ENDPOINT_URL": s3_auth_server.endpoint}).public()
+    task = dask.delayed(read_remote_window, pure=False)(uri, WINDOWS[0], options=options)
+    blob = pickle.dumps(dict(task.__dask_graph__()))
+    assert s3_auth_server.secret.encode() not in blob and s3_auth_server.key.encode() not in blob
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        got = client.compute(task).result(timeout=120)
+    np.testing.assert_array_equal(got, local(cog, WINDOWS[0]))
+
+
 def closed_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
