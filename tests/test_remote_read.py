@@ -289,6 +289,11 @@ def test_list_prefix_and_glob(cog: Path, s3_server: S3Server,
     assert expand(base + "/s2/*.jp2") == list_prefix(base + "/s2")
     with pytest.raises(SceneError, match="no object matches"):
         expand(base + "/**/*.vrt")
+    # a public bucket: no credentials, AWS_NO_SIGN_REQUEST as for GDAL (s3fs: anon=True)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_NO_SIGN_REQUEST", "YES")
+    assert expand(base + "/s2/*.jp2") == [f"{base}/s2/s2_B02.jp2", f"{base}/s2/s2_B03.jp2"]
     with pytest.raises(SceneError, match="no such prefix"):
         list_prefix(base + "/nothing/")
     s3_server.upload(readme, f"{root}/docs/README.txt")

@@ -9,6 +9,7 @@ or ``storage_options``; they never reach the URIs returned.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +29,8 @@ _GLOB = set("*?[")
 def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     """The fsspec file system for ``uri``'s scheme (``s3fs.S3FileSystem`` for ``s3://``…).
 
-    For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured by botocore itself.
+    For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured by botocore itself,
+    and ``AWS_NO_SIGN_REQUEST=YES`` (which botocore ignores) becomes ``anon=True``.
 
     Raises:
         SceneError: the back-end package is not installed (names the pip extra).
@@ -36,8 +38,12 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     import fsspec
 
     scheme = split(uri)[0]
+    options = dict(storage_options or {})
+    if scheme == "s3" and "anon" not in options \
+            and os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
+        options["anon"] = True
     try:
-        return fsspec.filesystem(_PROTOCOL[scheme], **dict(storage_options or {}))
+        return fsspec.filesystem(_PROTOCOL[scheme], **options)
     except ImportError as exc:
         raise SceneError(f"{redact(uri)}: listing {scheme}:// needs fsspec's back-end "
                          f"({exc.name or exc}); pip install 'geoseg[cloud]'") from None
