@@ -474,3 +474,21 @@ def test_import_stays_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_errors_redact_signed_urls() -> None:
+    """A signed URL in the URI and in GDAL's message: neither signature reaches the error."""
+    from rasterio.errors import RasterioIOError
+
+    from geoseg.remote import call_with_retries
+
+    uri = "https://h.example/b/a.tif?X-Amz-Credential=AKIAX%2F1&X-Amz-Signature=feedc0ffee99"
+
+    def fail() -> None:
+        raise RasterioIOError(f"Weird answer from {uri}&sig=abcdef0123 (code 418)")
+
+    with pytest.raises(SceneError) as info:
+        call_with_retries(fail, uri, RetryPolicy(attempts=1))
+    msg = str(info.value)
+    assert msg.startswith("https://h.example/b/a.tif?X-Amz-Credential=***&X-Amz-Signature=***: ")
+    assert "feedc0ffee99" not in msg and "abcdef0123" not in msg and "AKIAX" not in msg
