@@ -27,9 +27,10 @@ CPL_VSIL_CURL_ALLOWED_EXTENSIONS       .tif,…      only raster files are opene
                                                    round trips). Objects without an extension
                                                    (some STAC hrefs) need ``allowed_extensions=
                                                    None``
-GDAL_HTTP_MAX_RETRY                    3           GDAL retries 429/5xx range requests itself,
-GDAL_HTTP_RETRY_DELAY                  0.5 s       doubling the delay (0.5, 1, 2 s); a flaky
-                                                   store costs a block a few seconds, not a
+GDAL_HTTP_MAX_RETRY                    3           GDAL retries 429/5xx range requests itself
+GDAL_HTTP_RETRY_DELAY                  0.5 s       (default: never), backing off from this delay
+                                                   (GDAL's default, 30 s, would stall a block);
+                                                   a flaky store costs a block seconds, not a
                                                    failed scene. Measured: 503 on every 3rd
                                                    request, identical arrays
                                                    (``test_fault_proxy_gdal_retries``)
@@ -43,7 +44,7 @@ GDAL_HTTP_MULTIRANGE                   YES         runs of tiles fetched in para
                                                    (S3 has no multi-range GET). Measured, 2 x 2
                                                    tiles: 2 requests; SINGLE_GET: 17 requests
                                                    and 8 x the bytes (``test_options_measured``)
-VSI_CACHE / VSI_CACHE_SIZE             TRUE / 25MB per open file: the header and the tile index
+VSI_CACHE / VSI_CACHE_SIZE             TRUE; 25MB  per open file: the header and the tile index
                                                    are fetched once per dataset, not per window
 GDAL_CACHEMAX                          256 (MB)    decoded-block cache per worker process; GDAL's
                                                    default (5 % of RAM) times many workers
