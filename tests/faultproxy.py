@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .s3server import S3Server
+from .s3server import S3Server, exit_with_parent
 
 CONTROL = "/__proxy__"
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
@@ -68,7 +68,9 @@ class FaultProxy:
 def start_proxy(upstream: str) -> FaultProxy:
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "tests.faultproxy", upstream], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL,
+                            text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.strip().isdigit():
@@ -180,6 +182,7 @@ def main() -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     server.daemon_threads = True
     print(server.server_address[1], flush=True)
+    exit_with_parent()
     server.serve_forever()
 
 

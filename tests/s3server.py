@@ -3,7 +3,8 @@
 The server runs in its own process (``python -m tests.s3server``), not a thread of the test
 process: GDAL reading in the test process and a server in that same process were seen to hang
 (the server thread stalled mid-response while GDAL waited on it). A child process is also what a
-real store is: another process. It listens on 127.0.0.1 at a free port and prints it.
+real store is: another process. It listens on 127.0.0.1 at a free port, prints it, and ends
+when the test process does (even SIGKILLed: its stdin closes).
 
 Every request is logged (method, path, query, Range header, status, bytes of body served);
 ``GET /__log__`` returns the log as JSON and ``DELETE /__log__`` clears it. With ``--auth`` the
@@ -91,7 +92,9 @@ def start_server(auth: bool = False) -> S3Server:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen([sys.executable, "-m", "tests.s3server"], cwd=root, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL,
+                            text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.strip().isdigit():
@@ -174,6 +177,16 @@ class RequestLog:
             yield chunk
 
 
+def exit_with_parent() -> None:
+    """End this process when the test process ends, even killed: its end closes our stdin."""
+
+    def watch() -> None:
+        sys.stdin.read()
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -185,6 +198,7 @@ def main() -> None:
     app = RequestLog(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     print(server.server_address[1], flush=True)
+    exit_with_parent()
     server.serve_forever()
 
 
