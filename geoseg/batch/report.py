@@ -47,8 +47,16 @@ def _same_inputs(entry: dict[str, Any], source: SceneSource) -> bool:
     inputs = entry.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         return False
-    ours = {os.path.realpath(f) for f in source.files}
-    return all(isinstance(f, str) and os.path.realpath(f) in ours for f in inputs)
+    ours = {_same_key(f) for f in source.files}
+    return all(isinstance(f, str) and _same_key(f) in ours for f in inputs)
+
+
+def _same_key(path: str | os.PathLike[str]) -> str:
+    """How inputs are compared: a URI as written (``os.path.realpath`` would make
+    ``s3://b/k`` a local ``$PWD/s3:/b/k``), a local path resolved."""
+    from geoseg.remote.uri import is_remote
+
+    return path if isinstance(path, str) and is_remote(path) else os.path.realpath(path)
 
 
 def _pending(source: SceneSource) -> dict[str, Any]:

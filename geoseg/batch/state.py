@@ -3,8 +3,9 @@
 A scene is computed in ``DIR/.partial-<name>/`` and only then renamed to ``DIR/<name>/``, so a
 run killed at any moment (SIGKILL included) never leaves a partial file under a final name.
 ``DIR/<name>/scene.json`` records how the scene was made (its *fingerprint*: bundle checksum,
-output-affecting settings and input file sizes and times); a re-run skips a scene whose record
-says ``ok`` with the same fingerprint and whose outputs are all there.
+output-affecting settings and input file sizes and times, or for objects in a store their URI,
+size and ETag); a re-run skips a scene whose record says ``ok`` with the same fingerprint and
+whose outputs are all there.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "fingerprint",
     "is_output_folder",
     "is_scene_record",
+    "object_stamp",
     "read_record",
     "reported_scene_names",
 ]
@@ -81,15 +83,62 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def fingerprint(bundle_sha256: str, settings: dict[str, Any], inputs: Sequence[Path]) -> str:
-    """SHA-256 hex of what determines a scene's outputs (not how fast they were made)."""
-    files = []
+def fingerprint(bundle_sha256: str, settings: dict[str, Any],
+                inputs: Sequence[Path | str]) -> str:
+    """SHA-256 hex of what determines a scene's outputs (not how fast they were made).
+
+    A local input counts by its resolved path, size and modification time (ns); a remote one
+    (a URI: :func:`geoseg.remote.uri.is_remote`) by the URI as written and what its store says
+    about the object (:func:`object_stamp`), never by its bytes.
+
+    Raises:
+        OSError: a local input is gone; SceneError: a store cannot be asked (URI redacted).
+    """
+    from geoseg.remote.uri import is_remote
+
+    files: list[list[Any]] = []
     for f in inputs:
+        if isinstance(f, str) and is_remote(f):
+            files.append([f, *object_stamp(f)])
+            continue
         st = Path(f).stat()
         files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
     blob = json.dumps({"bundle": bundle_sha256, "settings": settings, "inputs": files},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def object_stamp(uri: str) -> tuple[int | None, str | None]:
+    """``(size in bytes, version)`` of a remote object, from its store's metadata
+    (fsspec ``info``: one HEAD request; nothing downloaded). The version is the ETag, else the
+    last-modified time, else None (an http(s) server that sends neither).
+
+    A missing or forbidden object gives ``(None, None)``: opening it fails the scene with the
+    reason, which a fingerprint cannot say better.
+
+    Raises:
+        SceneError: the store cannot be reached or listed (the URI redacted).
+    """
+    from geoseg.errors import SceneError
+    from geoseg.remote.listing import filesystem
+    from geoseg.remote.uri import redact, split
+
+    fs = filesystem(uri)
+    scheme = split(uri)[0]
+    target = uri if scheme in ("http", "https") else uri.split("://", 1)[1]
+    try:
+        fs.invalidate_cache(target)
+        info = fs.info(target)
+    except (FileNotFoundError, PermissionError):
+        return None, None
+    except Exception as exc:  # noqa: BLE001 - each fsspec back-end raises its own
+        raise SceneError(f"{redact(uri)}: cannot ask the store about this object "
+                         f"({redact(str(exc))[:200]})") from None
+    size = info.get("size")
+    version = next((str(info[k]).strip('"') for k in ("ETag", "etag", "LastModified",
+                                                      "last_modified", "mtime", "updated")
+                    if info.get(k) is not None), None)
+    return (int(size) if size is not None else None), version
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
