@@ -9,20 +9,33 @@ A scene is either one multi-band raster (:func:`open_scene`) or one file per ban
 finest grid of the bands in the CRS most of them share; a band on a coarser (or otherwise
 different) grid, or in another CRS, is resampled onto it on read, window by window, through a
 GDAL warped VRT — never a full-scene copy.
+
+A file is a local path or a URI (``s3://``, ``gs://``, ``az://``, ``http(s)://``, or a GDAL
+``/vsi…`` path; :func:`is_uri`), read by GDAL's virtual file systems with range requests, each
+task reading its own window inside :func:`geoseg.remote.gdal_env.cloud_env` (the cloud GDAL
+options, credentials from the reading process's own environment) and
+:func:`geoseg.remote.retry.call_with_retries` (transient errors retried in the task, permanent
+ones one :class:`~geoseg.errors.SceneError` line naming the URI). A URI stays the string it was
+written as (never a :class:`pathlib.Path`), is not checked for existence before GDAL opens it,
+and appears in messages redacted (:func:`geoseg.remote.uri.redact`). A pickled :class:`Scene`
+carries no credential.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from geoseg.errors import SceneError
+from geoseg.remote.uri import gdal_path, is_remote, redact
+from geoseg.remote.uri import name as uri_name
 from geoseg.tiling import Window
 
 if TYPE_CHECKING:
@@ -32,13 +45,20 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "BandRef",
     "Scene",
+    "call_remote",
     "file_encodings",
+    "is_uri",
     "open_band_files",
     "open_on_grid",
     "open_scene",
     "read_window",
     "select_bands",
 ]
+
+T = TypeVar("T")
+
+#: Prefix of GDAL's virtual file system paths (``/vsis3/``, ``/vsicurl/``, ``/vsizip/`` …).
+VSI_PREFIX = "/vsi"
 
 #: Pixel dtypes geoseg reads.
 SUPPORTED_DTYPES: tuple[str, ...] = ("uint8", "uint16", "int16", "float32")
@@ -104,7 +124,8 @@ class Scene:
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The distinct files the scene's bands come from, in band order."""
+        """The distinct files the scene's bands come from, in band order (local paths as
+        strings, URIs as written)."""
         return tuple(dict.fromkeys(b.path for b in self.bands))
 
     @property
@@ -116,41 +137,96 @@ class Scene:
 def open_scene(path: str | os.PathLike[str]) -> Scene:
     """Read a multi-band raster's metadata and check it can be used.
 
+    ``path`` is a local path or a URI (:func:`geoseg.location.is_uri`), which the scene's bands
+    keep as written.
+
     Raises:
-        SceneError: not a raster, no CRS or geotransform, empty, or an unsupported dtype.
+        SceneError: no such file (or object), not a raster, no CRS or geotransform, empty, or
+            an unsupported dtype; a URI is named redacted.
     """
     import rasterio
     from rasterio.errors import RasterioIOError
 
+    if is_uri(path):
+        return _open_uri(os.fspath(path))
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{path}: no such file")
     try:
         with rasterio.open(path) as src:
-            return _scene_from_dataset(path, src)
+            return _scene_from_dataset(str(path), path.name, src)
     except RasterioIOError as exc:
         raise SceneError(
             f"{path}: not a readable raster ({exc}); give a GeoTIFF/COG (or any GDAL raster)"
         ) from exc
 
 
-def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
+def is_uri(path: str | os.PathLike[str]) -> bool:
+    """True for a URI GDAL reads remotely (``s3://``, ``gs://``, ``az://``, ``abfs://``,
+    ``http(s)://``: :func:`geoseg.remote.uri.is_remote`) or a GDAL virtual path (``/vsi…``):
+    strings opened as written, never through :class:`pathlib.Path` nor checked on disk."""
+    return isinstance(path, str) and (is_remote(path) or path.startswith(VSI_PREFIX))
+
+
+def call_remote(uri: str, fn: Callable[[str], T]) -> T:
+    """``fn(gdal_path)`` for a URI (:func:`is_uri`), inside the cloud GDAL options
+    (:func:`~geoseg.remote.gdal_env.cloud_env`, read from this process's environment) and with
+    bounded retries of transient errors (:func:`~geoseg.remote.retry.call_with_retries`).
+
+    A :class:`~geoseg.errors.SceneError` raised by ``fn`` (a validation) passes through.
+
+    Raises:
+        SceneError: a permanent error (not found, access denied …) or a transient one that
+            outlived the retries: one line naming the redacted URI, the cause and what to do.
+    """
+    from rasterio.errors import RasterioError
+
+    from geoseg.remote.gdal_env import clear_cache, cloud_env
+    from geoseg.remote.retry import call_with_retries
+
+    path = gdal_path(uri)
+
+    def attempt() -> T:
+        with cloud_env():
+            try:
+                return fn(path)
+            except RasterioError:
+                clear_cache(path)  # else GDAL answers a retry from its memory of the failure
+                raise
+
+    return call_with_retries(attempt, uri)
+
+
+def _open_uri(uri: str) -> Scene:
+    """:func:`open_scene` for a URI or ``/vsi…`` path: no existence check (a missing object is
+    the retry layer's "not found" :class:`~geoseg.errors.SceneError` naming the URI)."""
+    import rasterio
+
+    def scene_of(path: str) -> Scene:
+        with rasterio.open(path) as src:
+            return _scene_from_dataset(uri, uri_name(uri), src)
+
+    return call_remote(uri, scene_of)
+
+
+def _scene_from_dataset(path: str, filename: str, src: DatasetReader) -> Scene:
+    shown = redact(path)
     if src.width == 0 or src.height == 0 or src.count == 0:
-        raise SceneError(f"{path}: empty raster ({src.width}x{src.height}, {src.count} bands)")
+        raise SceneError(f"{shown}: empty raster ({src.width}x{src.height}, {src.count} bands)")
     if src.crs is None:
         raise SceneError(
-            f"{path}: has no CRS, so the mask could not be georeferenced; assign one "
+            f"{shown}: has no CRS, so the mask could not be georeferenced; assign one "
             "(e.g. `gdal_edit.py -a_srs EPSG:32618 FILE`)"
         )
     if src.transform.is_identity:
-        raise SceneError(f"{path}: has no geotransform; georeference it first")
+        raise SceneError(f"{shown}: has no geotransform; georeference it first")
     dtypes = set(src.dtypes)
     if len(dtypes) != 1:
-        raise SceneError(f"{path}: bands have different dtypes {sorted(dtypes)}")
+        raise SceneError(f"{shown}: bands have different dtypes {sorted(dtypes)}")
     dtype = src.dtypes[0]
     if dtype not in SUPPORTED_DTYPES:
         raise SceneError(
-            f"{path}: pixel dtype {dtype} is not supported; convert to one of "
+            f"{shown}: pixel dtype {dtype} is not supported; convert to one of "
             f"{', '.join(SUPPORTED_DTYPES)} (e.g. `gdal_translate -ot Float32`)"
         )
     names = []
@@ -159,8 +235,8 @@ def _scene_from_dataset(path: Path, src: DatasetReader) -> Scene:
         names.append(desc.strip() if desc and desc.strip() else f"band{i}")
     encodings = file_encodings(src)
     return Scene(
-        name=path.name.split(".")[0],
-        bands=tuple(BandRef(str(path), i, n, encoding=encodings[i - 1])
+        name=filename.split(".")[0],
+        bands=tuple(BandRef(path, i, n, encoding=encodings[i - 1])
                     for i, n in enumerate(names, start=1)),
         crs_wkt=src.crs.to_wkt(),
         transform=tuple(src.transform)[:6],  # type: ignore[arg-type]
@@ -208,7 +284,7 @@ def open_band_files(
     parts = {band: open_scene(path) for band, path in files.items()}
     for band, part in parts.items():
         if len(part.bands) != 1:
-            raise SceneError(f"{part.bands[0].path}: a band file must hold one band, found "
+            raise SceneError(f"{redact(part.bands[0].path)}: a band file must hold one band, found "
                              f"{len(part.bands)}; give one file per band for {band}")
     dtypes = {part.dtype for part in parts.values()}
     if len(dtypes) != 1:
@@ -324,8 +400,8 @@ def _pixel_box(part: Scene, grid: Scene) -> tuple[float, float, float, float]:
             box = transform_bounds(CRS.from_wkt(part.crs_wkt), CRS.from_wkt(grid.crs_wkt),
                                    *box, densify_pts=21)
         except Exception as exc:  # noqa: BLE001 - PROJ raises several kinds
-            raise SceneError(f"{part.bands[0].path}: its footprint cannot be transformed from "
-                             f"{_crs_label(part.crs_wkt)} to the scene's "
+            raise SceneError(f"{redact(part.bands[0].path)}: its footprint cannot be "
+                             f"transformed from {_crs_label(part.crs_wkt)} to the scene's "
                              f"{_crs_label(grid.crs_wkt)} ({exc})") from exc
     inverse = ~Affine(*grid.transform[:6])
     cols, rows = zip(*(inverse * (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])),
@@ -345,9 +421,9 @@ def _coverage_warnings(name: str, parts: dict[str, Scene], grid: Scene) -> list[
 
     warnings: list[str] = []
     common = (0.0, 0.0, float(grid.width), float(grid.height))
-    origin = f"{grid.bands[0].path} ({_crs_label(grid.crs_wkt)})"
+    origin = f"{redact(grid.bands[0].path)} ({_crs_label(grid.crs_wkt)})"
     for band, part in parts.items():
-        path = part.bands[0].path
+        path = redact(part.bands[0].path)
         if part.crs_wkt != grid.crs_wkt and _crs_label(part.crs_wkt) != _crs_label(
                 grid.crs_wkt):
             warnings.append(f"band {band} ({path}) is in {_crs_label(part.crs_wkt)}, the scene "
@@ -362,7 +438,7 @@ def _coverage_warnings(name: str, parts: dict[str, Scene], grid: Scene) -> list[
         if cols <= 0 or rows <= 0 or common[2] <= common[0] or common[3] <= common[1]:
             raise SceneError(
                 f"{name}: band files do not overlap, so no pixel has every band: "
-                + "; ".join(f"{b} {p.bands[0].path} ({_crs_label(p.crs_wkt)}, bounds "
+                + "; ".join(f"{b} {redact(p.bands[0].path)} ({_crs_label(p.crs_wkt)}, bounds "
                             f"{_bounds_text(p)})" for b, p in parts.items())
                 + "; give band files of one area (check their CRS and georeferencing)")
         if c0 > 1 or r0 > 1 or c1 < grid.width - 1 or r1 < grid.height - 1:
@@ -439,8 +515,13 @@ def read_window(
         ``valid`` is ``(h, w)`` bool, True where every band has data (nodata values, internal
         masks and alpha bands all count, as do NaNs in float scenes and ``fill`` values).
 
+    A band file that is a URI (:func:`is_uri`) is read through :func:`call_remote`: in the
+    cloud GDAL options of this (worker) process, transient errors retried here, in the task.
+
     Raises:
-        SceneError: a file cannot be read (truncated or corrupt); the message names it.
+        SceneError: a file cannot be read (truncated or corrupt), or an object cannot be
+            (not found, access denied, retries exhausted); the message names it (a URI
+            redacted).
     """
     from rasterio.errors import RasterioError
 
@@ -456,15 +537,20 @@ def read_window(
         groups.setdefault((band.path, band.warp, band.fill), []).append(pos)
     for (path, warp, fill), positions in groups.items():
         indexes = [bands[p].index for p in positions]
-        try:
-            pixels, masks = _read_file(path, indexes, inside, warp, fill, crs_wkt, transform,
-                                       (height, width))
-        except RasterioError as exc:
-            raise SceneError(
-                f"{path}: cannot read pixels (rows {inside.row}-{inside.row_stop}, cols "
-                f"{inside.col}-{inside.col_stop}): {_gdal_reason(exc)}. The file may be "
-                "truncated or corrupt; re-download or re-export it"
-            ) from exc
+        if is_uri(path):
+            pixels, masks = call_remote(path, partial(
+                _read_file, indexes=indexes, inside=inside, warp=warp, fill=fill,
+                crs_wkt=crs_wkt, transform=transform, shape=(height, width)))
+        else:
+            try:
+                pixels, masks = _read_file(path, indexes, inside, warp, fill, crs_wkt,
+                                           transform, (height, width))
+            except RasterioError as exc:
+                raise SceneError(
+                    f"{path}: cannot read pixels (rows {inside.row}-{inside.row_stop}, cols "
+                    f"{inside.col}-{inside.col_stop}): {_gdal_reason(exc)}. The file may be "
+                    "truncated or corrupt; re-download or re-export it"
+                ) from exc
         if data is None:
             data = np.zeros((len(bands), *window.shape), dtype=pixels.dtype)
         for k, pos in enumerate(positions):
@@ -490,19 +576,27 @@ def open_on_grid(
     """A band file as a dataset on the scene grid: the file itself, or (``warp``) a GDAL warped
     VRT resampling it (:data:`BAND_RESAMPLING`) onto ``crs_wkt``/``transform``/``shape``.
 
-    ``fill`` is the file's missing-pixel value when it declares no nodata.
+    ``fill`` is the file's missing-pixel value when it declares no nodata. A URI is opened as
+    its GDAL path (``s3://b/k`` → ``/vsis3/b/k``) inside
+    :func:`~geoseg.remote.gdal_env.cloud_env` (no retries here: :func:`read_window` adds them).
     """
     import rasterio
     from rasterio.enums import Resampling
     from rasterio.transform import Affine
     from rasterio.vrt import WarpedVRT
 
-    with rasterio.open(path) as src:
+    from geoseg.remote.gdal_env import cloud_env
+
+    with ExitStack() as stack:
+        if is_uri(path):
+            stack.enter_context(cloud_env())
+        src = stack.enter_context(rasterio.open(gdal_path(path)))
         if not warp:
             yield src
             return
         if not crs_wkt or len(transform) < 6:
-            raise SceneError(f"{path}: resampling onto the scene grid needs its CRS and transform")
+            raise SceneError(f"{redact(path)}: resampling onto the scene grid needs its CRS "
+                             "and transform")
         nodata = src.nodata if src.nodata is not None else fill
         with WarpedVRT(src, crs=crs_wkt, transform=Affine(*transform[:6]), width=shape[1],
                        height=shape[0], resampling=Resampling[BAND_RESAMPLING],
