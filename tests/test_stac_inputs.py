@@ -461,13 +461,19 @@ def test_remote_documents_and_hrefs_stay_uris(http_root) -> None:
              "B04": "https://example.org/a//b/x_B04.tif?sig=1", "B08": "gs://b/x_B08.tif"}
     save_item_collection([stac_item("remote", hrefs, "earth-search")], root / "items.json")
     (scene,) = discover([f"{url}/items.json"])
-    assert (scene.kind, scene.path, scene.files) == ("stac", f"{url}/items.json", ())
-    assert {b: m.href for b, m in scene.band_match(BANDS).items()} == {
-        **hrefs, "B02": f"{url}/bands/x_B02.tif"}
+    assert (scene.kind, scene.path) == ("stac", f"{url}/items.json")
+    matched = {**hrefs, "B02": f"{url}/bands/x_B02.tif"}
+    assert {b: m.href for b, m in scene.band_match(BANDS).items()} == matched
+    # every remote data asset is a file of the scene (its resume fingerprint asks the store),
+    # as written: the .jp2 twins too, the thumbnail not
+    twins = {h.replace(".tif", ".jp2") for h in matched.values()}
+    assert set(scene.files) == set(matched.values()) | twins
+    assert all(isinstance(f, str) for f in scene.files)
     (root / "plain.json").write_text('{"type": "Topology"}')
     with pytest.raises(ConfigError, match="plain.json: not a STAC Item"):
         discover([f"{url}/plain.json"])
-    with pytest.raises(ConfigError, match="s3://bucket/items.json: URIs are read"):
+    with pytest.raises(ConfigError, match="s3://bucket/items.json: STAC documents are read "
+                       "from local files or http"):
         discover(["s3://bucket/items.json"])
 
 

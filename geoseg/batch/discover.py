@@ -35,17 +35,21 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 from geoseg.batch.state import (
     NAME_MAX_BYTES,
+    OLD_PREFIX,
     RESERVED_NAMES,
+    STAGE_PREFIX,
+    STATE_DIR,
     is_output_folder,
     reported_scene_names,
 )
 from geoseg.errors import ConfigError
 from geoseg.maskfile import RASTER_SIDECAR_SUFFIXES
+from geoseg.remote.uri import is_remote
 
 if TYPE_CHECKING:
     from geoseg.batch.stacin import StacItem
@@ -180,11 +184,14 @@ class SceneSource:
     Attributes:
         name: unique, safe scene name (output folder and file stem, :func:`safe_name`).
         path: the raster (``kind == "raster"``), the band files' directory, or the STAC
-            document the item was found in (``kind == "stac"``: a local path, or an http(s)
-            URL kept as a ``str``).
+            document the item was found in (``kind == "stac"``). A local one is a
+            :class:`~pathlib.Path`; one in object storage or on http(s) is its URI, a ``str``
+            exactly as written or listed (``s3://bucket/scenes/a.tif``; band files' "folder"
+            ``s3://bucket/scenes``), never a ``Path`` (which would collapse its ``//``).
         kind: ``"raster"`` (one multi-band file), ``"bands"`` (one file per band) or
             ``"stac"`` (one STAC item; its assets matched to the model's bands on opening).
-        bands: for band files, band token as written (e.g. ``B02``) → file.
+        bands: for band files, band token as written (e.g. ``B02``) → file (a ``Path``, or a
+            URI ``str``).
         original: the name as found (the raster's file name without its suffix, the band
             files' prefix, or the STAC item id) as :func:`readable` text; empty means ``name``.
         stac: for a STAC item, its id, document and data assets (hrefs absolute, remote ones
@@ -194,7 +201,7 @@ class SceneSource:
     name: str
     path: Path | str
     kind: str
-    bands: dict[str, Path] = field(default_factory=dict, compare=False)
+    bands: dict[str, Path | str] = field(default_factory=dict, compare=False)
     original: str = ""
     stac: StacItem | None = field(default=None, compare=False)
 
@@ -203,13 +210,15 @@ class SceneSource:
             object.__setattr__(self, "original", self.name)
 
     @property
-    def files(self) -> tuple[Path, ...]:
-        """The local files the scene is made from (what the resume fingerprint stats): a STAC
-        item's data assets that are local files existing at discovery (remote assets are not
-        listed)."""
+    def files(self) -> tuple[Path | str, ...]:
+        """The files the scene is made from (what the resume fingerprint describes): local
+        ones as paths, remote ones as URIs (``str``); for a STAC item its data assets that are
+        local files existing at discovery or remote objects."""
         if self.stac is not None:
-            return self.stac.local_files
-        return tuple(self.bands.values()) if self.kind == "bands" else (Path(self.path),)
+            return self.stac.files
+        if self.kind == "bands":
+            return tuple(self.bands.values())
+        return (self.path if isinstance(self.path, str) else Path(self.path),)
 
     def band_match(self, band_names: Sequence[str]) -> dict[str, BandAsset]:
         """For a STAC item: each of ``band_names`` (the bundle's) → the asset it is read from
@@ -383,7 +392,7 @@ def _distinct(files: list[Path]) -> list[Path]:
     return list(best.values())
 
 
-def _raster_stem(path: Path) -> tuple[str, str]:
+def _raster_stem(path: PurePath) -> tuple[str, str]:
     """(the name as found, the base of its safe name): ``scene.v2.tif`` → ``scene.v2``,
     ``scene``; a hidden file's leading dots are not part of its name."""
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
@@ -394,7 +403,13 @@ def discover(
     inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = ()
 ) -> list[SceneSource]:
     """The scenes in ``inputs`` (files, directories searched recursively, globs, or STAC
-    documents).
+    documents; local, or URIs in object storage / on http(s)).
+
+    A URI (``s3://``, ``gs://``, ``az://``, ``https://`` …) names one object
+    (``s3://b/scenes/a.tif``), a prefix listed like a directory, not recursively
+    (``s3://b/scenes/``), or a glob (``s3://b/**/*.tif``, ``**`` spanning folders); their
+    rasters and band files are grouped as local ones are, named by the object names, and kept
+    as URIs (:func:`_remote_scenes`). An http(s) URL that names no raster is a STAC document.
 
     Files under ``exclude`` (e.g. the output directory) and geoseg's own outputs are ignored;
     a file reached by several spellings is one scene. Scenes are sorted by resolved path; their
@@ -406,17 +421,21 @@ def discover(
     (:mod:`geoseg.batch.stacin`), in the document's order.
 
     Raises:
-        ConfigError: an input names nothing that exists, or a STAC document that cannot be
-            read.
+        ConfigError: an input names nothing that exists (an empty or missing prefix, a glob
+            matching nothing, a store that cannot be listed: the URI redacted), or a STAC
+            document that cannot be read.
     """
     from geoseg.batch.stacin import is_stac_url, stac_scenes, stac_type
 
     outputs = _Outputs(exclude)
     local: list[str | os.PathLike[str]] = []
     documents: list[str] = []
+    remote: list[str] = []
     for item in inputs:
         if is_stac_url(os.fspath(item)):
             documents.append(os.fspath(item))
+        elif isinstance(item, str) and is_remote(item):
+            remote.append(item)
         else:
             local.append(item)
     groups: dict[tuple[str, str], dict[str, Path]] = {}
@@ -437,17 +456,69 @@ def discover(
                 documents.append(os.fspath(f))
             else:
                 log.warning("%s: not a GeoTIFF, band file or STAC document; skipped", f)
-    found: list[tuple[str, str, str, SceneSource]] = []
+    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote)
     for p in rasters:
         original, base = _raster_stem(p)
         found.append((os.path.realpath(p), original, base,
                       SceneSource(base, p, "raster", original=readable(original))))
     for (real, prefix), bands in groups.items():
         folder = next(iter(bands.values())).parent
+        by_band: dict[str, Path | str] = dict(sorted(bands.items()))
         found.append((os.path.join(real, ""), prefix, prefix.lstrip("."),
-                      SceneSource(prefix, folder, "bands", dict(sorted(bands.items())),
+                      SceneSource(prefix, folder, "bands", by_band,
                                   original=readable(prefix))))
     found += stac_scenes(documents)
     found.sort(key=lambda t: (t[0], t[1]))
     names = unique_names([safe_name(base) for _, _, base, _ in found])
     return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]
+
+
+def _remote_scenes(uris: Sequence[str]) -> list[tuple[str, str, str, SceneSource]]:
+    """The scenes of remote inputs, as ``(sort key, name as found, base name, source)``.
+
+    Each URI is expanded (:func:`geoseg.remote.listing.expand`: a prefix ending in ``/`` is
+    listed, a glob matched, any other URI taken as one object, unchecked until opened); the
+    objects are then told apart as local files are: band files (:data:`BAND_FILE`) grouped by
+    their prefix URI and name prefix, other ``.tif``/``.tiff`` objects scenes of their own,
+    geoseg's own outputs (confidence/probability rasters, temporary and staging names) left
+    out. One URI reached twice (as written) is one object.
+
+    Raises:
+        ConfigError: a prefix or glob that cannot be listed or names no raster.
+    """
+    from pathlib import PurePosixPath
+
+    from geoseg.errors import SceneError
+    from geoseg.remote.listing import expand
+    from geoseg.remote.uri import name, parent, redact
+
+    objects: list[str] = []
+    for uri in uris:
+        try:
+            objects += expand(uri)
+        except SceneError as exc:
+            raise ConfigError(str(exc)) from None
+    groups: dict[tuple[str, str], dict[str, Path | str]] = {}
+    found: list[tuple[str, str, str, SceneSource]] = []
+    for uri in sorted(dict.fromkeys(objects)):
+        leaf = PurePosixPath(name(uri))
+        folders = uri.split("://", 1)[-1].split("/")[:-1]
+        if leaf.name.lower().endswith(_OUTPUT_SUFFIXES) or _TEMPORARY.match(leaf.name) or any(
+                f == STATE_DIR or f.startswith((STAGE_PREFIX, OLD_PREFIX)) for f in folders):
+            log.debug("%s: an output of geoseg, not a scene; skipped", redact(uri))
+            continue
+        suffix = leaf.suffix.lower()
+        m = BAND_FILE.match(leaf.stem) if suffix in BAND_SUFFIXES else None
+        if m:
+            groups.setdefault((parent(uri), m["prefix"]), {}).setdefault(m["band"].upper(), uri)
+        elif suffix in RASTER_SUFFIXES or uri in uris:
+            original, base = _raster_stem(leaf)
+            found.append((uri, original, base,
+                          SceneSource(base, uri, "raster", original=readable(original))))
+        else:
+            log.warning("%s: not a GeoTIFF or band file; skipped", redact(uri))
+    for (folder, prefix), bands in groups.items():
+        found.append((folder + "/", prefix, prefix.lstrip("."),
+                      SceneSource(prefix, folder, "bands", dict(sorted(bands.items())),
+                                  original=readable(prefix))))
+    return found

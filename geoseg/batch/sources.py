@@ -9,6 +9,7 @@ from geoseg.batch.discover import SceneSource, band_key
 from geoseg.batch.stacin import StacItem
 from geoseg.batch.stacmatch import BandAsset
 from geoseg.errors import SceneError
+from geoseg.remote.uri import redact
 from geoseg.scene import BandRef, Scene, open_band_files, open_scene
 
 __all__ = ["open_source"]
@@ -17,8 +18,9 @@ __all__ = ["open_source"]
 def open_source(source: SceneSource, band_names: Sequence[str], fill: float | None = 0) -> Scene:
     """The :class:`~geoseg.scene.Scene` of ``source`` for a model needing ``band_names``.
 
-    A raster scene is opened as it is (bands are matched when planning). For band files only
-    the model's bands are used, named as the model names them, on the grid
+    A raster scene is opened as it is (bands are matched when planning). Files may be URIs
+    (object storage, http(s)), opened as written (:func:`~geoseg.scene.open_scene`).
+    For band files only the model's bands are used, named as the model names them, on the grid
     :func:`~geoseg.scene.open_band_files` chooses (the finest in the CRS most of them share);
     its :attr:`~geoseg.scene.Scene.warnings` name bands that only partly overlap or were
     reprojected. A STAC item is opened from the assets :meth:`SceneSource.band_match` finds:
@@ -39,8 +41,8 @@ def open_source(source: SceneSource, band_names: Sequence[str], fill: float | No
     if missing:
         have = ", ".join(source.bands) or "none"
         raise SceneError(
-            f"{source.path}/{source.original}_*: band file(s) for {', '.join(missing)} not "
-            f"found (found {have}); add the missing file(s), named like "
+            f"{redact(str(source.path))}/{source.original}_*: band file(s) for "
+            f"{', '.join(missing)} not found (found {have}); add the missing file(s), named like "
             f"{source.original}_{missing[0]}.tif"
         )
     files = {b: by_key[band_key(b)] for b in band_names}

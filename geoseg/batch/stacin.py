@@ -40,6 +40,8 @@ STAC_TYPES = frozenset({"Feature", "FeatureCollection", "Catalog", "Collection"}
 #: Largest local JSON file inspected for STAC content, bytes.
 MAX_JSON_BYTES = 512 * 1024 * 1024
 _HTTP = ("http://", "https://")
+#: Suffixes of an http(s) URL read as a raster rather than a STAC document.
+_RASTERS = (".tif", ".tiff", ".jp2", ".vrt")
 
 
 def is_remote(href: str) -> bool:
@@ -80,25 +82,29 @@ class StacItem:
         return match_bands(self.label, self.assets, band_names, self.landsat)
 
     @property
-    def local_files(self) -> tuple[Path, ...]:
-        """The assets that are existing local files (what a resume fingerprint can stat)."""
-        return tuple(Path(a.href) for a in self.assets
-                     if not is_remote(a.href) and os.path.isfile(a.href))
+    def files(self) -> tuple[Path | str, ...]:
+        """The data assets a resume fingerprint describes: those that are existing local files
+        (as paths) and every one in object storage or on http(s) (its URI as written; the
+        store is asked about it, :func:`geoseg.batch.state.fingerprint`)."""
+        from geoseg.remote.uri import is_remote as in_store
+
+        return tuple(a.href if in_store(a.href) else Path(a.href) for a in self.assets
+                     if in_store(a.href) or (not is_remote(a.href) and os.path.isfile(a.href)))
 
 
 def is_stac_url(text: str) -> bool:
-    """True for an http(s) URL (an input read as a STAC document); False for a local path.
-
-    Raises:
-        ConfigError: another URI (``s3://`` …): not an input geoseg reads yet.
-    """
+    """True for a URI read as a STAC document: an http(s) URL that names no raster (its path
+    does not end in ``.tif``/``.tiff``/``.jp2``), or any URI ending in ``.json``; False for a
+    local path or a URI naming rasters (an object, a prefix or a glob in object storage)."""
     if not is_remote(text):
         return False
-    if not text.lower().startswith(_HTTP):
-        raise ConfigError(
-            f"{text}: URIs are read as STAC documents over http(s) only, for now; give a local "
-            "path, or a STAC Item/ItemCollection/Catalog whose assets are in object storage")
-    return True
+    from geoseg.remote.uri import name
+
+    leaf = name(text).lower()
+    if leaf.endswith(".json"):
+        return True
+    return text.lower().startswith(_HTTP) and not leaf.endswith(_RASTERS) \
+        and not set(leaf) & set("*?[")
 
 
 def stac_type(path: Path) -> str | None:

@@ -1,0 +1,271 @@
+# ruff: noqa: F811  (the fixture imported below is a test argument by the same name)
+"""Scenes given as URIs: `geoseg run` over objects in a loopback S3 server (real moto server in
+its own process, real GDAL /vsis3/ and /vsicurl/ reads, real LocalCluster), against the same
+files read locally.
+
+One bucket prefix holds a small 4-band GeoTIFF (``cog.tif``, 64 px tiles) and a Sentinel-2-named
+set of band files (B08 at 20 m, resampled on read). The local run over the same files is the
+reference: every remote way of naming them (a prefix, a glob, a path-style https URL, a STAC
+ItemCollection whose hrefs are ``s3://``) must give the very same masks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+
+from geoseg.batch.discover import discover
+from geoseg.batch.state import fingerprint, object_stamp
+from geoseg.cli import main
+from geoseg.errors import ConfigError, SceneError
+from geoseg.scene import is_uri, open_scene
+
+from .conftest import BANDS, write_raster
+from .s3server import BUCKET, S3Server, s3_server  # noqa: F401  (fixture)
+from .test_run import pixels, tiny_bundle
+from .test_stac_inputs import save_item_collection, stac_item
+
+H, W = 96, 128
+EXIT_SOME_FAILED = 3
+PREFIX = "T18XYZ_20200101T101021"
+#: The 4-band raster. Its name carries the acquisition time: the STAC Item writer
+#: (geoseg/batch/stac.py scene_datetime) opens an undated scene's first file with rasterio
+#: outside the cloud GDAL options, see test_an_undated_remote_raster_gets_its_stac_item.
+COG = "S2B_20200101T101021_cog"
+
+
+def geoseg(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def write_scenes(folder: Path) -> Path:
+    """``COG.tif`` (4 unnamed bands) and ``PREFIX_B0n.tif`` band files, B08 at 20 m."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_raster(folder / f"{COG}.tif", pixels(3, H, W), block=64)
+    data = pixels(5, H, W)
+    for k, band in enumerate(BANDS):
+        plane, transform = data[k : k + 1], from_origin(420000.0, 4150000.0, 10.0, 10.0)
+        if band == "B08":
+            plane, transform = plane[:, ::2, ::2], from_origin(420000.0, 4150000.0, 20.0, 20.0)
+        write_raster(folder / f"{PREFIX}_{band}.tif", plane, transform, block=64)
+    return folder
+
+
+def mask(out: Path, name: str) -> np.ndarray:
+    with rasterio.open(out / name / f"{name}.tif") as src:
+        return src.read()
+
+
+def same_mask(a: Path, a_name: str, b: Path, b_name: str) -> None:
+    """The two runs' masks: same pixels, CRS and transform."""
+    with rasterio.open(a / a_name / f"{a_name}.tif") as x, \
+            rasterio.open(b / b_name / f"{b_name}.tif") as y:
+        assert (x.crs, x.transform, x.shape) == (y.crs, y.transform, y.shape)
+        assert np.array_equal(x.read(), y.read()), (a_name, b_name)
+
+
+@dataclass
+class Store:
+    """The objects of this module in the loopback server, and the local reference run."""
+
+    server: S3Server
+    root: str  # s3://BUCKET/<unique>/
+    key_root: str  # <unique>/
+    bundle: Path
+    local: Path  # the scenes, locally
+    reference: Path  # `geoseg run` output over ``local``
+
+    def uri(self, rel: str) -> str:
+        return f"{self.root}{rel}"
+
+
+@pytest.fixture(scope="module")
+def store(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory):
+    """Scenes uploaded under a fresh prefix; the environment pointed at the server (only
+    ``AWS_*`` variables, as a user would: geoseg maps ``AWS_ENDPOINT_URL`` for GDAL)."""
+    tmp = tmp_path_factory.mktemp("remote")
+    local = write_scenes(tmp / "scenes")
+    unique = f"remote-inputs-{uuid.uuid4().hex[:8]}/"
+    for f in sorted(local.iterdir()):
+        s3_server.upload(f, f"{unique}scenes/{f.name}")
+    bundle = tiny_bundle(tmp / "tiny.safetensors")
+    with pytest.MonkeyPatch.context() as mp:
+        s3_server.env(mp)
+        reference = tmp / "reference"
+        code, output = geoseg("run", local, "-m", bundle, "-o", reference,
+                              "--scheduler", "synchronous")
+        assert code == 0, output
+        yield Store(s3_server, f"s3://{BUCKET}/{unique}", unique, bundle, local, reference)
+
+
+def written_text(*folders: Path) -> str:
+    """Every file written under ``folders``, as text (binary files decoded loosely)."""
+    return "\n".join(f.read_bytes().decode("latin-1") for folder in folders
+                     for f in sorted(folder.rglob("*")) if f.is_file())
+
+
+# --- discovery, opening, fingerprints (no run) ----------------------------------------------------
+
+def test_a_prefix_lists_rasters_and_groups_band_files_keeping_uris(store) -> None:
+    found = {s.name: s for s in discover([store.uri("scenes/")])}
+    assert set(found) == {COG, PREFIX}
+    cog, bands = found[COG], found[PREFIX]
+    assert (cog.kind, cog.path, cog.files) == ("raster", store.uri(f"scenes/{COG}.tif"),
+                                              (store.uri(f"scenes/{COG}.tif"),))
+    assert bands.kind == "bands" and bands.path == store.uri("scenes")
+    assert bands.files == tuple(store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS)
+    assert all(isinstance(f, str) for f in cog.files + bands.files)
+    # a glob: the same objects; a URI with a doubled slash stays as written, never a Path
+    assert [s.name for s in discover([store.uri("scenes/*_B0[23].tif")])] == [PREFIX]
+    odd = store.uri(f"scenes//{COG}.tif")
+    (scene,) = discover([odd])
+    assert scene.path == odd and scene.files == (odd,)
+
+
+def test_an_empty_prefix_or_glob_is_one_clear_config_error(store) -> None:
+    with pytest.raises(ConfigError, match=re.escape(store.uri("nothing/")) + ": no such prefix"):
+        discover([store.uri("nothing/")])
+    with pytest.raises(ConfigError, match="no object matches"):
+        discover([store.uri("scenes/*.jp2")])
+
+
+def test_open_scene_reads_a_uri_like_the_local_file(store) -> None:
+    remote = open_scene(store.uri(f"scenes/{COG}.tif"))
+    local = open_scene(store.local / f"{COG}.tif")
+    assert remote.files == (store.uri(f"scenes/{COG}.tif"),)
+    assert (remote.name, remote.shape, remote.transform, remote.crs_wkt, remote.dtype) == (
+        local.name, local.shape, local.transform, local.crs_wkt, local.dtype)
+    https = store.server.http_url(f"{store.key_root}scenes/{COG}.tif")
+    assert is_uri(https) and open_scene(https).shape == local.shape
+
+
+def test_a_missing_object_is_one_line_naming_the_uri(store) -> None:
+    gone = store.uri("scenes/gone.tif")
+    with pytest.raises(SceneError) as err:
+        open_scene(gone)
+    text = str(err.value)
+    assert text.startswith(f"{gone}: not found") and "\n" not in text
+
+
+def test_fingerprint_asks_the_store_and_changes_with_the_object(store, tmp_path) -> None:
+    uri = store.uri(f"fp/{COG}.tif")
+    store.server.upload(store.local / f"{COG}.tif", f"{store.key_root}fp/{COG}.tif")
+    size, etag = object_stamp(uri)
+    assert size == (store.local / f"{COG}.tif").stat().st_size and etag
+    assert object_stamp(store.uri("fp/gone.tif")) == (None, None)
+    before = fingerprint("sha", {}, [uri])
+    store.server.clear()
+    assert fingerprint("sha", {}, [uri]) == before
+    assert {r["method"] for r in store.server.requests()} <= {"HEAD"}  # never a download
+    other = write_raster(tmp_path / f"{COG}.tif", pixels(4, H, W), block=64)
+    store.server.upload(other, f"{store.key_root}fp/{COG}.tif")
+    assert fingerprint("sha", {}, [uri]) != before
+
+
+# --- real runs ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster_run(store, tmp_path_factory):
+    """`geoseg run` on a local cluster over the prefix and a missing object; then again."""
+    out = tmp_path_factory.mktemp("remote-out")
+    gone = store.uri("elsewhere/gone.tif")
+    with pytest.MonkeyPatch.context() as mp:
+        store.server.env(mp)
+        first = geoseg("run", store.uri("scenes/"), gone, "-m", store.bundle, "-o", out,
+                       "--workers", "1")
+        report = json.loads((out / "report.json").read_text())
+        store.server.clear()
+        second = geoseg("run", store.uri("scenes/"), gone, "-m", store.bundle, "-o", out,
+                        "--scheduler", "synchronous")
+        requests = store.server.requests()
+    return out, gone, first, report, second, requests
+
+
+@pytest.mark.slow
+def test_a_prefix_on_a_local_cluster_maps_like_the_local_files(store, cluster_run) -> None:
+    out, gone, (code, output), report, _, _ = cluster_run
+    assert code == EXIT_SOME_FAILED, output
+    by_name = {e["scene"]: e for e in report["scenes"]}
+    assert {n: e["status"] for n, e in by_name.items()} == {
+        COG: "ok", PREFIX: "ok", "gone": "failed"}
+    same_mask(out, COG, store.reference, COG)
+    same_mask(out, PREFIX, store.reference, PREFIX)
+    assert by_name[COG]["inputs"] == [store.uri(f"scenes/{COG}.tif")]
+    assert by_name[PREFIX]["inputs"] == [store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS]
+    error = by_name["gone"]["error"]
+    assert error.startswith(f"{gone}: not found") and "\n" not in error, error
+    assert sum(gone in line for line in output.splitlines()) >= 1, output
+
+
+@pytest.mark.slow
+def test_a_rerun_skips_finished_remote_scenes_reading_no_pixel(store, cluster_run) -> None:
+    out, gone, _, _, (code, output), requests = cluster_run
+    assert code == EXIT_SOME_FAILED, output
+    report = json.loads((out / "report.json").read_text())
+    assert {e["scene"]: e["status"] for e in report["scenes"]} == {
+        COG: "skipped", PREFIX: "skipped", "gone": "failed"}
+    scene_objects = {f"/{BUCKET}/{store.key_root}scenes/{COG}.tif"} | {
+        f"/{BUCKET}/{store.key_root}scenes/{PREFIX}_{b}.tif" for b in BANDS}
+    reads = [r for r in requests if r["path"] in scene_objects and r["method"] == "GET"]
+    assert reads == [] and any(r["method"] == "HEAD" for r in requests), requests
+
+
+def test_glob_https_url_and_stac_hrefs_map_like_the_local_files(store, tmp_path) -> None:
+    https = store.server.http_url(f"{store.key_root}scenes/{COG}.tif")
+    items = save_item_collection(
+        [stac_item("item-1", {b: store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS},
+                   "planetary-computer", encoding=None)], tmp_path / "items.json")
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as mp:
+        store.server.env(mp)
+        code, output = geoseg("run", store.uri("scenes/S2B_*.tif"), https, items, "-m",
+                              store.bundle, "-o", out, "--scheduler", "synchronous")
+    assert code == 0, output
+    report = json.loads((out / "report.json").read_text())
+    inputs = {e["scene"]: e["inputs"] for e in report["scenes"]}
+    assert inputs == {COG: [https], f"{COG}-2": [store.uri(f"scenes/{COG}.tif")],
+                      "item-1": [store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS]}
+    same_mask(out, COG, store.reference, COG)
+    same_mask(out, f"{COG}-2", store.reference, COG)
+    same_mask(out, "item-1", store.reference, PREFIX)
+
+
+@pytest.mark.slow
+def test_the_secret_key_is_written_and_logged_nowhere(store, cluster_run, tmp_path,
+                                                      caplog) -> None:
+    out, _, (_, first), _, (_, second), _ = cluster_run
+    secret = store.server.secret
+    with caplog.at_level(logging.DEBUG), pytest.MonkeyPatch.context() as mp:
+        store.server.env(mp)
+        code, third = geoseg("-v", "run", store.uri("scenes/"), store.uri("elsewhere/x.tif"),
+                             "-m", store.bundle, "-o", tmp_path, "--scheduler", "synchronous")
+    assert code == EXIT_SOME_FAILED, third
+    assert secret not in written_text(out, tmp_path)
+    assert secret not in first + second + third + caplog.text
+
+
+@pytest.mark.xfail(strict=True, reason="geoseg/batch/stac.py scene_datetime opens an undated "
+                   "scene's first file with rasterio.open(URI) outside cloud_env: GDAL then "
+                   "asks AWS itself, not AWS_ENDPOINT_URL (not this module's file)")
+def test_an_undated_remote_raster_gets_its_stac_item(store, tmp_path) -> None:
+    key = f"{store.key_root}undated/plain.tif"
+    store.server.upload(store.local / f"{COG}.tif", key)
+    with pytest.MonkeyPatch.context() as mp:
+        store.server.env(mp)
+        code, output = geoseg("run", f"s3://{BUCKET}/{key}", "-m", store.bundle, "-o", tmp_path,
+                              "--scheduler", "synchronous")
+    assert code == 0, output
+    same_mask(tmp_path, "plain", store.reference, COG)
