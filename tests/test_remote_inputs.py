@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 import uuid
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from geoseg.batch.discover import discover
+from geoseg.batch.report import _same_inputs
 from geoseg.batch.state import fingerprint, object_stamp
 from geoseg.cli import main
 from geoseg.errors import ConfigError, SceneError
@@ -173,6 +175,26 @@ def test_fingerprint_asks_the_store_and_changes_with_the_object(store, tmp_path)
     other = write_raster(tmp_path / f"{COG}.tif", pixels(4, H, W), block=64)
     store.server.upload(other, f"{store.key_root}fp/{COG}.tif")
     assert fingerprint("sha", {}, [uri]) != before
+
+
+def test_signed_urls_resume_across_signatures_and_no_message_shows_one(store) -> None:
+    url = store.server.http_url(f"{store.key_root}scenes/{COG}.tif")
+    first, again = f"{url}?sig=SIGNATURE-1", f"{url}?sig=SIGNATURE-2"
+    assert fingerprint("sha", {}, [first]) == fingerprint("sha", {}, [again])
+    assert fingerprint("sha", {}, [first]) != fingerprint("sha", {}, [url])
+    (source,) = discover([first])
+    record = {"inputs": [f"{url}?sig=***"]}  # a record that kept the URI redacted
+    assert _same_inputs(record, source) and _same_inputs({"inputs": [again]}, source)
+    assert not _same_inputs({"inputs": [store.uri(f"scenes/{COG}.tif")]}, source)
+    with pytest.raises(SceneError) as err:
+        open_scene(url.replace(".tif", "-gone.tif") + "?sig=SIGNATURE-3")
+    assert "SIGNATURE" not in str(err.value) and "-gone.tif?sig=***: not found" in str(err.value)
+
+
+def test_a_pickled_remote_scene_carries_no_credential(store) -> None:
+    scene = open_scene(store.uri(f"scenes/{COG}.tif"))
+    blob = pickle.dumps(scene)
+    assert store.server.secret.encode() not in blob and store.server.key.encode() not in blob
 
 
 # --- real runs ------------------------------------------------------------------------------------

@@ -52,11 +52,13 @@ def _same_inputs(entry: dict[str, Any], source: SceneSource) -> bool:
 
 
 def _same_key(path: str | os.PathLike[str]) -> str:
-    """How inputs are compared: a URI as written (``os.path.realpath`` would make
-    ``s3://b/k`` a local ``$PWD/s3:/b/k``), a local path resolved."""
-    from geoseg.remote.uri import is_remote
+    """How inputs are compared: a URI as written, credentials redacted (records may keep it
+    redacted; ``os.path.realpath`` would make ``s3://b/k`` a local ``$PWD/s3:/b/k``), a local
+    path resolved."""
+    from geoseg.remote.uri import is_remote, redact
 
-    return path if isinstance(path, str) and is_remote(path) else os.path.realpath(path)
+    return redact(path) if isinstance(path, str) and is_remote(path) \
+        else os.path.realpath(path)
 
 
 def _pending(source: SceneSource) -> dict[str, Any]:

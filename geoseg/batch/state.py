@@ -88,18 +88,19 @@ def fingerprint(bundle_sha256: str, settings: dict[str, Any],
     """SHA-256 hex of what determines a scene's outputs (not how fast they were made).
 
     A local input counts by its resolved path, size and modification time (ns); a remote one
-    (a URI: :func:`geoseg.remote.uri.is_remote`) by the URI as written and what its store says
-    about the object (:func:`object_stamp`), never by its bytes.
+    (a URI: :func:`geoseg.remote.uri.is_remote`) by the URI as written, credentials redacted (a
+    signed URL signed again is the same object), and what its store says about the object
+    (:func:`object_stamp`), never by its bytes.
 
     Raises:
         OSError: a local input is gone; SceneError: a store cannot be asked (URI redacted).
     """
-    from geoseg.remote.uri import is_remote
+    from geoseg.remote.uri import is_remote, redact
 
     files: list[list[Any]] = []
     for f in inputs:
-        if isinstance(f, str) and is_remote(f):
-            files.append([f, *object_stamp(f)])
+        if isinstance(f, str) and is_remote(f):  # a re-signed URL is the same object
+            files.append([redact(f), *object_stamp(f)])
             continue
         st = Path(f).stat()
         files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
