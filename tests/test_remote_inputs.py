@@ -137,6 +137,25 @@ def test_a_prefix_lists_rasters_and_groups_band_files_keeping_uris(store) -> Non
     assert scene.path == odd and scene.files == (odd,)
 
 
+def test_outputs_of_geoseg_in_the_store_are_never_scenes(store, tmp_path) -> None:
+    """A glob over a bucket meets a scene folder (``scene.json`` beside its mask), a staging
+    folder, a confidence raster and the run's own output prefix: none is a scene."""
+    base = f"{store.key_root}globbed/"
+    raster = store.local / f"{COG}.tif"
+    record = tmp_path / "scene.json"
+    record.write_text(json.dumps({"scene": "old", "status": "ok", "outputs": {"mask": "old.tif"}}))
+    for key in ("in/a.tif", "maps/old/old.tif", "maps/.partial-b/b.tif", "in/a.confidence.tif",
+                "out/c/c.tif"):
+        store.server.upload(raster, base + key)
+    store.server.upload(record, base + "maps/old/scene.json")
+    found = discover([f"s3://{BUCKET}/{base}**/*.tif"], exclude=[f"s3://{BUCKET}/{base}out/"])
+    assert [s.files for s in found] == [(f"s3://{BUCKET}/{base}in/a.tif",)]
+    # a record that is no geoseg record does not hide its folder
+    record.write_text('{"hello": 1}')
+    store.server.upload(record, base + "maps/old/scene.json")
+    assert len(discover([f"s3://{BUCKET}/{base}maps/old/"])) == 1
+
+
 def test_an_empty_prefix_or_glob_is_one_clear_config_error(store) -> None:
     with pytest.raises(ConfigError, match=re.escape(store.uri("nothing/")) + ": no such prefix"):
         discover([store.uri("nothing/")])

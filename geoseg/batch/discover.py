@@ -41,10 +41,12 @@ from typing import TYPE_CHECKING
 from geoseg.batch.state import (
     NAME_MAX_BYTES,
     OLD_PREFIX,
+    RECORD,
     RESERVED_NAMES,
     STAGE_PREFIX,
     STATE_DIR,
     is_output_folder,
+    is_scene_record,
     reported_scene_names,
 )
 from geoseg.errors import ConfigError
@@ -242,7 +244,10 @@ class _Outputs:
     """Which folders and files geoseg wrote (answers memoized per folder)."""
 
     def __init__(self, exclude: Sequence[str | os.PathLike[str]]):
-        self.exclude = [Path(e).resolve() for e in exclude]
+        self.exclude = [Path(e).resolve() for e in exclude
+                        if not (isinstance(e, str) and is_remote(e))]
+        #: Remote folders (URIs without a trailing ``/``) whose objects are never scenes.
+        self.remote = [e.rstrip("/") for e in exclude if isinstance(e, str) and is_remote(e)]
         self._folders: dict[Path, bool] = {}
         self._reported: dict[Path, frozenset[str]] = {}
 
@@ -456,7 +461,7 @@ def discover(
                 documents.append(os.fspath(f))
             else:
                 log.warning("%s: not a GeoTIFF, band file or STAC document; skipped", f)
-    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote)
+    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote, outputs)
     for p in rasters:
         original, base = _raster_stem(p)
         found.append((os.path.realpath(p), original, base,
@@ -473,15 +478,34 @@ def discover(
     return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]
 
 
-def _remote_scenes(uris: Sequence[str]) -> list[tuple[str, str, str, SceneSource]]:
+def _record_folder(folder: str) -> bool:
+    """True when remote ``folder`` holds a geoseg ``scene.json`` (a scene's outputs): one small
+    GET (a 404 for an input folder)."""
+    import json
+
+    from geoseg.remote.listing import filesystem
+    from geoseg.remote.uri import join
+
+    record = join(folder, RECORD)
+    try:
+        fs = filesystem(record)
+        data = json.loads(fs.cat_file(record.split("://", 1)[1]))
+    except Exception:  # noqa: BLE001 - no record (404, denied, not JSON): not an output
+        return False
+    return is_scene_record(data)
+
+
+def _remote_scenes(uris: Sequence[str],
+                   outputs: _Outputs) -> list[tuple[str, str, str, SceneSource]]:
     """The scenes of remote inputs, as ``(sort key, name as found, base name, source)``.
 
     Each URI is expanded (:func:`geoseg.remote.listing.expand`: a prefix ending in ``/`` is
     listed, a glob matched, any other URI taken as one object, unchecked until opened); the
     objects are then told apart as local files are: band files (:data:`BAND_FILE`) grouped by
     their prefix URI and name prefix, other ``.tif``/``.tiff`` objects scenes of their own,
-    geoseg's own outputs (confidence/probability rasters, temporary and staging names) left
-    out. One URI reached twice (as written) is one object.
+    geoseg's own outputs left out: confidence/probability rasters, temporary and staging
+    names, objects under an excluded URI (the run's output), and, for listed objects, folders
+    holding a geoseg ``scene.json``. One URI reached twice (as written) is one object.
 
     Raises:
         ConfigError: a prefix or glob that cannot be listed or names no raster.
@@ -500,11 +524,16 @@ def _remote_scenes(uris: Sequence[str]) -> list[tuple[str, str, str, SceneSource
             raise ConfigError(str(exc)) from None
     groups: dict[tuple[str, str], dict[str, Path | str]] = {}
     found: list[tuple[str, str, str, SceneSource]] = []
+    outputs_at: dict[str, bool] = {}
     for uri in sorted(dict.fromkeys(objects)):
         leaf = PurePosixPath(name(uri))
         folders = uri.split("://", 1)[-1].split("/")[:-1]
+        if uri not in uris and parent(uri) not in outputs_at:
+            outputs_at[parent(uri)] = _record_folder(parent(uri))
         if leaf.name.lower().endswith(_OUTPUT_SUFFIXES) or _TEMPORARY.match(leaf.name) or any(
-                f == STATE_DIR or f.startswith((STAGE_PREFIX, OLD_PREFIX)) for f in folders):
+                f == STATE_DIR or f.startswith((STAGE_PREFIX, OLD_PREFIX)) for f in folders) \
+                or any(uri.startswith(f"{ex}/") for ex in outputs.remote) \
+                or outputs_at.get(parent(uri), False):
             log.debug("%s: an output of geoseg, not a scene; skipped", redact(uri))
             continue
         suffix = leaf.suffix.lower()
