@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -34,11 +34,15 @@ from pydantic import (
 
 from geoseg.errors import ConfigError
 
+if TYPE_CHECKING:
+    from geoseg.remote.gdal_env import CloudOptions
+
 __all__ = [
     "ClusterConfig",
     "Config",
     "PredictConfig",
     "RunConfig",
+    "StorageConfig",
     "VectorizeConfig",
     "load_config",
     "read_config_text",
@@ -219,7 +223,9 @@ def _program(argv: list[str]) -> list[str]:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # an error names the field and the problem, never repeats the input (it may be a secret
+    # given where none belongs, e.g. storage.options.secret)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -436,8 +442,13 @@ class KubernetesConfig(_Section):
     memory: Annotated[str, _positive_quantity(_K8S_MEMORY, "'16Gi' or '500M'")] = Field(
         "16Gi", description="memory request and limit per worker pod, e.g. '16Gi'")
     gpus: Int = Field(1, ge=0, description="nvidia.com/gpu per worker pod (0: CPU workers)")
-    volume_claim: DnsSubdomain = Field(
-        "geoseg-data", description="PersistentVolumeClaim holding scenes, model and outputs"
+    volume_claim: DnsSubdomain | None = Field(
+        "geoseg-data", description="PersistentVolumeClaim holding scenes, model and outputs, "
+        "mounted at mount_path in the pods that read or write data when a job path needs it (a "
+        "local input or output, or the model under mount_path). No claim is mounted when "
+        "cluster.job.inputs and cluster.job.out are all object-storage URIs (s3://, gs://, "
+        "az://, https://) and the model is in the image; null: never a claim (local job paths "
+        "are then refused)"
     )
     mount_path: Annotated[str, _check(
         lambda v: v.startswith("/") and ".." not in v.split("/"),
@@ -450,6 +461,16 @@ class KubernetesConfig(_Section):
         default_factory=dict, description="pod nodeSelector (label key: value)")
     service_account: DnsSubdomain | None = Field(
         None, description="service account of the pods")
+    secret: DnsSubdomain | None = Field(
+        None, description="name of a Secret in the namespace whose keys become environment "
+        "variables (envFrom) of the pods that read and write data (workers, driver, Indexed Job; "
+        "not the scheduler): the object-storage credentials, e.g. AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_ACCESS_KEY. Only the name "
+        "is written into the manifests; create the Secret with kubectl (docs/cluster.md)")
+    scratch_size: Annotated[str, _positive_quantity(_K8S_MEMORY, "'50Gi'")] | None = Field(
+        None, description="sizeLimit of the scratch emptyDir the pods get when no claim is "
+        "mounted (outputs staged before upload, Dask's local directory; TMPDIR), e.g. '50Gi'; "
+        "default: no limit beyond the node's ephemeral storage")
 
     @property
     def memory_bytes(self) -> int:
@@ -565,6 +586,103 @@ class ClusterConfig(_Section):
     job: JobConfig = Field(default_factory=JobConfig)
 
 
+#: ``storage.options`` keys a config may set (fsspec's names, none a secret) → their type.
+STORAGE_KEYS: dict[str, type] = {
+    "endpoint_url": str, "region": str, "region_name": str, "profile": str, "anon": bool,
+    "requester_pays": bool, "account_name": str, "project": str,
+}
+#: Secret ``storage.options`` keys (fsspec's names) → the environment variable(s) to use instead.
+SECRET_STORAGE_KEYS: dict[str, str] = {
+    "key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token":
+    "AWS_SESSION_TOKEN (S3) or GOOGLE_APPLICATION_CREDENTIALS (GCS)",
+    "session_token": "AWS_SESSION_TOKEN", "account_key": "AZURE_STORAGE_ACCESS_KEY",
+    "sas_token": "AZURE_STORAGE_SAS_TOKEN", "connection_string":
+    "AZURE_STORAGE_CONNECTION_STRING", "password": "the store's own variable",
+}
+#: Parts of a key name that mean a secret whatever the spelling (aws_secret_access_key…).
+_SECRETISH = re.compile(r"secret|token|passw|credential|sas|connection|(^|_)key($|_)",
+                        re.IGNORECASE)
+_REGION = re.compile(r"[a-z]{2,}(-[a-z0-9]+)+|[a-z0-9]+", re.ASCII)
+
+
+def _storage_value(key: str, value: Any) -> str:
+    """Why ``value`` is not a valid ``storage.options.<key>``; '' when it is."""
+    kind = STORAGE_KEYS[key]
+    if not isinstance(value, kind) or (kind is str and not value):
+        wanted = "true or false" if kind is bool else "a non-empty string"
+        return f"{value!r} is not {wanted}"
+    if kind is bool:
+        return ""
+    value = str(value)
+    if key == "endpoint_url":
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"{value!r} is not an http(s)://host[:port] URL; write e.g. " \
+                   "'https://minio.example.org:9000'"
+        if parts.username or parts.password or parts.query or parts.fragment:
+            return "holds credentials or a query (user:password@, ?…); give the URL alone and " \
+                   "the credentials through the environment (AWS_ACCESS_KEY_ID, " \
+                   "AWS_SECRET_ACCESS_KEY)"
+    if key in ("region", "region_name") and not _REGION.fullmatch(value):
+        return f"{value!r} is not a region name; write e.g. 'eu-central-1'"
+    if key in ("profile", "account_name", "project") and not re.fullmatch(_WORD, value,
+                                                                          re.ASCII):
+        return f"{value!r} is not a name (letters, digits, '_', '.', '-')"
+    return ""
+
+
+def _storage_options(options: Any) -> Any:
+    """``options`` when every key is a known non-secret fsspec option with a valid value.
+
+    Secrets are refused (the message names the environment variable to use instead): a config
+    is copied into report.json, Kubernetes ConfigMaps and shell histories. Runs before pydantic's
+    own checks, so a secret is refused whatever its value's type.
+    """
+    if not isinstance(options, dict):
+        return options  # pydantic says what it is
+    for key, value in options.items():
+        if key in SECRET_STORAGE_KEYS or (key not in STORAGE_KEYS and _SECRETISH.search(key)):
+            where = SECRET_STORAGE_KEYS.get(key, "the store's standard variable (docs/cloud.md)")
+            raise ValueError(f"{key!r} is a secret, and a config file is copied into reports and "
+                             f"Kubernetes ConfigMaps: remove it and set {where} in the "
+                             "environment of the processes that read and write (Kubernetes: "
+                             "cluster.kubernetes.secret; docs/cloud.md)")
+        if key not in STORAGE_KEYS:
+            raise ValueError(f"unknown option {key!r}; known: {', '.join(STORAGE_KEYS)}")
+        if problem := _storage_value(key, value):
+            raise ValueError(f"{key}: {problem}")
+    return options
+
+
+class StorageConfig(_Section):
+    """Object storage: the non-secret ``storage_options`` of fsspec (listing, writing) and
+    GDAL (reading); credentials come from the environment only."""
+
+    options: Annotated[dict[str, str | bool | int], BeforeValidator(_storage_options)] = Field(
+        default_factory=dict, description="fsspec storage_options without secrets, given to "
+        "fsspec and mapped onto GDAL's options (geoseg.remote.gdal_env): endpoint_url "
+        "(S3-compatible store, e.g. https://minio.example.org:9000; GDAL's AWS_S3_ENDPOINT, "
+        "path-style), region / region_name, profile (AWS profile name), anon (true: unsigned "
+        "requests, public buckets), requester_pays, account_name (Azure), project (GCS). They "
+        "win over the same settings in the environment (AWS_ENDPOINT_URL, AWS_REGION…). "
+        "Secrets (key, secret, token, account_key, sas_token, connection_string, password…) "
+        "are refused: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_* in the environment instead")
+
+    def cloud_options(self, environ: Mapping[str, str] | None = None,
+                      **base: Any) -> CloudOptions:
+        """The GDAL options for reads: :attr:`options` over ``environ`` (default
+        ``os.environ``); never credentials (GDAL reads those from the environment itself).
+
+        ``**base`` goes to :func:`geoseg.remote.gdal_env.base_options` (retries, timeouts…).
+        """
+        from geoseg.remote.gdal_env import cloud_options
+
+        return cloud_options(self.options, environ, **base)
+
+
 class Config(_Section):
     """The whole configuration; each section mirrors a stage."""
 
@@ -572,6 +690,7 @@ class Config(_Section):
     vectorize: VectorizeConfig = Field(default_factory=VectorizeConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -674,7 +793,7 @@ def load_config(
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level is a {type(loaded).__name__}, not a mapping "
-                              "of sections (predict:, vectorize:, run:, cluster:)")
+                              "of sections (predict:, vectorize:, run:, cluster:, storage:)")
         data = loaded
     clean = {
         section: {k: v for k, v in values.items() if v is not None}

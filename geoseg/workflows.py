@@ -27,7 +27,7 @@ from geoseg.cluster import resource_arg, worker_resources, worker_setup
 from geoseg.config import Config, KubernetesConfig
 from geoseg.errors import ConfigError, OutputExistsError
 
-__all__ = ["WORKFLOWS", "render_workflow", "write_workflow"]
+__all__ = ["WORKFLOWS", "data_claim", "render_workflow", "write_workflow"]
 
 #: workflow kind → (template, file name suffix) pairs it renders (k8s: the header comments).
 WORKFLOWS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -45,6 +45,8 @@ _K8S_NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?", re.ASCII)
 _RESERVED = frozenset(["case", "coproc", "do", "done", "elif", "else", "esac", "fi", "for",
                        "function", "if", "in", "select", "then", "time", "until", "while"])
 _CONFIG_MOUNT = "/etc/geoseg"
+#: Where pods without a data claim mount their scratch emptyDir (TMPDIR, Dask's directory).
+_SCRATCH = "/scratch"
 
 
 def _shell_words(argv: list[str]) -> str:
@@ -128,11 +130,62 @@ def _resources(cpu: str, memory: str, gpus: int = 0) -> dict[str, Any]:
     return {"requests": amounts, "limits": dict(amounts)}
 
 
-def _data_volumes(k8s: KubernetesConfig, config_map: str | None) -> tuple[list[Any], list[Any]]:
-    """``(volumeMounts, volumes)``: the data claim, and the config's ConfigMap when given."""
-    mounts: list[Any] = [{"name": "data", "mountPath": k8s.mount_path}]
-    volumes: list[Any] = [{"name": "data",
-                           "persistentVolumeClaim": {"claimName": k8s.volume_claim}}]
+def _under(path: str, folder: str) -> bool:
+    """True when the pod path ``path`` is ``folder`` or inside it (both absolute, no '..')."""
+    folder = folder.rstrip("/") or "/"
+    return path == folder or path.startswith(folder if folder == "/" else f"{folder}/")
+
+
+def data_claim(cfg: Config) -> str | None:
+    """The PersistentVolumeClaim the data pods mount, or None when the job needs none.
+
+    A job needs the claim when an input or the output is a local path, or when the model is
+    under ``mount_path``; inputs and output all object-storage URIs, and the model elsewhere
+    (in the image), need none: the pods then get a scratch ``emptyDir`` instead.
+
+    Raises:
+        ConfigError: the job needs a claim and ``cluster.kubernetes.volume_claim`` is null
+            (one line naming the key, the path and what to set).
+    """
+    from geoseg.remote.uri import is_remote
+
+    k8s, job = cfg.cluster.kubernetes, cfg.cluster.job
+    local = [(f"cluster.job.inputs[{i}]", p) for i, p in enumerate(job.inputs)
+             if not is_remote(p)]
+    if not is_remote(job.out):
+        local.append(("cluster.job.out", job.out))
+    on_claim = not is_remote(job.model) and _under(job.model, k8s.mount_path)
+    if k8s.volume_claim is None:
+        if local:
+            key, path = local[0]
+            raise ConfigError(
+                f"{key}: {path!r} is a local path, but cluster.kubernetes.volume_claim is null "
+                "(no data volume in the pods); give an object-storage URI (e.g. "
+                "s3://bucket/scenes/) or set cluster.kubernetes.volume_claim to the "
+                "PersistentVolumeClaim holding it")
+        if on_claim:
+            raise ConfigError(
+                f"cluster.job.model: {job.model!r} is under cluster.kubernetes.mount_path "
+                f"({k8s.mount_path}), but cluster.kubernetes.volume_claim is null; set "
+                "volume_claim to the claim holding the model, or put the model in the image "
+                f"at a path outside {k8s.mount_path}")
+        return None
+    return k8s.volume_claim if local or on_claim else None
+
+
+def _data_volumes(k8s: KubernetesConfig, claim: str | None,
+                  config_map: str | None) -> tuple[list[Any], list[Any]]:
+    """``(volumeMounts, volumes)``: the data claim (or, without one, the scratch emptyDir), and
+    the config's ConfigMap when given."""
+    mounts: list[Any]
+    volumes: list[Any]
+    if claim:
+        mounts = [{"name": "data", "mountPath": k8s.mount_path}]
+        volumes = [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]
+    else:
+        mounts = [{"name": "scratch", "mountPath": _SCRATCH}]
+        volumes = [{"name": "scratch", "emptyDir": (
+            {"sizeLimit": k8s.scratch_size} if k8s.scratch_size else {})}]
     if config_map:
         mounts.append({"name": "config", "mountPath": _CONFIG_MOUNT, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": config_map}})
@@ -155,6 +208,18 @@ def _workload(kind: str, name: str, k8s: KubernetesConfig, app: str, component: 
             "spec": {**spec, "template": {"metadata": {"labels": labels}, "spec": pod}}}
 
 
+def _data_env(k8s: KubernetesConfig, claim: str | None,
+              env: list[dict[str, str]]) -> dict[str, Any]:
+    """The ``env`` and ``envFrom`` of a container that reads and writes data: without a claim
+    TMPDIR is the scratch emptyDir (outputs are staged there before upload); with
+    ``kubernetes.secret`` every key of that Secret is a variable (only its name is written)."""
+    env = [*env, *([] if claim else [{"name": "TMPDIR", "value": _SCRATCH}])]
+    more: dict[str, Any] = {"env": env} if env else {}
+    if k8s.secret:
+        more["envFrom"] = [{"secretRef": {"name": k8s.secret}}]
+    return more
+
+
 def _run_args(cfg: Config) -> list[str]:
     """``geoseg run`` with the job's inputs, model and output, as Kubernetes runs it."""
     job = cfg.cluster.job
@@ -173,13 +238,14 @@ def _dask_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
               str(threads), "--memory-limit", str(int(k8s.memory_bytes * 0.9))]
     if resources:
         worker += ["--resources", resource_arg(resources)]
-    worker += ["--local-directory", "/tmp/dask"]
+    claim = data_claim(cfg)
+    worker += ["--local-directory", "/tmp/dask" if claim else f"{_SCRATCH}/dask"]
     # a GPU pod's reading task decodes on the pod's cores while the other one computes
     setup_args, env = worker_setup(cfg.cluster, k8s.whole_cores if k8s.gpus else 0)
     worker += setup_args
     worker_env = [{"name": key, "value": _k8s_literal(value)} for key, value in env.items()]
-    data_mounts, data_volumes = _data_volumes(k8s, None)
-    mounts, volumes = _data_volumes(k8s, f"{name}-config")
+    data_mounts, data_volumes = _data_volumes(k8s, claim, None)
+    mounts, volumes = _data_volumes(k8s, claim, f"{name}-config")
     return [
         _config_map(f"{name}-config", k8s, name, config_text),
         _workload("Deployment", scheduler, k8s, name, "scheduler", {"replicas": 1}, _pod(k8s, [
@@ -199,13 +265,14 @@ def _dask_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
                             {"name": "http-dashboard", "port": 8787, "targetPort": 8787}]}},
         _workload("Deployment", f"{name}-worker", k8s, name, "worker", {"replicas": k8s.workers},
                   _pod(k8s, [_container(
-                      k8s, "worker", worker, **({"env": worker_env} if worker_env else {}),
+                      k8s, "worker", worker, **_data_env(k8s, claim, worker_env),
                       resources=_resources(k8s.cpu, k8s.memory, k8s.gpus),
                       volumeMounts=data_mounts)], data_volumes)),
         _workload("Job", f"{name}-driver", k8s, name, "driver", {"backoffLimit": 2}, _pod(k8s, [
             _container(k8s, "driver", [*_run_args(cfg), "--scheduler", f"tcp://{scheduler}:8786",
                                        "--on-error", cfg.cluster.job.on_error],
-                       resources=_resources("1", "4Gi"), volumeMounts=mounts)],
+                       **_data_env(k8s, claim, []), resources=_resources("1", "4Gi"),
+                       volumeMounts=mounts)],
             volumes, restart="Never")),
     ]
 
@@ -213,7 +280,8 @@ def _dask_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
 def _indexed_job_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]]:
     """ConfigMap and an Indexed Job, pod I running ``--split I/N`` with a local cluster."""
     k8s, name = cfg.cluster.kubernetes, cfg.cluster.job.name
-    mounts, volumes = _data_volumes(k8s, f"{name}-array-config")
+    claim = data_claim(cfg)
+    mounts, volumes = _data_volumes(k8s, claim, f"{name}-array-config")
     # Kubernetes puts the pod's index in JOB_COMPLETION_INDEX and expands $(…) in commands
     command = [*_run_args(cfg), "--cluster", "local", "--split",
                f"$(JOB_COMPLETION_INDEX)/{k8s.array_tasks}", "--on-error", cfg.cluster.job.on_error]
@@ -222,7 +290,7 @@ def _indexed_job_manifests(cfg: Config, config_text: str) -> list[dict[str, Any]
         _workload("Job", f"{name}-array", k8s, name, "array", {
             "completionMode": "Indexed", "completions": k8s.array_tasks,
             "parallelism": k8s.array_parallel, "backoffLimit": 2 * k8s.array_tasks,
-        }, _pod(k8s, [_container(k8s, "geoseg", command,
+        }, _pod(k8s, [_container(k8s, "geoseg", command, **_data_env(k8s, claim, []),
                                  resources=_resources(k8s.cpu, k8s.memory, k8s.gpus),
                                  volumeMounts=mounts)], volumes, restart="Never")),
     ]
@@ -296,7 +364,9 @@ def render_workflow(
 
     Raises:
         ConfigError: an unknown kind, a config path with control characters, a job name that
-            cannot name Kubernetes objects, or setup lines that leave a script bash cannot parse.
+            cannot name Kubernetes objects, a Kubernetes job with local paths and no
+            ``volume_claim`` (:func:`data_claim`), or setup lines that leave a script bash cannot
+            parse.
     """
     if kind not in WORKFLOWS:
         raise ConfigError(f"unknown workflow {kind!r}: choose one of {', '.join(WORKFLOWS)}")
@@ -319,7 +389,7 @@ def render_workflow(
     if kind == "slurm":
         context.update(_slurm_context(cfg))
     else:
-        context["k8s"] = cfg.cluster.kubernetes
+        context.update(k8s=cfg.cluster.kubernetes, claim=data_claim(cfg), scratch=_SCRATCH)
     files = {}
     for template, suffix in WORKFLOWS[kind]:
         name = f"{job.name}{suffix}"
