@@ -114,6 +114,7 @@ def test_config_keys_name_real_fields_and_help_states_their_defaults(name: str) 
 # every option of `config show` (all of those of a batch run) → where it lands in the config
 GIVEN = {
     ("--tile-size", "512"): ("predict", "tile_size", 512),
+    ("--scenes-in-flight", "3"): ("run", "scenes_in_flight", 3),
     ("--halo", "32"): ("predict", "halo", 32),
     ("--block-size", "1024"): ("predict", "block_size", 1024),
     ("--batch-size", "2"): ("predict", "batch_size", 2),
@@ -260,7 +261,7 @@ def test_session_is_set_up_before_the_cluster_starts() -> None:
 
 def test_inspect_rows_are_the_library_rows(make_scene, make_bundle, tmp_path: Path) -> None:
     from geoseg.batch import plan_batch
-    from geoseg.batch.inspect import inspect_batch
+    from geoseg.batch.inspect import inspect_batch, memory_bound
 
     folder = tmp_path / "scenes"
     folder.mkdir()
@@ -276,7 +277,8 @@ def test_inspect_rows_are_the_library_rows(make_scene, make_bundle, tmp_path: Pa
     plan = plan_batch([folder], bundle, None, None,
                       {"predict": {"block_size": 64, "tile_size": 256, "probabilities": True}})
     rows = inspect_batch(plan)
-    assert printed == {"scenes_found": 2, "scenes": [r.as_dict() for r in rows]}
+    assert printed == {"scenes_found": 2, "scenes": [r.as_dict() for r in rows],
+                       "memory": memory_bound(plan, rows)}
     ok, failed = rows
     assert ok.size == (64, 96) and ok.dtype == "uint16" and ok.blocks == 1 and ok.tiles
     assert ok.bands == {b: f"good.tif#{i}" for i, b in enumerate(("B02", "B03", "B04", "B08"), 1)}
