@@ -29,6 +29,7 @@ from pydantic import (
     Strict,
     ValidationError,
     ValidationInfo,
+    field_serializer,
     field_validator,
 )
 
@@ -670,6 +671,16 @@ class StorageConfig(_Section):
         "Secrets (key, secret, token, account_key, sas_token, connection_string, password…) "
         "are refused: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
         "GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_* in the environment instead")
+
+    @field_serializer("options")
+    def _known_options(self, options: dict[str, str | bool | int]) -> dict[str, str | bool | int]:
+        """Only the known non-secret keys, even after ``options`` was changed in place (which
+        pydantic does not validate): a dump (report.json, ``geoseg config show``) or ``repr``
+        never shows a key that could hold a secret."""
+        return {k: v for k, v in options.items() if k in STORAGE_KEYS}
+
+    def __repr_args__(self) -> Any:
+        yield "options", self._known_options(self.options)
 
     def cloud_options(self, environ: Mapping[str, str] | None = None,
                       **base: Any) -> CloudOptions:
