@@ -107,6 +107,204 @@ def test_unknown_workflow() -> None:
         render_workflow("pbs", load_config(None), "x.yaml", "")
 
 
+# --- object storage: Kubernetes without a PersistentVolumeClaim, credentials from a Secret -------
+
+#: A job whose inputs and output are in object storage; the model is in the image.
+CLOUD = """\
+storage:
+  options: {endpoint_url: "https://minio.example.org:9000", region: eu-central-1}
+cluster:
+  kubernetes:
+    namespace: eo
+    secret: geoseg-s3
+    scratch_size: 50Gi
+    array_tasks: 3
+  job:
+    name: geoseg-cloud
+    inputs: ["s3://eo-bucket/scenes/", "https://data.example.org/x/T32UQD_B04.tif"]
+    model: /opt/geoseg/models/landcover.safetensors
+    out: s3://eo-bucket/maps/
+"""
+#: Secret values put into the environment of the tests below; none may reach any output.
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0001", "AWS_SECRET_ACCESS_KEY":
+           "wJalrXUtnFEMIexampleSECRETkey0001", "AWS_SESSION_TOKEN": "FwoGZXIvYXdzSESSIONtoken1",
+           "AZURE_STORAGE_CONNECTION_STRING": "AccountKey=azSECRETexample0001==",
+           "GOOGLE_APPLICATION_CREDENTIALS": "/run/secrets/gcsSECRETpath0001.json"}
+
+
+def _render_text(kind: str, text: str, tmp_path: Path) -> dict[str, str]:
+    path = tmp_path / "job.yaml"
+    path.write_text(text)
+    return render_workflow(kind, load_config(path), "job.yaml", text)
+
+
+def _pods(files: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
+    """component label → pod spec of every workload in the rendered k8s ``files``."""
+    pods = {}
+    for text in files.values():
+        for doc in yaml.safe_load_all(text):
+            if doc["kind"] in ("Deployment", "Job"):
+                template = doc["spec"]["template"]
+                pods[template["metadata"]["labels"]["app.kubernetes.io/component"]] = \
+                    template["spec"]
+    return pods
+
+
+def test_k8s_object_storage_job_renders_without_a_claim(tmp_path: Path) -> None:
+    files = _render_text("k8s", CLOUD, tmp_path)
+    assert sorted(files) == ["geoseg-cloud-dask.yaml", "geoseg-cloud-indexed-job.yaml"]
+    assert not any("persistentVolumeClaim" in text for text in files.values())
+    pods = _pods(files)
+    assert sorted(pods) == ["array", "driver", "scheduler", "worker"]
+    assert "volumes" not in pods["scheduler"]
+    (scheduler,) = pods["scheduler"]["containers"]
+    assert "envFrom" not in scheduler  # the scheduler reads no data: no credentials
+    for component in ("worker", "driver", "array"):
+        (container,) = pods[component]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "geoseg-s3"}}], component
+        assert {"name": "TMPDIR", "value": "/scratch"} in container["env"], component
+        assert {"name": "scratch", "mountPath": "/scratch"} in container["volumeMounts"]
+        assert {"name": "scratch", "emptyDir": {"sizeLimit": "50Gi"}} in pods[component]["volumes"]
+        assert [v for v in pods[component]["volumes"] if "persistentVolumeClaim" in v] == []
+    (worker,) = pods["worker"]["containers"]
+    assert worker["command"][worker["command"].index("--local-directory") + 1] == "/scratch/dask"
+    assert {"name": "GDAL_NUM_THREADS", "value": "4"} in worker["env"]  # unchanged beside TMPDIR
+    assert len(pods["worker"]["volumes"]) == 1  # scratch only: the config goes to the driver
+    (driver,) = pods["driver"]["containers"]
+    command = driver["command"]
+    assert command[2:4] == ["s3://eo-bucket/scenes/", "https://data.example.org/x/T32UQD_B04.tif"]
+    assert command[command.index("--out") + 1] == "s3://eo-bucket/maps/"
+    assert command[command.index("--config") + 1] == "/etc/geoseg/config.yaml"
+    assert {"name": "config", "configMap": {"name": "geoseg-cloud-config"}} in \
+        pods["driver"]["volumes"]
+    header = files["geoseg-cloud-dask.yaml"].split("apiVersion", 1)[0]
+    assert "no PersistentVolumeClaim" in header and "Secret geoseg-s3" in header
+
+
+def test_k8s_object_storage_manifests_round_trip(tmp_path: Path) -> None:
+    """The YAML parses, dumps and parses back to the same documents; the ConfigMap holds the
+    config, which loads to the config rendered (storage section included)."""
+    files = _render_text("k8s", CLOUD, tmp_path)
+    for name, text in files.items():
+        docs = list(yaml.safe_load_all(text))
+        assert list(yaml.safe_load_all(yaml.safe_dump_all(docs))) == docs, name
+        (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
+        again = tmp_path / f"{name}.config.yaml"
+        again.write_text(config_map["data"]["config.yaml"])
+        assert load_config(again) == load_config(tmp_path / "job.yaml")
+        assert load_config(again).storage.options["region"] == "eu-central-1"
+
+
+def test_k8s_no_scratch_limit_is_an_empty_emptydir(tmp_path: Path) -> None:
+    pods = _pods(_render_text("k8s", CLOUD.replace("    scratch_size: 50Gi\n", ""), tmp_path))
+    assert {"name": "scratch", "emptyDir": {}} in pods["worker"]["volumes"]
+
+
+@pytest.mark.parametrize(("inputs", "out", "model", "claimed"), [
+    (["s3://b/scenes/"], "s3://b/maps/", "/opt/m.safetensors", False),  # all in the store
+    (["s3://b/scenes/"], "/mnt/eo/out", "/opt/m.safetensors", True),  # outputs on the claim
+    (["/mnt/eo/scenes", "s3://b/x.tif"], "s3://b/maps/", "/opt/m.safetensors", True),
+    (["s3://b/scenes/"], "s3://b/maps/", "/mnt/eo/models/m.safetensors", True),  # model there
+    (["s3://b/scenes/"], "s3://b/maps/", "/mnt/eo", True),
+    (["s3://b/scenes/"], "s3://b/maps/", "/mnt/eo2/m.safetensors", False),  # not under /mnt/eo
+])
+def test_k8s_mounts_the_claim_only_where_a_job_path_needs_it(
+        inputs: list[str], out: str, model: str, claimed: bool, tmp_path: Path) -> None:
+    text = yaml.safe_dump({"cluster": {
+        "kubernetes": {"volume_claim": "eo-scenes", "mount_path": "/mnt/eo"},
+        "job": {"inputs": inputs, "out": out, "model": model}}})
+    files = _render_text("k8s", text, tmp_path)
+    pods = _pods(files)
+    for component in ("worker", "driver", "array"):
+        claims = [v["persistentVolumeClaim"]["claimName"] for v in pods[component]["volumes"]
+                  if "persistentVolumeClaim" in v]
+        scratch = [v for v in pods[component]["volumes"] if "emptyDir" in v]
+        assert (claims, bool(scratch)) == ((["eo-scenes"], False) if claimed else ([], True))
+        (container,) = pods[component]["containers"]
+        assert "envFrom" not in container  # no kubernetes.secret: none named
+    (worker,) = pods["worker"]["containers"]
+    local_dir = worker["command"][worker["command"].index("--local-directory") + 1]
+    assert local_dir == ("/tmp/dask" if claimed else "/scratch/dask")
+
+
+def test_k8s_secret_with_a_claim_keeps_the_claim(tmp_path: Path) -> None:
+    """A mixed job (scenes in a store, outputs on the claim) takes credentials from the Secret
+    and keeps today's data volume."""
+    data = yaml.safe_load((REPO / "configs" / "k8s.yaml").read_text())
+    data["cluster"]["kubernetes"]["secret"] = "s3-reader"
+    data["cluster"]["job"]["inputs"] = ["s3://eo-bucket/scenes/"]
+    pods = _pods(_render_text("k8s", yaml.safe_dump(data), tmp_path))
+    for component in ("worker", "driver", "array"):
+        (container,) = pods[component]["containers"]
+        assert container["envFrom"] == [{"secretRef": {"name": "s3-reader"}}]
+        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+        assert not any(e["name"] == "TMPDIR" for e in container.get("env", []))
+
+
+@pytest.mark.parametrize(("job", "key"), [
+    ({"inputs": ["/data/scenes"], "out": "s3://b/maps/"}, "cluster.job.inputs[0]: '/data/scenes'"),
+    ({"inputs": ["s3://b/s/", "scenes"], "out": "s3://b/m/"}, "cluster.job.inputs[1]: 'scenes'"),
+    ({"inputs": ["s3://b/s/"], "out": "/data/out"}, "cluster.job.out: '/data/out'"),
+    ({"inputs": ["s3://b/s/"], "out": "s3://b/m/", "model": "/data/models/m.safetensors"},
+     "cluster.job.model: '/data/models/m.safetensors' is under cluster.kubernetes.mount_path"),
+])
+def test_k8s_without_a_claim_refuses_local_job_paths(job: dict, key: str,  # type: ignore[type-arg]
+                                                     tmp_path: Path) -> None:
+    job = {"model": "/opt/m.safetensors", **job}
+    text = yaml.safe_dump({"cluster": {"kubernetes": {"volume_claim": None}, "job": job}})
+    with pytest.raises(ConfigError) as caught:
+        _render_text("k8s", text, tmp_path)
+    message = str(caught.value)
+    assert message.startswith(key) and "cluster.kubernetes.volume_claim" in message
+    assert len(message.splitlines()) == 1
+    # Slurm has no claim: the same job renders there
+    assert _render_text("slurm", text, tmp_path)
+
+
+def test_no_secret_value_reaches_a_rendered_file_or_config_show(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With credentials in the environment (as on a login node or in a pod) nothing geoseg
+    renders or prints holds them: workflow files of both kinds, `geoseg config show`, the
+    config's JSON dump; a config holding a secret is refused without repeating it."""
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    for key, value in SECRETS.items():
+        monkeypatch.setenv(key, value)
+    cfg_path = tmp_path / "cloud.yaml"
+    cfg_path.write_text(CLOUD)
+    runner = CliRunner()
+    outputs = []
+    for kind in ("slurm", "k8s"):
+        done = runner.invoke(main, ["workflow", "render", kind, "-c", str(cfg_path), "-o",
+                                    str(tmp_path / kind)])
+        assert done.exit_code == 0, done.output
+        outputs += [(str(p), p.read_text()) for p in (tmp_path / kind).iterdir()]
+        printed = runner.invoke(main, ["workflow", "render", kind, "-c", str(cfg_path)])
+        assert printed.exit_code == 0 and "s3://eo-bucket/maps/" in printed.output
+        outputs.append((f"render {kind}", printed.output))
+    assert len(outputs) == 6
+    shown = runner.invoke(main, ["config", "show", "-c", str(cfg_path)])
+    assert shown.exit_code == 0 and "minio.example.org" in shown.output
+    outputs.append(("config show", shown.output))
+    cfg = load_config(cfg_path)
+    outputs += [("model_dump(json)", str(cfg.model_dump(mode="json"))),
+                ("model_dump", str(cfg.model_dump())), ("repr", repr(cfg))]
+    # a config that names a secret is refused: nothing rendered, the value not repeated
+    bad = tmp_path / "bad.yaml"
+    secret = SECRETS["AWS_SECRET_ACCESS_KEY"]
+    bad.write_text(CLOUD.replace("region: eu-central-1", f"region: eu-central-1, secret: {secret}"))
+    refused = runner.invoke(main, ["workflow", "render", "k8s", "-c", str(bad), "-o",
+                                   str(tmp_path / "bad")])
+    assert refused.exit_code == 1 and "'secret' is a secret" in refused.output
+    assert not (tmp_path / "bad").exists()
+    outputs.append(("refused", refused.output))
+    for where, text in outputs:
+        for key, value in SECRETS.items():
+            assert value not in text, f"{key} in {where}"
+
+
 # --- real submissions to a single-node Slurm cluster ----------------------------------------------
 
 #: This checkout's `geoseg`, put first on the PATH of the submitted jobs. Guarded like pip's
