@@ -42,6 +42,8 @@ from geoseg.tiling import Window
 if TYPE_CHECKING:
     from rasterio.io import DatasetReader
 
+    from geoseg.remote.gdal_env import CloudOptions
+
 __all__ = [
     "SUPPORTED_DTYPES",
     "BandRef",
@@ -186,9 +188,10 @@ def call_remote(uri: str, fn: Callable[[str], T]) -> T:
     from geoseg.remote.retry import call_with_retries
 
     path = gdal_path(uri)
+    options = read_options(uri)
 
     def attempt() -> T:
-        with cloud_env():
+        with cloud_env(options):
             try:
                 return fn(path)
             except RasterioError:
@@ -196,6 +199,18 @@ def call_remote(uri: str, fn: Callable[[str], T]) -> T:
                 raise
 
     return call_with_retries(attempt, uri)
+
+
+def read_options(uri: str) -> CloudOptions | None:
+    """The GDAL options a URI is read with: None (:func:`~geoseg.remote.gdal_env.cloud_options`
+    of this process) for a name with a raster extension; for an object named otherwise (a STAC
+    href such as ``…/B04`` or ``…/download?id=1``) the same with any extension allowed, which
+    GDAL's ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` would refuse."""
+    from geoseg.remote.gdal_env import ALLOWED_EXTENSIONS, cloud_options
+
+    if uri_name(uri).lower().endswith(tuple(e.lower() for e in ALLOWED_EXTENSIONS)):
+        return None
+    return cloud_options(allowed_extensions=None)
 
 
 def _open_uri(uri: str) -> Scene:
@@ -445,7 +460,7 @@ def open_on_grid(
 
     with ExitStack() as stack:
         if is_uri(path):
-            stack.enter_context(cloud_env())
+            stack.enter_context(cloud_env(read_options(path)))
         src = stack.enter_context(rasterio.open(gdal_path(path)))
         if not warp:
             yield src

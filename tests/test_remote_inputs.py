@@ -171,6 +171,10 @@ def test_open_scene_reads_a_uri_like_the_local_file(store) -> None:
         local.name, local.shape, local.transform, local.crs_wkt, local.dtype)
     https = store.server.http_url(f"{store.key_root}scenes/{COG}.tif")
     assert is_uri(https) and open_scene(https).shape == local.shape
+    # an object named without a raster extension (STAC hrefs may be), named directly
+    bare = store.server.upload(store.local / f"{COG}.tif", f"{store.key_root}bare/B04")
+    (source,) = discover([bare])
+    assert (source.kind, source.name, open_scene(bare).shape) == ("raster", "B04", local.shape)
 
 
 def test_a_missing_object_is_one_line_naming_the_uri(store) -> None:
