@@ -254,6 +254,68 @@ def test_dollar_is_literal_in_k8s_commands(tmp_path: Path) -> None:
     assert "$(JOB_COMPLETION_INDEX)/16" in command  # but expands the pod's index
 
 
+# --- object storage: the Secret's name, the scratch size, hostile URIs ---------------------
+
+
+def _cloud(tmp_path: Path, **kubernetes: Any) -> Path:
+    """The full config turned into an object-storage job (no claim), with ``kubernetes`` set."""
+    data = copy.deepcopy(BASE)
+    data["cluster"]["kubernetes"].update(volume_claim=None, **kubernetes)
+    data["cluster"]["job"].update(inputs=["s3://eo/scenes/"], out="s3://eo/maps/",
+                                  model="/opt/models/landcover.safetensors")
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("name", [*HOSTILE, "Geoseg-S3", "geoseg_s3", "-s3", "s3-", "a..b", ".s3",
+                                  "x" * 254, "", "geoseg s3", "s3/creds"])
+def test_hostile_secret_names_are_refused(name: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_cloud(tmp_path, secret=name))
+    assert "cluster.kubernetes.secret" in str(caught.value)
+    assert "\n" not in str(caught.value) and "\r" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["geoseg-s3", "s3.prod.eo", "a",
+                                  ".".join(["x" * 63, "y" * 63, "z" * 63, "w" * 61])])
+def test_dns_subdomain_secret_names_are_taken(name: str, tmp_path: Path) -> None:
+    path = _cloud(tmp_path, secret=name)
+    files = render_workflow("k8s", load_config(path), "job.yaml", path.read_text())
+    pods = [d["spec"]["template"]["spec"] for text in files.values() for d in _load_all(text)
+            if d["kind"] in ("Deployment", "Job")]
+    refs = [c["envFrom"] for pod in pods for c in pod["containers"] if "envFrom" in c]
+    assert refs == [[{"secretRef": {"name": name}}]] * 3  # worker, driver, array pod
+
+
+@pytest.mark.parametrize("size", ["50Gi\nx", "-1Gi", "0", "lots", "50 Gi", "$(SIZE)", ""])
+def test_hostile_scratch_sizes_are_refused(size: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"cluster\.kubernetes\.scratch_size"):
+        load_config(_cloud(tmp_path, scratch_size=size))
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_uris_render_harmlessly_without_a_claim(value: str, tmp_path: Path) -> None:
+    """A hostile object key in an input URI is refused naming the field, or reaches the driver's
+    command as one argument, literally (``$`` escaped), with no claim and nothing else changed."""
+    path = _cloud(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["cluster"]["job"]["inputs"] = [f"s3://eo/{value}"]
+    path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        assert "cluster.job.inputs" in str(exc) and "\n" not in str(exc)
+        return
+    files = render_workflow("k8s", cfg, "job.yaml", path.read_text())
+    benign = render_workflow("k8s", load_config(_cloud(tmp_path)), "job.yaml", "")
+    for name, text in files.items():
+        assert "persistentVolumeClaim" not in text
+        docs = [d for d in _load_all(text) if d["kind"] != "ConfigMap"]
+        want = [d for d in _load_all(benign[name]) if d["kind"] != "ConfigMap"]
+        assert _same_structure(want, docs, "s3://eo/scenes/", f"s3://eo/{value}") == 1, name
+
+
 # --- files stay inside --out --------------------------------------------------------------
 
 
