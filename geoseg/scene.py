@@ -137,11 +137,11 @@ class Scene:
         return (self.height, self.width)
 
 
-def open_scene(path: str | os.PathLike[str]) -> Scene:
+def open_scene(path: str | os.PathLike[str], options: CloudOptions | None = None) -> Scene:
     """Read a multi-band raster's metadata and check it can be used.
 
-    ``path`` is a local path or a URI (:func:`geoseg.location.is_uri`), which the scene's bands
-    keep as written.
+    ``path`` is a local path or a URI (:func:`is_uri`), which the scene's bands keep as
+    written; a URI is read with ``options`` (:func:`call_remote`).
 
     Raises:
         SceneError: no such file (or object), not a raster, no CRS or geotransform, empty, or
@@ -151,7 +151,7 @@ def open_scene(path: str | os.PathLike[str]) -> Scene:
     from rasterio.errors import RasterioIOError
 
     if is_uri(path):
-        return _open_uri(os.fspath(path))
+        return _open_uri(os.fspath(path), options)
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{path}: no such file")
@@ -171,12 +171,16 @@ def is_uri(path: str | os.PathLike[str]) -> bool:
     return isinstance(path, str) and (is_remote(path) or path.startswith(VSI_PREFIX))
 
 
-def call_remote(uri: str, fn: Callable[[str], T]) -> T:
+def call_remote(uri: str, fn: Callable[[str], T], options: CloudOptions | None = None) -> T:
     """``fn(gdal_path)`` for a URI (:func:`is_uri`), inside the cloud GDAL options
     (:func:`~geoseg.remote.gdal_env.cloud_env`, read from this process's environment) and with
     bounded retries of transient errors (:func:`~geoseg.remote.retry.call_with_retries`).
 
-    A :class:`~geoseg.errors.SceneError` raised by ``fn`` (a validation) passes through.
+    ``options``: the GDAL options to read with (default: this process's
+    :func:`~geoseg.remote.gdal_env.cloud_options`, e.g. built from a config's non-secret
+    ``storage.options``); a name without a raster extension is read with any allowed
+    (:func:`read_options`). A :class:`~geoseg.errors.SceneError` raised by ``fn`` (a
+    validation) passes through.
 
     Raises:
         SceneError: a permanent error (not found, access denied …) or a transient one that
@@ -188,7 +192,7 @@ def call_remote(uri: str, fn: Callable[[str], T]) -> T:
     from geoseg.remote.retry import call_with_retries
 
     path = gdal_path(uri)
-    options = read_options(uri)
+    options = read_options(uri, options)
 
     def attempt() -> T:
         with cloud_env(options):
@@ -201,19 +205,21 @@ def call_remote(uri: str, fn: Callable[[str], T]) -> T:
     return call_with_retries(attempt, uri)
 
 
-def read_options(uri: str) -> CloudOptions | None:
-    """The GDAL options a URI is read with: None (:func:`~geoseg.remote.gdal_env.cloud_options`
-    of this process) for a name with a raster extension; for an object named otherwise (a STAC
-    href such as ``…/B04`` or ``…/download?id=1``) the same with any extension allowed, which
-    GDAL's ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` would refuse."""
-    from geoseg.remote.gdal_env import ALLOWED_EXTENSIONS, cloud_options
+def read_options(uri: str, options: CloudOptions | None = None) -> CloudOptions | None:
+    """The GDAL options ``uri`` is read with: ``options`` (None: :func:`~geoseg.remote.gdal_env.
+    cloud_options` of this process) for a name with a raster extension; for an object named
+    otherwise (a STAC href such as ``…/B04``) the same with any extension allowed, which GDAL's
+    ``CPL_VSIL_CURL_ALLOWED_EXTENSIONS`` would refuse."""
+    from geoseg.remote.gdal_env import ALLOWED_EXTENSIONS, CloudOptions, cloud_options
 
     if uri_name(uri).lower().endswith(tuple(e.lower() for e in ALLOWED_EXTENSIONS)):
-        return None
-    return cloud_options(allowed_extensions=None)
+        return options
+    base = cloud_options() if options is None else options
+    gdal = {k: v for k, v in base.gdal.items() if k != "CPL_VSIL_CURL_ALLOWED_EXTENSIONS"}
+    return CloudOptions(gdal, base.credentials)
 
 
-def _open_uri(uri: str) -> Scene:
+def _open_uri(uri: str, options: CloudOptions | None = None) -> Scene:
     """:func:`open_scene` for a URI or ``/vsi…`` path: no existence check (a missing object is
     the retry layer's "not found" :class:`~geoseg.errors.SceneError` naming the URI)."""
     import rasterio
@@ -222,7 +228,7 @@ def _open_uri(uri: str) -> Scene:
         with rasterio.open(path) as src:
             return _scene_from_dataset(uri, uri_name(uri), src)
 
-    return call_remote(uri, scene_of)
+    return call_remote(uri, scene_of, options)
 
 
 def _scene_from_dataset(path: str, filename: str, src: DatasetReader) -> Scene:
@@ -275,7 +281,8 @@ def file_encodings(src: DatasetReader) -> list[tuple[float, float] | None]:
 
 
 def open_band_files(
-    name: str, files: Mapping[str, str | os.PathLike[str]], fill: float | None = 0
+    name: str, files: Mapping[str, str | os.PathLike[str]], fill: float | None = 0,
+    options: CloudOptions | None = None,
 ) -> Scene:
     """A scene delivered as one single-band file per band (``band name → path``).
 
@@ -298,7 +305,7 @@ def open_band_files(
     """
     if not files:
         raise SceneError(f"{name}: no band files")
-    parts = {band: open_scene(path) for band, path in files.items()}
+    parts = {band: open_scene(path, options) for band, path in files.items()}
     for band, part in parts.items():
         if len(part.bands) != 1:
             raise SceneError(f"{redact(part.bands[0].path)}: a band file must hold one band, found "
@@ -371,6 +378,7 @@ def read_window(
     width: int,
     crs_wkt: str = "",
     transform: tuple[float, ...] = (),
+    options: CloudOptions | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Read ``window`` of the given bands, filling whatever lies outside the scene.
 
@@ -386,8 +394,10 @@ def read_window(
         ``valid`` is ``(h, w)`` bool, True where every band has data (nodata values, internal
         masks and alpha bands all count, as do NaNs in float scenes and ``fill`` values).
 
-    A band file that is a URI (:func:`is_uri`) is read through :func:`call_remote`: in the
-    cloud GDAL options of this (worker) process, transient errors retried here, in the task.
+    A band file that is a URI (:func:`is_uri`) is read through :func:`call_remote`: in
+    ``options`` (None: the cloud GDAL options of this worker's own environment; a task may
+    carry only :meth:`~geoseg.remote.gdal_env.CloudOptions.public` ones, which refuse to pickle
+    otherwise), transient errors retried here, in the task.
 
     Raises:
         SceneError: a file cannot be read (truncated or corrupt), or an object cannot be
@@ -411,7 +421,7 @@ def read_window(
         if is_uri(path):
             pixels, masks = call_remote(path, partial(
                 _read_file, indexes=indexes, inside=inside, warp=warp, fill=fill,
-                crs_wkt=crs_wkt, transform=transform, shape=(height, width)))
+                crs_wkt=crs_wkt, transform=transform, shape=(height, width)), options)
         else:
             try:
                 pixels, masks = _read_file(path, indexes, inside, warp, fill, crs_wkt,

@@ -30,7 +30,9 @@ from geoseg.batch.report import _same_inputs
 from geoseg.batch.state import fingerprint, object_stamp
 from geoseg.cli import main
 from geoseg.errors import ConfigError, SceneError
-from geoseg.scene import is_uri, open_scene
+from geoseg.remote.gdal_env import cloud_options
+from geoseg.scene import is_uri, open_band_files, open_scene, read_window
+from geoseg.tiling import Window
 
 from .conftest import BANDS, write_raster
 from .s3server import BUCKET, S3Server, s3_server  # noqa: F401  (fixture)
@@ -175,6 +177,28 @@ def test_open_scene_reads_a_uri_like_the_local_file(store) -> None:
     bare = store.server.upload(store.local / f"{COG}.tif", f"{store.key_root}bare/B04")
     (source,) = discover([bare])
     assert (source.kind, source.name, open_scene(bare).shape) == ("raster", "B04", local.shape)
+
+
+def test_storage_options_instead_of_the_endpoint_variable(store, monkeypatch) -> None:
+    """A store named by ``storage_options`` (a config's ``storage.options``), not by
+    ``AWS_ENDPOINT_URL``: listed, opened and read in those options; a task's copy is public."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    so = {"endpoint_url": store.server.endpoint}
+    found = {s.name: s for s in discover([store.uri("scenes/")], storage_options=so)}
+    assert set(found) == {COG, PREFIX}
+    options = cloud_options(so)
+    uri = store.uri(f"scenes/{PREFIX}_B08.tif")  # 20 m: read through a warped VRT
+    remote = open_band_files(PREFIX, {b: store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS},
+                             options=options)
+    local = open_band_files(PREFIX, {b: store.local / f"{PREFIX}_{b}.tif" for b in BANDS})
+    assert remote.bands[-1].path == uri and remote.bands[-1].warp
+    window = Window(-8, 40, 64, 100)  # past the left edge
+    got = read_window(remote.bands, window, remote.height, remote.width, remote.crs_wkt,
+                      remote.transform, options=pickle.loads(pickle.dumps(options.public())))
+    want = read_window(local.bands, window, local.height, local.width, local.crs_wkt,
+                       local.transform)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_a_missing_object_is_one_line_naming_the_uri(store) -> None:

@@ -33,10 +33,10 @@ import logging
 import os
 import re
 import unicodedata
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geoseg.batch.state import (
     NAME_MAX_BYTES,
@@ -405,7 +405,8 @@ def _raster_stem(path: PurePath) -> tuple[str, str]:
 
 
 def discover(
-    inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = ()
+    inputs: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = (),
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[SceneSource]:
     """The scenes in ``inputs`` (files, directories searched recursively, globs, or STAC
     documents; local, or URIs in object storage / on http(s)).
@@ -415,6 +416,8 @@ def discover(
     (``s3://b/scenes/``), or a glob (``s3://b/**/*.tif``, ``**`` spanning folders); their
     rasters and band files are grouped as local ones are, named by the object names, and kept
     as URIs (:func:`_remote_scenes`). An http(s) URL that names no raster is a STAC document.
+    ``storage_options`` (fsspec's, e.g. a config's ``storage.options``) are used to list;
+    credentials otherwise come from the environment.
 
     Files under ``exclude`` (e.g. the output directory) and geoseg's own outputs are ignored;
     a file reached by several spellings is one scene. Scenes are sorted by resolved path; their
@@ -461,7 +464,8 @@ def discover(
                 documents.append(os.fspath(f))
             else:
                 log.warning("%s: not a GeoTIFF, band file or STAC document; skipped", f)
-    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote, outputs)
+    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote, outputs,
+                                                                    storage_options)
     for p in rasters:
         original, base = _raster_stem(p)
         found.append((os.path.realpath(p), original, base,
@@ -478,7 +482,7 @@ def discover(
     return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]
 
 
-def _record_folder(folder: str) -> bool:
+def _record_folder(folder: str, storage_options: Mapping[str, Any] | None) -> bool:
     """True when remote ``folder`` holds a geoseg ``scene.json`` (a scene's outputs): one small
     GET (a 404 for an input folder)."""
     import json
@@ -488,15 +492,16 @@ def _record_folder(folder: str) -> bool:
 
     record = join(folder, RECORD)
     try:
-        fs = filesystem(record)
+        fs = filesystem(record, storage_options)
         data = json.loads(fs.cat_file(record.split("://", 1)[1]))
     except Exception:  # noqa: BLE001 - no record (404, denied, not JSON): not an output
         return False
     return is_scene_record(data)
 
 
-def _remote_scenes(uris: Sequence[str],
-                   outputs: _Outputs) -> list[tuple[str, str, str, SceneSource]]:
+def _remote_scenes(uris: Sequence[str], outputs: _Outputs,
+                   storage_options: Mapping[str, Any] | None = None,
+                   ) -> list[tuple[str, str, str, SceneSource]]:
     """The scenes of remote inputs, as ``(sort key, name as found, base name, source)``.
 
     Each URI is expanded (:func:`geoseg.remote.listing.expand`: a prefix ending in ``/`` is
@@ -519,7 +524,7 @@ def _remote_scenes(uris: Sequence[str],
     objects: list[str] = []
     for uri in uris:
         try:
-            objects += expand(uri)
+            objects += expand(uri, storage_options)
         except SceneError as exc:
             raise ConfigError(str(exc)) from None
     groups: dict[tuple[str, str], dict[str, Path | str]] = {}
@@ -529,7 +534,7 @@ def _remote_scenes(uris: Sequence[str],
         leaf = PurePosixPath(name(uri))
         folders = uri.split("://", 1)[-1].split("/")[:-1]
         if uri not in uris and parent(uri) not in outputs_at:
-            outputs_at[parent(uri)] = _record_folder(parent(uri))
+            outputs_at[parent(uri)] = _record_folder(parent(uri), storage_options)
         if leaf.name.lower().endswith(_OUTPUT_SUFFIXES) or _TEMPORARY.match(leaf.name) or any(
                 f == STATE_DIR or f.startswith((STAGE_PREFIX, OLD_PREFIX)) for f in folders) \
                 or any(uri.startswith(f"{ex}/") for ex in outputs.remote) \
