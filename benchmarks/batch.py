@@ -122,6 +122,14 @@ def sleeping_module(rate_mpx_s: float, n_classes: int) -> Any:
     return SleepingDevice().eval()
 
 
+def key_prefix(key: Any) -> str:
+    """A task key's name without its token or chunk index: ``('geoseg-predict-ab12', 0, 1, 2)``
+    → ``geoseg-predict``."""
+    from dask.utils import key_split
+
+    return str(key_split(key))
+
+
 def cpu_seconds() -> float:
     """CPU seconds (user + system) this process has used so far, all its threads."""
     import resource
@@ -219,6 +227,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     predict = [(s["start"], s["stop"]) for t in events.stream if PREDICT_PREFIX in str(t["key"])
                for s in t["startstops"] if s["action"] == "compute"]
     calls = [c for log in events.device.values() for c in log]
+    by_prefix: dict[str, list[tuple[float, float]]] = {}
+    for t in events.stream:
+        prefix = key_prefix(t["key"])
+        by_prefix.setdefault(prefix, []).extend(
+            (s["start"], s["stop"]) for s in t["startstops"] if s["action"] == "compute")
     span = events.last - events.first
     cpu = events.cpu_last - events.cpu_first
     cores = len(os.sched_getaffinity(0))
@@ -233,6 +246,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "cores_busy": round(cpu / (span * cores), 3),
         "cpu_bound_mpx_s": round(mpx / cpu * cores, 2),
         "predict_tasks": len(predict),
+        # every task prefix's share of the span: what else held the workers' threads
+        "task_busy": {k: round(busy_fraction(v, events.first, events.last), 4)
+                      for k, v in sorted(by_prefix.items()) if v},
+        "any_task_busy": round(busy_fraction([i for v in by_prefix.values() for i in v],
+                                             events.first, events.last), 4),
         "predict_busy": round(busy_fraction(predict, events.first, events.last), 4),
         "wall_busy": round(busy_fraction(predict, begin, end), 4),
         # the last scene's tail (its COG, polygons, report) can overlap no prediction
