@@ -27,6 +27,7 @@ from rasterio.transform import from_origin
 
 from geoseg.batch.discover import discover
 from geoseg.batch.report import _same_inputs
+from geoseg.batch.sources import open_source
 from geoseg.batch.state import fingerprint, object_stamp
 from geoseg.cli import main
 from geoseg.errors import ConfigError, SceneError
@@ -187,6 +188,7 @@ def test_storage_options_instead_of_the_endpoint_variable(store, monkeypatch) ->
     found = {s.name: s for s in discover([store.uri("scenes/")], storage_options=so)}
     assert set(found) == {COG, PREFIX}
     options = cloud_options(so)
+    assert open_source(found[COG], BANDS, options=options).shape == (H, W)
     uri = store.uri(f"scenes/{PREFIX}_B08.tif")  # 20 m: read through a warped VRT
     remote = open_band_files(PREFIX, {b: store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS},
                              options=options)
