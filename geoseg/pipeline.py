@@ -20,6 +20,7 @@ from geoseg.maskfile import CLASSES_TAG, NODATA, classes_tag
 from geoseg.maskfile import output_paths as mask_output_paths
 from geoseg.models.bundle import Bundle, BundleInfo, check_align, check_unchanged, load_bundle
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
+from geoseg.normalize import band_conversions
 from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_model
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
 from geoseg.tasks import TaskPolicy
@@ -200,6 +201,7 @@ def check_scene(
     """
     source = source or scene.name
     bands = select_bands(scene, bundle.meta.band_names, source)
+    band_conversions(bands, bundle.meta.bands, str(bundle.path))  # as the block job will
     _check_scene(scene, bundle, source)
     check_precision(cfg)
     return bands, plan_scene(scene, bundle, cfg, bundle.align)

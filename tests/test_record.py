@@ -34,13 +34,15 @@ def _ok() -> SceneRecord:
 def test_ok_record_keys_and_values_as_written() -> None:
     data = _ok().to_json()
     assert list(data) == COMMON + [
-        "bands", "size", "crs", "warnings", "outputs", "classes", "nodata_pixels", "blocks",
-        "tiles", "timings_s", "fingerprint", "finished", "geoseg_version", "bundle_sha256"]
+        "bands", "encodings", "stac", "size", "crs", "warnings", "outputs", "classes",
+        "nodata_pixels", "blocks", "tiles", "timings_s", "fingerprint", "finished",
+        "geoseg_version", "bundle_sha256"]
     assert data["status"] == "ok"
     assert data["inputs"] == ["a_B02.jp2", "a_B03.jp2"]  # lists, as JSON reads them back
     assert data["size"] == [1947, 1933]
     assert data["warnings"] == ["a_B03.jp2 covers part of the grid"]
     assert data["classes"] == {"water": {"id": 0, "pixels": 10, "area_m2": 1000.0}}
+    assert data["encodings"] == {} and data["stac"] is None  # read as stored, not from STAC
     assert json.loads(json.dumps(data)) == data
 
 

@@ -35,7 +35,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from inspect import signature
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from geoseg.batch.discover import SceneSource
 from geoseg.batch.outdir import output_error
@@ -49,11 +49,14 @@ from geoseg.batch.runner import (
     process_scene,
     settings_of,
 )
-from geoseg.batch.state import SceneFolder, atomic_write_json, fingerprint, read_record
+from geoseg.batch.state import STATE_DIR, SceneFolder, atomic_write_json, fingerprint
 from geoseg.config import Config
-from geoseg.errors import OutputError
+from geoseg.errors import OutputError, SceneError
 from geoseg.models.bundle import BundleInfo
 from geoseg.tasks import TaskPolicy
+
+if TYPE_CHECKING:
+    from geoseg.remote.store import OutputRoot
 
 __all__ = ["run_batch"]
 
@@ -77,6 +80,7 @@ class _Batch:
     threads: int | None
     events: BatchEvents
     policy: TaskPolicy | None
+    store: OutputRoot | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -107,9 +111,10 @@ class _Batch:
             KeyboardInterrupt, OutputError: stop the run (the output folder fails every scene
                 alike); _Stopped: the run is stopping.
         """
-        folder = SceneFolder(self.out_dir, source.name)
+        folder = SceneFolder(self.out_dir, source.name, self.store)
         folder.clean()
         failed_file = failure_path(self.out_dir, source.name)
+        failed_key = f"{STATE_DIR}/{failed_file.name}"
         start = time.perf_counter()
         policy = self.policy
         if policy is not None:  # earlier scenes first: they finish in order
@@ -117,12 +122,14 @@ class _Batch:
         try:
             fp = fingerprint(self.bundle.sha256, self.settings, source.files)
             if not self.overwrite and folder.is_done(fp):
-                entry = as_skipped(read_record(folder.final))
+                entry = as_skipped(folder.record())
             else:
                 entry = process_scene(source, self.bundle, self.cfg, folder, self.client,
                                       self.threads, fp, self.progress(source.name),
                                       policy).to_json()
             failed_file.unlink(missing_ok=True)
+            if self.store is not None:
+                self.store.remove([failed_key])
         except (KeyboardInterrupt, OutputError):
             raise  # the output folder fails every scene alike: stop, keeping finished ones
         except Exception as exc:  # noqa: BLE001 - any failure belongs to this scene only
@@ -140,6 +147,11 @@ class _Batch:
             try:
                 failed_file.parent.mkdir(exist_ok=True)
                 atomic_write_json(failed_file, entry)
+                if self.store is not None:
+                    self.store.put_file(failed_key, failed_file)
+            except SceneError as write_exc:  # the store refused the failure record
+                raise OutputError(f"{write_exc}; scenes finished so far are kept and skipped "
+                                  "when the run is repeated") from None
             except OSError as write_exc:
                 stopping = output_error(self.out_dir, write_exc, always=True)
                 if stopping is None:
@@ -163,8 +175,14 @@ def run_batch(
     threads: int | None = None,
     events: BatchEvents | None = None,
     policy: TaskPolicy | None = None,
+    store: OutputRoot | None = None,
 ) -> BatchResult:
     """Process ``sources`` into ``out_dir/<scene name>/``, ``cfg.run.scenes_in_flight`` at once.
+
+    With ``store`` (an output root in an object store), ``out_dir`` is the local scratch
+    folder: each scene is built there and uploaded to ``<root><scene>/`` (``scene.json``
+    last), its failure record to ``<root>.geoseg/``; finished scenes are told by the markers in
+    the store.
 
     Scenes already finished with the same bundle, settings and inputs are ``skipped`` unless
     ``overwrite``; a scene that fails is ``failed`` with its error message, and the run goes on
@@ -179,7 +197,7 @@ def run_batch(
         KeyboardInterrupt, OutputError: the run stopped; scenes committed before are kept.
     """
     batch = _Batch(bundle, cfg, out_dir, client, overwrite, threads, events or QuietEvents(),
-                   policy)
+                   policy, store)
     out_dir.mkdir(parents=True, exist_ok=True)
     in_flight = min(cfg.run.scenes_in_flight, len(sources))
     if in_flight <= 1:

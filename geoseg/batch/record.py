@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 __all__ = ["STATUSES", "ClassCount", "FailedRecord", "SceneEntry", "SceneRecord", "Status",
@@ -78,6 +78,13 @@ class SceneRecord(SceneEntry):
 
     Attributes:
         bands: bundle band name → ``file#band`` read for it (`` (resampled)`` when warped).
+        encodings: the bands whose values were converted to the bundle's encoding: band name →
+            ``from``/``to`` (scale, offset) and the ``gain``/``bias`` applied (``DN × gain +
+            bias``); empty when every band was read as stored.
+        stac: for a scene from a STAC item, ``{"id", "document", "bands"}``: the item's id, the
+            document it was found in and each band's asset (``asset``, ``href``, 1-based
+            ``index``, declared ``scale``/``offset``/``nodata``), URIs redacted of
+            credentials; None for other scenes.
         size: ``(height, width)`` of the scene grid, pixels.
         crs: ``EPSG:n``, or the CRS's name.
         warnings: what the user should know about the inputs (each names its file).
@@ -93,6 +100,8 @@ class SceneRecord(SceneEntry):
 
     status: Status = "ok"
     bands: Mapping[str, str]
+    encodings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    stac: Mapping[str, Any] | None = None
     size: tuple[int, int]
     crs: str
     warnings: tuple[str, ...]

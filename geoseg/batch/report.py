@@ -17,12 +17,22 @@ import datetime as dt
 import html
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from geoseg.batch.discover import SceneSource, readable
 from geoseg.batch.record import STATUSES, SceneEntry
-from geoseg.batch.state import REPORT_JSON, atomic_write_json, atomic_write_text, read_record
+from geoseg.batch.state import (
+    RECORD,
+    REPORT_JSON,
+    STATE_DIR,
+    atomic_write_json,
+    atomic_write_text,
+    read_record,
+)
+
+if TYPE_CHECKING:
+    from geoseg.remote.store import OutputRoot
 
 __all__ = ["CSP", "STATUSES", "build_report", "href", "write_html", "write_report"]
 
@@ -72,21 +82,32 @@ def build_report(
     handled: list[dict[str, Any]],
     out_dir: Path,
     header: dict[str, Any],
+    store: OutputRoot | None = None,
 ) -> dict[str, Any]:
     """The report dict: ``header`` plus a summary and one entry per scene in ``sources``.
 
-    Entry output paths are relative to ``out_dir``. Each entry names its scene's input files
-    and its name as found (``original``).
+    Entry output paths are relative to ``out_dir`` (or to the output root URI ``store.root``:
+    they resolve against the report's own location either way). Each entry names its scene's
+    input files and its name as found (``original``). Scenes this run did not handle are read
+    back from ``out_dir``, or from the store when ``store`` is given (one listing of the root,
+    then one GET per record or failure there).
     """
     import json
 
     from geoseg.batch.runner import failure_path
 
     by_name = {e["scene"]: e for e in handled}
+    keys = store.keys("") if store is not None and len(by_name) < len(sources) else set()
     scenes = []
     for s in sources:
         entry = by_name.get(s.name)
-        if entry is None:
+        if entry is None and store is not None:
+            failed_key, record_key = f"{STATE_DIR}/{s.name}.failed.json", f"{s.name}/{RECORD}"
+            failed = store.read_json(failed_key) if failed_key in keys else None
+            record = store.read_json(record_key) if record_key in keys else None
+            entry = next((e for e in (failed, record)
+                          if isinstance(e, dict) and _same_inputs(e, s)), None) or _pending(s)
+        elif entry is None:
             try:
                 failed = json.loads(failure_path(out_dir, s.name).read_text(encoding="utf-8"))
             except (OSError, ValueError):

@@ -166,7 +166,8 @@ def process_scene(
         outputs.update(_quicklooks(scene, plan, outputs["mask"], stage, cfg.run.quicklook_size))
         classes = _class_counts(outputs["mask"], result.class_pixels, bundle)
         if cfg.run.stac:
-            outputs["stac"] = _write_stac(scene, outputs, stage, bundle, cfg, result.class_pixels)
+            outputs["stac"] = _write_stac(scene, outputs, stage, bundle, cfg, result.class_pixels,
+                                          folder.name, folder.root_uri)
         timings["report"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         record = _ok_record(source, bundle, fp, plan, result, classes,
@@ -271,10 +272,19 @@ def _write_stac(
     bundle: BundleInfo,
     cfg: Config,
     class_pixels: dict[int, int],
+    name: str,
+    root: str | None = None,
 ) -> Path:
     """Stage ``report``, STAC: the scene's Item, with ``outputs`` as its assets and how it was
-    made (geoseg version, bundle, settings, inputs), as ``stac.json``; returns its path."""
+    made (geoseg version, bundle, settings, inputs), as ``stac.json``; returns its path.
+
+    The Item links to the run's catalog (:func:`~geoseg.batch.catalog.with_item_links`):
+    relative links for a local output folder (``root`` None); absolute ones, ``self``
+    included, under the output root URI ``root`` (the assets' relative hrefs then resolve
+    against that ``self``)."""
+    from geoseg.batch.catalog import with_item_links
     from geoseg.batch.stac import stac_item
+    from geoseg.remote.uri import redact
 
     meta = bundle.meta
     provenance = {
@@ -283,10 +293,11 @@ def _write_stac(
                           "arch": meta.arch, "encoder": meta.encoder,
                           "description": meta.description},
         "geoseg:settings": settings_of(cfg),
-        "geoseg:inputs": [str(f) for f in scene.files],
+        "geoseg:inputs": [redact(str(f)) for f in scene.files],
     }
     classes = [c.model_dump() for c in meta.classes]
     item = stac_item(scene, outputs, stage, classes, class_pixels, provenance)
+    item = with_item_links(item, name, root)
     path = stage / "stac.json"
     atomic_write_json(path, item)
     return path
@@ -311,6 +322,8 @@ def _ok_record(
         inputs=tuple(str(f) for f in scene.files),
         bands={b.name: f"{Path(b.path).name}#{b.index}" + (" (resampled)" if b.warp else "")
                for b in plan.job.bands},
+        encodings=plan.job.converted,
+        stac=_stac_read(source, bundle),
         size=(scene.height, scene.width),
         crs=_crs_name(scene.crs_wkt),
         warnings=tuple(scene.warnings),  # usable, but the user should know (by file)
@@ -325,6 +338,21 @@ def _ok_record(
         geoseg_version=_version(),
         bundle_sha256=bundle.sha256,
     )
+
+
+def _stac_read(source: SceneSource, bundle: BundleInfo) -> dict[str, Any] | None:
+    """What a STAC scene was read from, for its record: the item's id and document and each
+    band's asset (:meth:`SceneSource.band_match`), URIs redacted; None for other scenes."""
+    from geoseg.remote.uri import redact
+
+    if source.stac is None:
+        return None
+    bands = {}
+    for band, match in source.band_match(bundle.meta.band_names).items():
+        asset = match.to_json()
+        asset["href"] = redact(str(asset["href"]))
+        bands[band] = asset
+    return {"id": source.stac.id, "document": redact(str(source.stac.document)), "bands": bands}
 
 
 def _crs_name(wkt: str) -> str:

@@ -18,7 +18,10 @@ import socket
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from geoseg.remote.store import OutputRoot
 
 __all__ = [
     "NAME_MAX_BYTES",
@@ -185,19 +188,43 @@ def reported_scene_names(root: Path) -> frozenset[str]:
 
 
 class SceneFolder:
-    """The final and staging folders of one scene under the run's output directory."""
+    """The final and staging folders of one scene under the run's output directory.
 
-    def __init__(self, out_dir: Path, name: str):
+    With ``remote`` (the run's output root in an object store), ``out_dir`` is the local
+    scratch folder the scene is built in; :meth:`commit` then uploads the finished folder to
+    ``<root><name>/`` (``scene.json`` last, the completion marker) and removes the local copy,
+    and :meth:`is_done` / :meth:`record` read the marker from the store.
+    """
+
+    def __init__(self, out_dir: Path, name: str, remote: OutputRoot | None = None):
+        self.name = name
         self.final = out_dir / name
         self.stage = out_dir / f"{STAGE_PREFIX}{name}"
         self._old = out_dir / f"{OLD_PREFIX}{name}"
+        self.remote = remote
+
+    @property
+    def root_uri(self) -> str | None:
+        """The output root's URI (ending in ``/``) when it is remote, else None."""
+        return None if self.remote is None else self.remote.root
+
+    def record(self) -> dict[str, Any] | None:
+        """The scene's record (its ``scene.json``, from the store when remote), or None."""
+        if self.remote is not None:
+            return self.remote.read_json(f"{self.name}/{RECORD}")
+        return read_record(self.final)
 
     def is_done(self, fp: str) -> bool:
-        """True when the final folder holds an ``ok`` record with fingerprint ``fp``."""
-        rec = read_record(self.final)
+        """True when the final folder holds an ``ok`` record with fingerprint ``fp`` and every
+        output it lists (in the store, for a remote root: one listing)."""
+        rec = self.record()
         if not rec or rec.get("status") != "ok" or rec.get("fingerprint") != fp:
             return False
-        return all((self.final / rel).exists() for rel in rec.get("outputs", {}).values())
+        outputs = rec.get("outputs", {}).values()
+        if self.remote is not None:
+            keys = self.remote.keys(f"{self.name}/")
+            return all(f"{self.name}/{rel}" in keys for rel in outputs)
+        return all((self.final / rel).exists() for rel in outputs)
 
     def clean(self) -> None:
         """Remove what a killed run may have left (its staging and replaced folders)."""
@@ -211,8 +238,19 @@ class SceneFolder:
         return self.stage
 
     def commit(self) -> None:
-        """Make the staging folder the final one, replacing a previous result."""
+        """Make the staging folder the final one, replacing a previous result; for a remote
+        root, upload it (:meth:`~geoseg.remote.store.OutputRoot.publish`) and drop the local
+        copy.
+
+        Raises:
+            SceneError: the upload failed (what it uploaded is removed again; no marker).
+        """
         if self.final.exists():
             os.replace(self.final, self._old)
         os.replace(self.stage, self.final)
         shutil.rmtree(self._old, ignore_errors=True)
+        if self.remote is not None:
+            try:
+                self.remote.publish(self.final, f"{self.name}/", RECORD)
+            finally:
+                shutil.rmtree(self.final, ignore_errors=True)

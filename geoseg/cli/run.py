@@ -28,13 +28,18 @@ EXIT_SOME_FAILED = 3
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @model_option
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(path_type=Path),
-              help="Output directory: one folder per scene, report.json, report.html.")
+@click.option("-o", "--out", "out_dir", required=True, type=str,
+              help="Output directory: one folder per scene, report.json, report.html, "
+                   "catalog.json; or an object store prefix (s3://bucket/maps/, gs://…, az://…).")
+@click.option("--scratch", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Local folder where scenes are built before their upload, with an object "
+                   "store --out (default: the system's temporary folder).")
 @config_options
 @split_option
 @overwrite_option
-def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: Path | None,
-        split: tuple[int, int] | None, overwrite: bool, **_settings: Any) -> None:
+def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: str, scratch: Path | None,
+        config_path: Path | None, split: tuple[int, int] | None, overwrite: bool,
+        **_settings: Any) -> None:
     """Map every scene in INPUTS: class mask COG, land-cover GeoPackage, report.
 
     INPUTS are files, directories (searched recursively) or globs. A scene is a multi-band
@@ -43,7 +48,11 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
     finest grid used. For each scene, OUT/<scene>/ gets <scene>.tif (mask), <scene>.gpkg
     (polygons, styled for QGIS), quick-looks, stac.json and scene.json (and, with
     --confidence / --probabilities, <scene>.confidence.tif / <scene>.probabilities.tif);
-    OUT/report.json and OUT/report.html cover the whole run.
+    OUT/report.json, OUT/report.html and OUT/catalog.json (STAC) cover the whole run.
+
+    OUT may be an object store prefix (s3://, gs://, az://; credentials from the environment):
+    each scene is built in a local scratch folder (--scratch) and uploaded, its scene.json
+    last, so a scene is finished in the store exactly when its scene.json is there.
 
     Finished scenes are skipped on a re-run with the same model and settings (--overwrite
     recomputes); a killed run never leaves partial files under final names. A broken scene is
@@ -65,21 +74,25 @@ def run(inputs: tuple[str, ...], bundle_path: Path, out_dir: Path, config_path: 
       geoseg run 'S2*/**/*.jp2' -m model.safetensors -o maps/ --min-area 500 --confidence
       geoseg run scenes/ -m model.safetensors -o maps/ --scheduler tcp://head:8786
       geoseg run scenes/ -m model.safetensors -o maps/ --split 0/8   # one job of eight
+      geoseg run items.json -m model.safetensors -o s3://bucket/maps/
     """
     from geoseg.batch import plan_batch, run_planned
     from geoseg.config import load_config
+    from geoseg.remote.uri import redact
 
     overrides = config_overrides()
     rerun_under_allocator(load_config(config_path, overrides).cluster)
-    plan = plan_batch(inputs, bundle_path, out_dir, config_path, overrides, split)
+    plan = plan_batch(inputs, bundle_path, out_dir, config_path, overrides, split, scratch)
     console.print(f"{counted(len(plan.todo), 'scene')} to process of {len(plan.sources)} found "
-                  f"→ {terminal_safe(out_dir)}", highlight=False, soft_wrap=True)  # paths whole
+                  f"→ {terminal_safe(redact(plan.out))}", highlight=False,
+                  soft_wrap=True)  # paths whole
     with _Display(len(plan.todo)) as events:
         result, report_path = run_planned(plan, overwrite=overwrite, events=events,
                                           on_client=lambda c: console.print(
                                               f"dashboard: {terminal_safe(c.dashboard_link)}"))
     _summary(result.entries)
-    console.print(f"report: {terminal_safe(report_path)} (and report.html)", highlight=False,
+    console.print(f"report: {terminal_safe(redact(str(report_path)))} (and report.html)",
+                  highlight=False,
                   soft_wrap=True)
     if result.failed:
         console.print(f"[red]{counted(result.failed, 'scene')} failed[/]")

@@ -7,6 +7,8 @@ Light to import: rasterio, fsspec and their cloud back-ends load only when used.
   (the environment of the reading process; never the task graph).
 - :mod:`~geoseg.remote.retry`: transient vs permanent errors, bounded retries, one-line errors.
 - :mod:`~geoseg.remote.listing`: a prefix listed like a directory, globs (fsspec).
+- :mod:`~geoseg.remote.store`: a run's output root in a store: uploads (a scene's
+  ``scene.json`` last, the completion marker), markers read back, the writability probe.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from __future__ import annotations
 from geoseg.remote.gdal_env import CloudOptions, cloud_env, cloud_options
 from geoseg.remote.listing import expand, list_prefix
 from geoseg.remote.retry import RetryPolicy, call_with_retries, classify, read_remote_window
+from geoseg.remote.store import OutputRoot, scratch_dir
 from geoseg.remote.uri import gdal_path, is_remote, join, name, parent, redact
 
 __all__ = [
     "CloudOptions",
+    "OutputRoot",
     "RetryPolicy",
     "call_with_retries",
     "classify",
@@ -32,4 +36,5 @@ __all__ = [
     "parent",
     "read_remote_window",
     "redact",
+    "scratch_dir",
 ]

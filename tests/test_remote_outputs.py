@@ -1,0 +1,280 @@
+# ruff: noqa: F811  (the fixture imported below is a test argument by the same name)
+"""Outputs to object storage: `geoseg run … --out s3://bucket/prefix/` into the loopback S3
+server (moto in its own process, with a request log), on a real LocalCluster, against the same
+scenes mapped into a local folder.
+
+Each scene is built in a local scratch folder and uploaded, ``scene.json`` last (the completion
+marker); resume, ``--split`` jobs and the report read the markers from the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.cli import main
+from geoseg.errors import OutputError, SceneError
+from geoseg.remote.listing import filesystem
+from geoseg.remote.store import OutputRoot
+
+from .conftest import write_raster
+from .s3server import BUCKET, S3Server, s3_server  # noqa: F401  (fixture)
+from .stacvalid import validate_tree
+from .test_run import pixels, tiny_bundle
+
+H, W = 96, 128
+SCENES = ("scene0", "scene1", "scene2")
+EXIT_SOME_FAILED = 3
+GEOSEG = str(Path(sys.executable).parent / "geoseg")
+#: Every file of a finished scene, relative to its folder.
+SCENE_FILES = ("{s}.tif", "{s}.tif.aux.xml", "{s}.gpkg", "{s}.qml", "quicklook.png", "mask.png",
+               "stac.json", "scene.json")
+ROOT_FILES = ("report.json", "report.html", "catalog.json")
+
+
+def geoseg(*args: object) -> tuple[int, str]:
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+@dataclass
+class Outs:
+    """The loopback server, the local scenes and model, and the local reference run."""
+
+    server: S3Server
+    tmp: Path
+    scenes: Path
+    bundle: Path
+    reference: Path
+
+    def root(self, label: str) -> str:
+        """A fresh output root URI (``s3://BUCKET/<label>-<unique>/maps/``)."""
+        return f"s3://{BUCKET}/{label}-{uuid.uuid4().hex[:8]}/maps/"
+
+    def run(self, root: str, *args: object) -> tuple[int, str]:
+        return geoseg("run", self.scenes, "-m", self.bundle, "-o", root,
+                      "--scratch", self.tmp / "scratch", *args)
+
+
+@pytest.fixture(scope="module")
+def outs(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("remote-out")
+    scenes = tmp / "scenes"
+    scenes.mkdir()
+    for k, name in enumerate(SCENES):
+        write_raster(scenes / f"{name}.tif", pixels(k, H, W), block=64)
+    bundle = tiny_bundle(tmp / "tiny.safetensors")
+    with pytest.MonkeyPatch.context() as mp:
+        s3_server.env(mp)
+        reference = tmp / "reference"
+        code, output = geoseg("run", scenes, "-m", bundle, "-o", reference,
+                              "--scheduler", "synchronous")
+        assert code == 0, output
+        yield Outs(s3_server, tmp, scenes, bundle, reference)
+
+
+def expected_keys(names: tuple[str, ...] = SCENES) -> set[str]:
+    return {f"{s}/{f.format(s=s)}" for s in names for f in SCENE_FILES} | set(ROOT_FILES)
+
+
+def store_keys(root: str) -> set[str]:
+    return OutputRoot(root).keys("")
+
+
+def remote_mask(root: str, name: str) -> tuple[np.ndarray, object, object]:
+    fs = filesystem(root)
+    fs.invalidate_cache()  # fsspec's instance (and its listings) outlive each test
+    data = fs.cat_file(f"{root.split('://', 1)[1]}{name}/{name}.tif")
+    with rasterio.MemoryFile(data) as mem, mem.open() as src:
+        return src.read(), src.crs, src.transform
+
+
+def assert_same_masks(outs: Outs, root: str, names: tuple[str, ...] = SCENES) -> None:
+    for name in names:
+        with rasterio.open(outs.reference / name / f"{name}.tif") as ref:
+            data, crs, transform = remote_mask(root, name)
+            assert (crs, transform) == (ref.crs, ref.transform), name
+            assert np.array_equal(data, ref.read()), name
+
+
+def puts(server: S3Server, root: str) -> list[str]:
+    """Keys PUT under ``root``, in the order the server received them."""
+    prefix = "/" + root.split("://", 1)[1]
+    return [r["path"][len(prefix):] for r in server.requests()
+            if r["method"] == "PUT" and r["path"].startswith(prefix) and r["status"] < 300]
+
+
+def test_remote_run_uploads_every_output_marker_last_and_matches_the_local_run(
+        outs: Outs, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = outs.root("full")
+    outs.server.clear()
+    code, output = outs.run(root, "--workers", "1")  # a LocalCluster
+    assert code == 0, output
+    keys = store_keys(root)
+    assert keys == expected_keys(), sorted(keys ^ expected_keys())
+    # the same files as the local run (which writes its catalog too)
+    local = {p.relative_to(outs.reference).as_posix() for p in outs.reference.rglob("*")
+             if p.is_file()}
+    assert keys == local
+    assert_same_masks(outs, root)
+    # each scene's marker is its last object uploaded, and the report follows it
+    order = puts(outs.server, root)
+    for name in SCENES:
+        mine = [i for i, k in enumerate(order) if k.startswith(f"{name}/")]
+        assert len(mine) == len(SCENE_FILES), (name, order)
+        assert order[mine[-1]] == f"{name}/scene.json", order
+        assert any(k == "report.json" for k in order[mine[-1]:])
+    # the scratch folder keeps no scene once uploaded
+    scratch = next((outs.tmp / "scratch").iterdir())
+    assert not [p for p in scratch.iterdir() if p.name in SCENES]
+    # the report names the store; the catalog and its Items validate as a tree
+    fs = filesystem(root)
+    report = json.loads(fs.cat_file(root.split("://", 1)[1] + "report.json"))
+    assert report["out_dir"] == root
+    assert [e["status"] for e in report["scenes"]] == ["ok"] * 3
+    assert report["scenes"][0]["outputs"]["mask"] == "scene0/scene0.tif"  # under out_dir
+    tree = validate_tree(root + "catalog.json", read=fs.cat)
+    assert sorted(tree.values()) == ["Catalog", "Feature", "Feature", "Feature"]
+    item = json.loads(fs.cat_file(root.split("://", 1)[1] + "scene1/stac.json"))
+    links = {link["rel"]: link["href"] for link in item["links"]}
+    assert links["self"] == root + "scene1/stac.json"
+    assert links["root"] == links["parent"] == root + "catalog.json"
+    assert item["assets"]["mask"]["href"] == "./scene1.tif"  # resolves against self
+    # no secret in any object uploaded, the output or the log
+    secret = outs.server.secret
+    for key in keys:
+        assert secret.encode() not in fs.cat_file(root.split("://", 1)[1] + key), key
+    assert secret not in output and secret not in caplog.text
+
+
+def test_rerun_skips_finished_scenes_reading_markers_from_the_store(outs: Outs) -> None:
+    root = outs.root("rerun")
+    assert outs.run(root, "--scheduler", "synchronous")[0] == 0
+    outs.server.clear()
+    code, output = outs.run(root, "--scheduler", "synchronous")
+    assert code == 0, output
+    assert output.count("skipped") >= 3
+    written = [k for k in puts(outs.server, root) if not k.startswith(".geoseg-probe-")]
+    assert set(written) == set(ROOT_FILES)  # no scene uploaded again: only the report
+
+
+def test_split_jobs_into_one_root_give_the_full_set(outs: Outs) -> None:
+    root = outs.root("split")
+    assert outs.run(root, "--scheduler", "synchronous", "--split", "0/2")[0] == 0
+    report = json.loads(filesystem(root).cat_file(root.split("://", 1)[1] + "report.json"))
+    assert [e["status"] for e in report["scenes"]] == ["ok", "pending", "ok"]
+    assert outs.run(root, "--scheduler", "synchronous", "--split", "1/2")[0] == 0
+    assert store_keys(root) == expected_keys()
+    assert_same_masks(outs, root)
+    report = json.loads(filesystem(root).cat_file(root.split("://", 1)[1] + "report.json"))
+    assert [e["status"] for e in report["scenes"]] == ["ok"] * 3  # job 1 read job 0's markers
+
+
+def test_a_scene_whose_input_is_missing_fails_alone(outs: Outs) -> None:
+    root = outs.root("missing")
+    gone = f"s3://{BUCKET}/nowhere-{uuid.uuid4().hex[:8]}/gone.tif"
+    code, output = geoseg("run", outs.scenes / "scene0.tif", gone, "-m", outs.bundle,
+                          "-o", root, "--scratch", outs.tmp / "scratch",
+                          "--scheduler", "synchronous")
+    assert code == EXIT_SOME_FAILED, output
+    keys = store_keys(root)
+    assert {k for k in keys if not k.startswith(".geoseg/")} == \
+        expected_keys(("scene0",))
+    assert keys - expected_keys(("scene0",)) == {".geoseg/gone.failed.json"}
+    failure = OutputRoot(root).read_json(".geoseg/gone.failed.json")
+    assert failure is not None and "not found" in failure["error"]
+    assert outs.server.secret not in json.dumps(failure)
+
+
+def test_a_missing_bucket_stops_the_run_before_any_scene(outs: Outs) -> None:
+    code, output = geoseg("run", outs.scenes, "-m", outs.bundle, "-o",
+                          "s3://no-such-bucket-geoseg/maps/", "--scratch", outs.tmp / "scratch",
+                          "--scheduler", "synchronous")
+    assert code == 1
+    assert "no such bucket 'no-such-bucket-geoseg'" in output
+
+
+def test_a_failed_upload_names_the_uri_and_leaves_no_marker(outs: Outs, tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for name in ("a.tif", "b.png", "scene.json"):
+        (folder / name).write_bytes(b"x")
+    root = OutputRoot(f"s3://{BUCKET}/upload-{uuid.uuid4().hex[:8]}/")
+    done: list[str] = []
+
+    def uploaded(key: str) -> None:  # b.png vanishes from scratch once a.tif is up
+        done.append(key)
+        (folder / "b.png").unlink(missing_ok=True)
+
+    with pytest.raises(SceneError) as err:
+        root.publish(folder, "s/", "scene.json", uploaded=uploaded)
+    assert done == ["s/a.tif"]
+    assert str(err.value).startswith(root.uri("s/b.png") + ": cannot upload")
+    assert "\n" not in str(err.value) and outs.server.secret not in str(err.value)
+    assert root.keys("s/") == set()  # a.tif removed again, no marker
+    (folder / "b.png").write_bytes(b"x")
+    root.publish(folder, "s/", "scene.json")
+    assert root.keys("s/") == {"s/a.tif", "s/b.png", "s/scene.json"}
+    (folder / "b.png").unlink()
+    root.publish(folder, "s/", "scene.json")  # a stale object of the scene goes
+    assert root.keys("s/") == {"s/a.tif", "s/scene.json"}
+
+
+def test_output_root_refuses_http_and_collapsed_uris(outs: Outs) -> None:
+    with pytest.raises(OutputError, match="not http"):
+        OutputRoot("https://example.com/maps/")
+    code, output = geoseg("run", outs.scenes, "-m", outs.bundle, "-o", "s3:/bucket/maps")
+    assert code == 1 and "lost a '/'" in output
+
+
+@pytest.mark.slow
+def test_sigkill_mid_upload_then_rerun_completes_with_identical_outputs(outs: Outs) -> None:
+    root = outs.root("kill")
+    args = [GEOSEG, "run", str(outs.scenes), "-m", str(outs.bundle), "-o", root,
+            "--scratch", str(outs.tmp / "scratch-kill"), "--scheduler", "synchronous",
+            "--scenes-in-flight", "1"]
+    env = dict(os.environ)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        assert var in env  # the fixture's environment
+    outs.server.clear()
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, env=env)
+    try:  # killed on what it has done: its first object of the second scene in the store
+        while proc.poll() is None:
+            if any(k.startswith("scene1/") for k in puts(outs.server, root)):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)  # a polling interval, not a wait for something to happen
+        proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    keys = store_keys(root)
+    store = OutputRoot(root)
+    assert "scene0/scene.json" in keys and "scene2/scene.json" not in keys
+    for name in SCENES:  # a marker only for a complete scene
+        record = store.read_json(f"{name}/scene.json")
+        if record is not None:
+            assert {f"{name}/{p}" for p in record["outputs"].values()} <= keys
+    outs.server.clear()
+    assert subprocess.run(args, env=env, capture_output=True).returncode == 0
+    assert store_keys(root) == expected_keys()
+    assert_same_masks(outs, root)
+    again = puts(outs.server, root)
+    assert not [k for k in again if k.startswith("scene0/")]  # finished before: skipped
