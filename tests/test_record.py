@@ -67,3 +67,66 @@ def test_records_are_frozen_and_skipped_keeps_what_was_read() -> None:
     skipped = as_skipped(read_back)
     assert skipped == {**read_back, "status": "skipped"} and read_back["status"] == "ok"
     assert as_skipped(None) == {"status": "skipped"}
+
+
+# --- what a run records of what it read (real files, a real run) --------------------------------
+
+def _geoseg(*args: object) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from geoseg.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_scene_json_records_conversions_and_the_stac_band_match(tmp_path) -> None:
+    """An item storing DN + 1000 and saying so (raster:bands offset -0.1), mapped with a bundle
+    that records reflectance = DN / 10000: every band converted, and the match recorded; a file
+    scene in the bundle's encoding records no conversion and no STAC match."""
+    from .test_run import tiny_bundle
+    from .test_stac_inputs import band_files, save_item_collection, stac_item
+
+    bundle = tiny_bundle(tmp_path / "tiny.safetensors")
+    assert _geoseg("model", "set-encoding", bundle, "--scale", "0.0001", "--offset", "0")[0] == 0
+    shifted = band_files(tmp_path / "shifted", "L2A", 1, add=1000)
+    direct = band_files(tmp_path / "direct", "direct", 2, encoding=(0.0001, 0.0))
+    items = save_item_collection([stac_item("S2A_ITEM", {b: str(p) for b, p in shifted.items()},
+                                            "earth-search", (0.0001, -0.1))],
+                                 tmp_path / "items.json")
+    out = tmp_path / "out"
+    code, output = _geoseg("run", items, direct["B02"].parent, "-m", bundle, "-o", out,
+                           "--scheduler", "synchronous")
+    assert code == 0, output
+    record = json.loads((out / "S2A_ITEM" / "scene.json").read_text())
+    assert set(record["encodings"]) == {"B02", "B03", "B04", "B08"}
+    b04 = record["encodings"]["B04"]
+    assert (b04["gain"], b04["bias"]) == pytest.approx((1.0, -1000.0))  # DN - 1000
+    assert record["stac"]["id"] == "S2A_ITEM"
+    assert record["stac"]["document"] == str(items)
+    assert record["stac"]["bands"]["B04"] == {"asset": "red", "href": str(shifted["B04"]),
+                                              "index": 1, "scale": 0.0001, "offset": -0.1,
+                                              "nodata": 0}
+    plain = json.loads((out / "direct" / "scene.json").read_text())
+    assert plain["encodings"] == {} and plain["stac"] is None
+
+
+def test_inspect_refuses_the_encoding_mismatch_run_refuses(tmp_path) -> None:
+    """A file declaring reflectance scaling, a bundle recording no encoding: `geoseg inspect`
+    reports the scene as the run would fail it."""
+    from .test_run import tiny_bundle
+    from .test_stac_inputs import band_files
+
+    bundle = tiny_bundle(tmp_path / "tiny.safetensors")
+    files = band_files(tmp_path / "declared", "declared", 1, encoding=(0.0001, 0.0))
+    code, output = _geoseg("inspect", files["B02"].parent, "-m", bundle, "--json")
+    (row,) = json.loads(output)["scenes"]
+    assert "declares scale 0.0001" in row["error"] and "records no input encoding" in row["error"]
+    out = tmp_path / "out"
+    code, output = _geoseg("run", files["B02"].parent, "-m", bundle, "-o", out,
+                           "--scheduler", "synchronous")
+    assert code == 3, output
+    (entry,) = json.loads((out / "report.json").read_text())["scenes"]
+    assert entry["status"] == "failed" and entry["error"] == row["error"]
