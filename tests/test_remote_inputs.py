@@ -189,6 +189,7 @@ def test_storage_options_instead_of_the_endpoint_variable(store, monkeypatch) ->
     assert set(found) == {COG, PREFIX}
     options = cloud_options(so)
     assert open_source(found[COG], BANDS, options=options).shape == (H, W)
+    assert object_stamp(found[COG].path, so)[0] == (store.local / f"{COG}.tif").stat().st_size
     uri = store.uri(f"scenes/{PREFIX}_B08.tif")  # 20 m: read through a warped VRT
     remote = open_band_files(PREFIX, {b: store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS},
                              options=options)

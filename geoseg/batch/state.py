@@ -16,7 +16,7 @@ import os
 import shutil
 import socket
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,14 +86,14 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
-def fingerprint(bundle_sha256: str, settings: dict[str, Any],
-                inputs: Sequence[Path | str]) -> str:
+def fingerprint(bundle_sha256: str, settings: dict[str, Any], inputs: Sequence[Path | str],
+                storage_options: Mapping[str, Any] | None = None) -> str:
     """SHA-256 hex of what determines a scene's outputs (not how fast they were made).
 
     A local input counts by its resolved path, size and modification time (ns); a remote one
     (a URI: :func:`geoseg.remote.uri.is_remote`) by the URI as written, credentials redacted (a
     signed URL signed again is the same object), and what its store says about the object
-    (:func:`object_stamp`), never by its bytes.
+    (:func:`object_stamp`, asked with ``storage_options``), never by its bytes.
 
     Raises:
         OSError: a local input is gone; SceneError: a store cannot be asked (URI redacted).
@@ -103,7 +103,7 @@ def fingerprint(bundle_sha256: str, settings: dict[str, Any],
     files: list[list[Any]] = []
     for f in inputs:
         if isinstance(f, str) and is_remote(f):  # a re-signed URL is the same object
-            files.append([redact(f), *object_stamp(f)])
+            files.append([redact(f), *object_stamp(f, storage_options)])
             continue
         st = Path(f).stat()
         files.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
@@ -112,7 +112,8 @@ def fingerprint(bundle_sha256: str, settings: dict[str, Any],
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def object_stamp(uri: str) -> tuple[int | None, str | None]:
+def object_stamp(uri: str, storage_options: Mapping[str, Any] | None = None,
+                 ) -> tuple[int | None, str | None]:
     """``(size in bytes, version)`` of a remote object, from its store's metadata
     (fsspec ``info``: one HEAD request; nothing downloaded). The version is the ETag, else the
     last-modified time, else None (an http(s) server that sends neither).
@@ -127,7 +128,7 @@ def object_stamp(uri: str) -> tuple[int | None, str | None]:
     from geoseg.remote.listing import filesystem
     from geoseg.remote.uri import redact, split
 
-    fs = filesystem(uri)
+    fs = filesystem(uri, storage_options)
     scheme = split(uri)[0]
     target = uri if scheme in ("http", "https") else uri.split("://", 1)[1]
     try:
