@@ -280,7 +280,7 @@ def run_planned(
     if plan.out_uri is not None:
         from geoseg.remote.store import OutputRoot
 
-        store = OutputRoot(plan.out_uri)
+        store = OutputRoot(plan.out_uri, cfg.storage.options)
         store.check_writable()
     reporting = _Reporting(events or QuietEvents(), plan, out, _header(plan, out), store)
     if not plan.todo:

@@ -48,6 +48,7 @@ from geoseg.batch.runner import (
     message_of,
     process_scene,
     settings_of,
+    shown,
 )
 from geoseg.batch.state import STATE_DIR, SceneFolder, atomic_write_json, fingerprint
 from geoseg.config import Config
@@ -138,7 +139,7 @@ class _Batch:
                 scene=source.name,
                 original=source.original,
                 kind=source.kind,
-                inputs=tuple(str(f) for f in source.files),
+                inputs=tuple(shown(f) for f in source.files),
                 error=message_of(exc),
                 error_type=type(exc).__name__,
                 finished=utc_now(),

@@ -73,8 +73,10 @@ def _same_key(path: str | os.PathLike[str]) -> str:
 
 def _pending(source: SceneSource) -> dict[str, Any]:
     """The entry of a scene that no job has finished yet."""
+    from geoseg.batch.runner import shown
+
     return SceneEntry(scene=source.name, original=source.original, status="pending",
-                      kind=source.kind, inputs=tuple(str(f) for f in source.files)).to_json()
+                      kind=source.kind, inputs=tuple(shown(f) for f in source.files)).to_json()
 
 
 def build_report(

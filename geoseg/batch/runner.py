@@ -10,6 +10,7 @@ with ``on_error="fail"``). Outputs appear under their final names only when a sc
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,8 @@ if TYPE_CHECKING:
     from geoseg.pipeline import PredictionPlan, PredictResult
     from geoseg.scene import Scene
 
-__all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "message_of",
-           "process_scene", "select_split", "settings_of"]
+__all__ = ["BatchEvents", "BatchResult", "QuietEvents", "failure_path", "file_name",
+           "message_of", "process_scene", "select_split", "settings_of", "shown"]
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,14 @@ def _open_scene(
     prediction into it (every check, nothing computed). Returns the scene, the staging folder
     and the plan."""
     from geoseg.pipeline import plan_scene_prediction
+    from geoseg.remote.uri import is_remote
 
-    scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill)
+    remote = any(is_remote(f) for f in source.files)
+    scene = open_source(source, bundle.meta.band_names, cfg.run.band_fill,
+                        cfg.storage.cloud_options() if remote else None)
     stage = folder.open()
     plan = plan_scene_prediction(scene, bundle, stage / f"{source.name}.tif", cfg.predict,
-                                 overwrite=True, threads=threads, source=str(source.path))
+                                 overwrite=True, threads=threads, source=shown(source.path))
     return scene, stage, plan
 
 
@@ -284,7 +288,6 @@ def _write_stac(
     against that ``self``)."""
     from geoseg.batch.catalog import with_item_links
     from geoseg.batch.stac import stac_item
-    from geoseg.remote.uri import redact
 
     meta = bundle.meta
     provenance = {
@@ -293,7 +296,7 @@ def _write_stac(
                           "arch": meta.arch, "encoder": meta.encoder,
                           "description": meta.description},
         "geoseg:settings": settings_of(cfg),
-        "geoseg:inputs": [redact(str(f)) for f in scene.files],
+        "geoseg:inputs": [shown(f) for f in scene.files],
     }
     classes = [c.model_dump() for c in meta.classes]
     item = stac_item(scene, outputs, stage, classes, class_pixels, provenance)
@@ -319,8 +322,8 @@ def _ok_record(
         scene=source.name,
         original=source.original,
         kind=source.kind,
-        inputs=tuple(str(f) for f in scene.files),
-        bands={b.name: f"{Path(b.path).name}#{b.index}" + (" (resampled)" if b.warp else "")
+        inputs=tuple(shown(f) for f in scene.files),
+        bands={b.name: f"{file_name(b.path)}#{b.index}" + (" (resampled)" if b.warp else "")
                for b in plan.job.bands},
         encodings=plan.job.converted,
         stac=_stac_read(source, bundle),
@@ -372,10 +375,27 @@ def _version() -> str:
         return "unknown"
 
 
+def shown(path: str | os.PathLike[str]) -> str:
+    """How a record names an input file: a local path as it is, a URI with its credentials
+    (signed-URL and SAS tokens, userinfo) redacted."""
+    from geoseg.remote.uri import is_remote, redact
+
+    return redact(path) if isinstance(path, str) and is_remote(path) else str(path)
+
+
+def file_name(path: str | os.PathLike[str]) -> str:
+    """The last component of a local path or URI (a URI's query string dropped)."""
+    from geoseg.remote.uri import is_remote, name
+
+    return name(path) if isinstance(path, str) and is_remote(path) else Path(path).name
+
+
 def message_of(exc: BaseException) -> str:
     """How a scene's failure reads in its entry: geoseg's own errors as they are, others
-    prefixed with their type."""
-    text = str(exc).strip() or type(exc).__name__
+    prefixed with their type; credentials redacted either way."""
+    from geoseg.remote.uri import redact
+
+    text = redact(str(exc).strip()) or type(exc).__name__
     if type(exc).__module__.startswith("geoseg"):
         return text
     return f"{type(exc).__name__}: {text}"

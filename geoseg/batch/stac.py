@@ -36,13 +36,24 @@ def scene_datetime(scene: Scene) -> tuple[dt.datetime, str]:
     GeoTIFF ``TIFFTAG_DATETIME`` tag, else the processing time (``"processing"``)."""
     import rasterio
 
+    from geoseg.scene import call_remote, is_uri
+
     for f in scene.files:
-        m = _STAMP.search(Path(f).name)
+        m = _STAMP.search(f.rsplit("/", 1)[-1] if isinstance(f, str) and is_uri(f)
+                          else Path(f).name)  # a URI never through Path
         if m:
             stamp = dt.datetime.strptime("".join(m.groups()), "%Y%m%d%H%M%S")
             return stamp.replace(tzinfo=dt.timezone.utc), "file name"
-    with rasterio.open(scene.files[0]) as src:
-        tag = src.tags().get("TIFFTAG_DATETIME")
+
+    def datetime_tag(path: str) -> str | None:
+        with rasterio.open(path) as src:
+            tag: str | None = src.tags().get("TIFFTAG_DATETIME")
+            return tag
+
+    first = scene.files[0]
+    # a URI is read as the scene was: in the cloud GDAL options, with retries
+    tag = call_remote(first, datetime_tag) if isinstance(first, str) and is_uri(first) \
+        else datetime_tag(str(first))
     if tag:
         try:
             stamp = dt.datetime.strptime(tag.strip(), "%Y:%m:%d %H:%M:%S")

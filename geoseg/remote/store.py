@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,12 @@ def scratch_dir(scratch: str | os.PathLike[str], root: str) -> Path:
 class OutputRoot:
     """The output root ``root`` (a URI string ending in ``/``) in its object store.
 
-    Keys are given relative to the root (``<scene>/scene.json``, ``report.json``).
+    Keys are given relative to the root (``<scene>/scene.json``, ``report.json``);
+    ``storage_options`` are fsspec's (the config's ``storage.options``: never secrets, which
+    come from the environment).
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, storage_options: Mapping[str, Any] | None = None) -> None:
         from geoseg.remote.listing import filesystem
 
         if not is_remote(root) or split(root)[0] in ("http", "https"):
@@ -48,7 +50,7 @@ class OutputRoot:
         self.root = root if root.endswith("/") else root + "/"
         self.scheme, self.bucket, _ = split(self.root)
         self._base = self.root.split("://", 1)[1]  # bucket/prefix/ as fsspec names it
-        self.fs = filesystem(self.root)
+        self.fs = filesystem(self.root, storage_options)
 
     def __repr__(self) -> str:
         return f"OutputRoot({redact(self.root)!r})"
