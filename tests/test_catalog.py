@@ -97,6 +97,31 @@ def test_the_run_has_finished_and_failed_scenes(run):
     assert "confidence" in items["alpha"]["assets"]
 
 
+def test_the_run_writes_its_catalog_and_links_its_items_to_it(run, no_network):
+    """run_planned writes catalog.json with the report; each Item's root and parent are it."""
+    out = run[0]
+    cat = json.loads((out / CATALOG_JSON).read_text(encoding="utf-8"))
+    assert [link["href"] for link in cat["links"] if link["rel"] == "item"] == [
+        f"./{n}/stac.json" for n in GOOD]
+    for name in GOOD:
+        item = json.loads((out / name / "stac.json").read_text(encoding="utf-8"))
+        links = {link["rel"]: link["href"] for link in item["links"]}
+        assert links["root"] == links["parent"] == "../catalog.json" and "self" not in links
+    assert set(validate_tree(str(out / CATALOG_JSON)).values()) == {"Catalog", "Feature"}
+
+
+def test_no_catalog_without_stac_items(tmp_path):
+    bundle = tiny_bundle(tmp_path / "tiny.safetensors")
+    (tmp_path / "scenes").mkdir()
+    write_raster(tmp_path / "scenes" / "alpha.tif", pixels(1, H, W), names=BANDS)
+    out = tmp_path / "out"
+    plan = plan_batch([tmp_path / "scenes"], bundle, out,
+                      overrides={"cluster": {"scheduler": "synchronous"},
+                                 "run": {"stac": False}})
+    run_planned(plan)
+    assert (out / "report.json").is_file() and not (out / CATALOG_JSON).exists()
+
+
 def test_local_catalog_links_every_finished_item_and_validates_offline(run, no_network):
     out, first, _ = run
     data = write_catalog(out, first["scenes"], header=first)
