@@ -297,3 +297,13 @@ def test_a_signed_urls_token_reaches_no_record_report_or_item(outs: Outs, tmp_pa
         assert "TOKEN-XYZ" not in text and "X-Amz-Signature=***" in text, rel
     record = store.read_json("scene0/scene.json")
     assert record is not None and record["bands"]["B02"] == "scene0.tif#1"
+
+
+def test_an_unusable_scratch_folder_stops_the_run_naming_scratch(outs: Outs,
+                                                                 tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, output = geoseg("run", outs.scenes, "-m", outs.bundle, "-o", outs.root("scratch"),
+                          "--scratch", blocker / "sub", "--scheduler", "synchronous")
+    assert code == 1, output
+    assert "a parent of it is a file, not a directory; give a directory as --scratch" in output

@@ -231,7 +231,8 @@ class _Reporting:
             catalog = write_catalog(out, report["scenes"], header=self.header) \
                 if self.plan.cfg.run.stac else None
         except OSError as exc:
-            stopping = output_error(out, exc, always=True)
+            stopping = output_error(out, exc, always=True,
+                                    option="--out" if store is None else "--scratch")
             if stopping is None:
                 raise
             raise stopping from exc
@@ -275,7 +276,7 @@ def run_planned(
     cfg = plan.cfg
     cluster = session(cfg.cluster, cfg.predict.device)
     made = not out.exists()
-    check_output_dir(out)
+    check_output_dir(out, "--out" if plan.out_uri is None else "--scratch")
     store = None
     if plan.out_uri is not None:
         from geoseg.remote.store import OutputRoot

@@ -154,7 +154,8 @@ class _Batch:
                 raise OutputError(f"{write_exc}; scenes finished so far are kept and skipped "
                                   "when the run is repeated") from None
             except OSError as write_exc:
-                stopping = output_error(self.out_dir, write_exc, always=True)
+                stopping = output_error(self.out_dir, write_exc, always=True,
+                                        option="--out" if self.store is None else "--scratch")
                 if stopping is None:
                     raise
                 raise stopping from write_exc

@@ -57,8 +57,11 @@ def check_output_path(out: Path) -> None:
             f"{out}: unusable output folder ({exc.strerror or exc})") from exc
 
 
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: Path, option: str = "--out") -> None:
     """Create ``out`` if needed and prove that a file can be written in it (then removed).
+
+    ``option`` names the option that chose ``out`` in the messages (``--scratch`` for the local
+    scratch folder of an output root in an object store).
 
     Raises:
         OutputError: ``out`` cannot be created or written (read-only, permission denied,
@@ -71,17 +74,18 @@ def check_output_dir(out: Path) -> None:
             probe.flush()
             os.fsync(probe.fileno())
     except FileExistsError as exc:
-        raise OutputError(f"{out}: exists and is not a directory; give an output "
-                          "directory") from exc
+        raise OutputError(f"{out}: exists and is not a directory; give a directory as "
+                          f"{option}") from exc
     except NotADirectoryError as exc:
-        raise OutputError(f"{out}: a parent of it is a file, not a directory; give an output "
-                          "directory") from exc
+        raise OutputError(f"{out}: a parent of it is a file, not a directory; give a directory "
+                          f"as {option}") from exc
     except OSError as exc:
-        raise output_error(out, exc, always=True) or OutputError(
+        raise output_error(out, exc, always=True, option=option) or OutputError(
             f"{out}: cannot write the output folder ({exc.strerror or exc})") from exc
 
 
-def output_error(out: Path, exc: BaseException, *, always: bool = False) -> OutputError | None:
+def output_error(out: Path, exc: BaseException, *, always: bool = False,
+                 option: str = "--out") -> OutputError | None:
     """The run-stopping :class:`OutputError` that ``exc`` stands for, or None when ``exc`` is a
     failure of the scene alone.
 
@@ -96,22 +100,26 @@ def output_error(out: Path, exc: BaseException, *, always: bool = False) -> Outp
         exc: what a scene raised.
         always: take a denied-type error as the folder's even when it names no file under it
             (errors from creating or probing ``out`` itself).
+        option: the option that chooses ``out``, named in the fix: ``--scratch`` when ``out`` is
+            the local scratch folder of an output root in an object store.
     """
     root = out.resolve()
     for err in _chain(exc):
         if isinstance(err, OSError) and err.errno in _FULL:
-            return _error(err.errno, _FULL, _where(err, out))
+            return _error(err.errno, _FULL, _where(err, out), option)
         if isinstance(err, OSError) and err.errno in _DENIED and (always or _under(err, root)):
-            return _error(err.errno, _DENIED, _where(err, out))
+            return _error(err.errno, _DENIED, _where(err, out), option)
         if any(word in str(err).lower() for word in _FULL_WORDS):
-            return _error(errno.ENOSPC, _FULL, str(out))
+            return _error(errno.ENOSPC, _FULL, str(out), option)
     if not isinstance(exc, GeoSegError) and _free_bytes(out) < LOW_SPACE_BYTES:
-        return _error(errno.ENOSPC, _FULL, str(out))
+        return _error(errno.ENOSPC, _FULL, str(out), option)
     return None
 
 
-def _error(code: int, table: dict[int, tuple[str, str]], where: str) -> OutputError:
+def _error(code: int, table: dict[int, tuple[str, str]], where: str,
+           option: str = "--out") -> OutputError:
     what, fix = table[code]
+    fix = fix.replace("--out", option)
     return OutputError(f"{where}: {what}; {fix}. Scenes finished so far are kept and skipped "
                        "when the run is repeated")
 

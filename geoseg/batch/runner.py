@@ -179,7 +179,9 @@ def process_scene(
         return record
     except BaseException as exc:
         # before the partial files go (a full disk may then look empty)
-        stopping = output_error(folder.final.parent, exc) if isinstance(exc, Exception) else None
+        option = "--out" if folder.remote is None else "--scratch"  # where it was built
+        stopping = output_error(folder.final.parent, exc, option=option) \
+            if isinstance(exc, Exception) else None
         folder.clean()
         if stopping is not None:
             raise stopping from exc
