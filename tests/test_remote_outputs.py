@@ -30,7 +30,12 @@ from geoseg.remote.listing import filesystem
 from geoseg.remote.store import OutputRoot
 
 from .conftest import write_raster
-from .s3server import BUCKET, S3Server, s3_server  # noqa: F401  (fixture)
+from .s3server import (  # noqa: F401  (fixtures)
+    BUCKET,
+    S3Server,
+    s3_auth_server,
+    s3_server,
+)
 from .stacvalid import validate_tree
 from .test_run import pixels, tiny_bundle
 
@@ -307,3 +312,15 @@ def test_an_unusable_scratch_folder_stops_the_run_naming_scratch(outs: Outs,
                           "--scratch", blocker / "sub", "--scheduler", "synchronous")
     assert code == 1, output
     assert "a parent of it is a file, not a directory; give a directory as --scratch" in output
+
+
+def test_refused_credentials_stop_the_run_in_one_line_without_the_secret(
+        outs: Outs, s3_auth_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = "wrong-secret-0000000000000000000000000000"
+    s3_auth_server.env(monkeypatch, secret=wrong)
+    code, output = geoseg("run", outs.scenes, "-m", outs.bundle, "-o", f"s3://{BUCKET}/denied/",
+                          "--scratch", outs.tmp / "scratch", "--scheduler", "synchronous")
+    assert code == 1
+    line = next(x for x in output.splitlines() if "cannot write the output root" in x)
+    assert line.startswith(f"error: s3://{BUCKET}/denied/: cannot write the output root (")
+    assert wrong not in output and s3_auth_server.secret not in output

@@ -33,6 +33,12 @@ def scratch_dir(scratch: str | os.PathLike[str], root: str) -> Path:
     return Path(scratch) / f"geoseg-out-{digest}"
 
 
+def _cause(exc: BaseException) -> str:
+    """``exc`` as the cause in a one-line message: redacted, one line, at most 200 chars."""
+    text = " ".join((str(exc) or type(exc).__name__).split())
+    return redact(text)[:200]
+
+
 class OutputRoot:
     """The output root ``root`` (a URI string ending in ``/``) in its object store.
 
@@ -63,28 +69,32 @@ class OutputRoot:
         return self._base + rel
 
     def _fail(self, rel: str, exc: BaseException, what: str) -> SceneError:
-        return SceneError(f"{redact(self.uri(rel))}: cannot {what} "
-                          f"({redact(str(exc) or type(exc).__name__)[:200]})")
+        return SceneError(f"{redact(self.uri(rel))}: cannot {what} ({_cause(exc)})")
 
     def check_writable(self) -> None:
-        """Prove that the root can be written: one small probe object, removed again.
+        """Prove that the root can be written: one small probe object, removed again (a run
+        also removes objects: a scene's previous marker, stale files). No bucket-level call
+        (HeadBucket, ListBuckets): credentials limited to a prefix pass.
 
         Raises:
             OutputError: the bucket is missing, or the object cannot be written or removed.
         """
-        probe = f".geoseg-probe-{uuid.uuid4().hex[:12]}"
+        probe = self._path(f".geoseg-probe-{uuid.uuid4().hex[:12]}")
+        where = redact(self.root)
         try:
-            if not self.fs.exists(self.bucket):
-                raise OutputError(f"{redact(self.root)}: no such bucket '{self.bucket}'; create "
-                                  "it or give another --out")
-            self.fs.pipe_file(self._path(probe), b"geoseg")
-            self.fs.rm_file(self._path(probe))
-        except OutputError:
-            raise
+            self.fs.pipe_file(probe, b"geoseg")
+        except FileNotFoundError:
+            raise OutputError(f"{where}: no such bucket '{redact(self.bucket)}'; create it or "
+                              "give another --out") from None
         except Exception as exc:  # noqa: BLE001 - each fsspec back-end raises its own
-            raise OutputError(f"{redact(self.root)}: cannot write the output root "
-                              f"({redact(str(exc) or type(exc).__name__)[:200]}); check the "
-                              "bucket, the credentials and their write permission") from None
+            raise OutputError(f"{where}: cannot write the output root ({_cause(exc)}); check "
+                              "the bucket, the credentials and their write permission") from None
+        try:
+            self.fs.rm_file(probe)
+        except Exception as exc:  # noqa: BLE001
+            raise OutputError(f"{where}: cannot remove an object written there ({_cause(exc)}); "
+                              "geoseg replaces a scene's objects, so it needs delete "
+                              "permission too") from None
 
     def put_bytes(self, rel: str, data: bytes) -> None:
         """Upload ``data`` as ``rel`` (replacing it).
