@@ -151,8 +151,16 @@ def test_remote_run_uploads_every_output_marker_last_and_matches_the_local_run(
     report = json.loads(fs.cat_file(root.split("://", 1)[1] + "report.json"))
     assert report["out_dir"] == root
     assert [e["status"] for e in report["scenes"]] == ["ok"] * 3
-    assert report["scenes"][0]["outputs"]["mask"] == "scene0/scene0.tif"  # under out_dir
+    assert report["scenes"][0]["outputs"]["mask"] == root + "scene0/scene0.tif"
     tree = validate_tree(root + "catalog.json", read=fs.cat)
+    catalog = json.loads(fs.cat_file(root.split("://", 1)[1] + "catalog.json"))
+    assert {link["rel"]: link["href"] for link in catalog["links"]}["self"] == \
+        root + "catalog.json"
+    assert [link["href"] for link in catalog["links"] if link["rel"] == "item"] == [
+        f"{root}{name}/stac.json" for name in SCENES]
+    page = fs.cat_file(root.split("://", 1)[1] + "report.html").decode()
+    assert 'href="scene0/scene0.tif"' in page  # relative: resolves where the prefix is served
+    assert f"Outputs in <code>{root}</code>" in page
     assert sorted(tree.values()) == ["Catalog", "Feature", "Feature", "Feature"]
     item = json.loads(fs.cat_file(root.split("://", 1)[1] + "scene1/stac.json"))
     links = {link["rel"]: link["href"] for link in item["links"]}

@@ -227,9 +227,10 @@ class _Reporting:
         out, store = self.out, self.store
         report = build_report(self.plan.sources, self.entries, out, self.header, store)
         try:
-            path = write_report(report, out, self.plan.cfg.run.html)
-            catalog = write_catalog(out, report["scenes"], header=self.header) \
-                if self.plan.cfg.run.stac else None
+            root = None if store is None else store.root
+            path = write_report(report, out, self.plan.cfg.run.html, root)
+            catalog = write_catalog(out if root is None else root, report["scenes"],
+                                    header=self.header) if self.plan.cfg.run.stac else None
         except OSError as exc:
             stopping = output_error(out, exc, always=True,
                                     option="--out" if store is None else "--scratch")

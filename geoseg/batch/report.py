@@ -34,7 +34,7 @@ from geoseg.batch.state import (
 if TYPE_CHECKING:
     from geoseg.remote.store import OutputRoot
 
-__all__ = ["CSP", "STATUSES", "build_report", "href", "write_html", "write_report"]
+__all__ = ["CSP", "STATUSES", "build_report", "href", "with_uris", "write_html", "write_report"]
 
 #: The page's Content-Security-Policy: no script, no frame, no form, no fetch; pictures only
 #: from the page's own origin (or its folder, opened as a file), style only inline.
@@ -135,13 +135,28 @@ def build_report(
     }
 
 
-def write_report(report: dict[str, Any], out_dir: Path, html_too: bool = True) -> Path:
-    """Write ``report.json`` (and ``report.html``) atomically; return the JSON path."""
+def write_report(report: dict[str, Any], out_dir: Path, html_too: bool = True,
+                 root: str | None = None) -> Path:
+    """Write ``report.json`` (and ``report.html``) atomically; return the JSON path.
+
+    With ``root`` (the output root URI, ending in ``/``, when outputs go to an object store)
+    the JSON's scene outputs are absolute URIs under it (``s3://b/maps/s2/s2.tif``); the page
+    keeps relative links (a browser opens no ``s3://`` link; relative ones work wherever the
+    prefix is served over HTTP) and names the root.
+    """
     path = out_dir / REPORT_JSON
-    atomic_write_json(path, report)
+    atomic_write_json(path, report if root is None else with_uris(report, root))
     if html_too:
         write_html(report, out_dir / "report.html")
     return path
+
+
+def with_uris(report: dict[str, Any], root: str) -> dict[str, Any]:
+    """A copy of ``report`` whose scene entries' outputs (relative to the output root) are
+    absolute URIs under ``root`` (which ends in ``/``)."""
+    scenes = [{**e, "outputs": {k: root + v for k, v in e["outputs"].items()}}
+              if isinstance(e.get("outputs"), dict) else e for e in report["scenes"]]
+    return {**report, "scenes": scenes}
 
 
 _CSS = """
@@ -227,12 +242,14 @@ def write_html(report: dict[str, Any], path: Path) -> Path:
     s = report["summary"]
     summary = ", ".join(f'<span class="{k}">{_esc(s[k])} {k}</span>' for k in STATUSES if s[k])
     body = "".join(_scene_html(e, colors) for e in report["scenes"])
+    root = str(report.get("out_dir") or "")
+    stored = f" Outputs in <code>{_esc(root)}</code>." if "://" in root else ""
     page = (f'<!doctype html><html><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP)}">'
             f'<meta name="referrer" content="no-referrer"><title>geoseg report</title>'
             f"<style>{_CSS}</style></head><body><h1>geoseg run report</h1>"
             f"<p>{_count(s['scenes'], 'scene')}: {summary}. Model "
             f"<code>{_esc(str(report.get('bundle', {}).get('file', '')))}</code>; "
-            f"written {_esc(report['written'])}.</p>{body}</body></html>")
+            f"written {_esc(report['written'])}.{stored}</p>{body}</body></html>")
     atomic_write_text(path, page)
     return path
