@@ -332,3 +332,42 @@ def test_refused_credentials_stop_the_run_in_one_line_without_the_secret(
     line = next(x for x in output.splitlines() if "cannot write the output root" in x)
     assert line.startswith(f"error: s3://{BUCKET}/denied/: cannot write the output root (")
     assert wrong not in output and s3_auth_server.secret not in output
+
+
+@pytest.mark.slow
+def test_demo_model_over_an_item_collection_of_s3_assets_into_s3(
+        outs: Outs, tmp_path: Path) -> None:
+    """The issue's case on a window of the real Sentinel-2 sample: `geoseg run items.json -m
+    models/s2-demo-landcover.safetensors --out s3://…/maps/` on a LocalCluster, the item's
+    assets in the store, gives the mask of the run over the same local band files."""
+    from .test_run import crop_sentinel2
+    from .test_stac_inputs import save_item_collection, stac_item
+
+    demo = Path(__file__).resolve().parent.parent / "models" / "s2-demo-landcover.safetensors"
+    local = tmp_path / "s2"
+    crop_sentinel2(local)
+    prefix = f"demo-{uuid.uuid4().hex[:8]}/"
+    hrefs = {}
+    for band in ("B02", "B03", "B04", "B08"):
+        hrefs[band] = outs.server.upload(local / f"s2_{band}.jp2", f"{prefix}s2_{band}.jp2")
+    items = save_item_collection([stac_item("s2", hrefs, "earth-search", None)],
+                                 tmp_path / "items.json")
+    reference = tmp_path / "reference"
+    code, output = geoseg("run", local, "-m", demo, "-o", reference, "--scheduler",
+                          "synchronous")
+    assert code == 0, output
+    root = outs.root("demo")
+    code, output = geoseg("run", items, "-m", demo, "-o", root, "--scratch", tmp_path / "scr",
+                          "--workers", "1")
+    assert code == 0, output
+    with rasterio.open(reference / "s2" / "s2.tif") as ref:
+        data, crs, transform = remote_mask(root, "s2")
+        assert (crs, transform) == (ref.crs, ref.transform)
+        assert np.array_equal(data, ref.read())
+    assert store_keys(root) == expected_keys(("s2",))
+    fs = filesystem(root)
+    assert sorted(validate_tree(root + "catalog.json", read=fs.cat).values()) == [
+        "Catalog", "Feature"]
+    record = OutputRoot(root).read_json("s2/scene.json")
+    assert record is not None and record["stac"]["bands"]["B04"]["asset"] == "red"
+    assert record["stac"]["bands"]["B04"]["href"] == hrefs["B04"]
