@@ -190,8 +190,14 @@ def test_split_jobs_into_one_root_give_the_full_set(outs: Outs) -> None:
     assert outs.run(root, "--scheduler", "synchronous", "--split", "0/2")[0] == 0
     report = json.loads(filesystem(root).cat_file(root.split("://", 1)[1] + "report.json"))
     assert [e["status"] for e in report["scenes"]] == ["ok", "pending", "ok"]
+    outs.server.clear()
     assert outs.run(root, "--scheduler", "synchronous", "--split", "1/2")[0] == 0
     assert store_keys(root) == expected_keys()
+    # job 1 wrote its report twice (after its scene, at its end): job 0's records read once
+    key_path = "/" + root.split("://", 1)[1]
+    gets = [r["path"][len(key_path):] for r in outs.server.requests()
+            if r["method"] == "GET" and r["path"].startswith(key_path + "scene")]
+    assert gets.count("scene0/scene.json") == gets.count("scene2/scene.json") == 1, gets
     assert_same_masks(outs, root)
     report = json.loads(filesystem(root).cat_file(root.split("://", 1)[1] + "report.json"))
     assert [e["status"] for e in report["scenes"]] == ["ok"] * 3  # job 1 read job 0's markers

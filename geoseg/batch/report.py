@@ -92,21 +92,23 @@ def build_report(
     they resolve against the report's own location either way). Each entry names its scene's
     input files and its name as found (``original``). Scenes this run did not handle are read
     back from ``out_dir``, or from the store when ``store`` is given (one listing of the root,
-    then one GET per record or failure there).
+    then one GET per record or failure there that changed since this run last read it).
     """
     import json
 
     from geoseg.batch.runner import failure_path
 
     by_name = {e["scene"]: e for e in handled}
-    keys = store.keys("") if store is not None and len(by_name) < len(sources) else set()
+    listed = store.listing("") if store is not None and len(by_name) < len(sources) else {}
     scenes = []
     for s in sources:
         entry = by_name.get(s.name)
         if entry is None and store is not None:
             failed_key, record_key = f"{STATE_DIR}/{s.name}.failed.json", f"{s.name}/{RECORD}"
-            failed = store.read_json(failed_key) if failed_key in keys else None
-            record = store.read_json(record_key) if record_key in keys else None
+            failed = store.read_json(failed_key, listed[failed_key]) \
+                if failed_key in listed else None
+            record = store.read_json(record_key, listed[record_key]) \
+                if record_key in listed else None
             entry = next((e for e in (failed, record)
                           if isinstance(e, dict) and _same_inputs(e, s)), None) or _pending(s)
         elif entry is None:

@@ -56,7 +56,10 @@ class OutputRoot:
         self.root = root if root.endswith("/") else root + "/"
         self.scheme, self.bucket, _ = split(self.root)
         self._base = self.root.split("://", 1)[1]  # bucket/prefix/ as fsspec names it
-        self.fs = filesystem(self.root, storage_options)
+        # a fresh file system: fsspec's cached instance keeps the credentials and endpoint of
+        # the environment it was made in (a long-lived process, a test changing AWS_*)
+        self.fs = filesystem(self.root, {**(storage_options or {}), "skip_instance_cache": True})
+        self._read: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def __repr__(self) -> str:
         return f"OutputRoot({redact(self.root)!r})"
@@ -118,26 +121,56 @@ class OutputRoot:
         except Exception as exc:  # noqa: BLE001
             raise self._fail(rel, exc, "upload") from None
 
-    def read_json(self, rel: str) -> dict[str, Any] | None:
-        """The JSON object at ``rel``, or None when missing, unreadable or not an object."""
+    def read_json(self, rel: str, version: str | None = None) -> dict[str, Any] | None:
+        """The JSON object at ``rel``, or None when missing, unreadable or not an object.
+
+        ``version`` (the object's ETag or time from :meth:`listing`): an object read before at
+        that version is returned from memory, not fetched again (the report reads every other
+        job's records after each scene).
+        """
+        if version is not None and (rel, version) in self._read:
+            return self._read[(rel, version)]
         try:
             self.fs.invalidate_cache(self._path(rel))  # another job may have written it
             data = json.loads(self.fs.cat_file(self._path(rel)))
         except Exception:  # noqa: BLE001 - missing, forbidden or not JSON: no record
             return None
-        return data if isinstance(data, dict) else None
+        out = data if isinstance(data, dict) else None
+        if version is not None:
+            self._read[(rel, version)] = out
+        return out
+
+    def listing(self, prefix: str) -> dict[str, str | None]:
+        """Key (relative to the root) → version (ETag, else modification time) of every object
+        under ``prefix`` (a folder, ``<scene>/``; ``""``: the whole root); empty when none.
+
+        Raises:
+            SceneError: the store cannot be listed.
+        """
+        try:
+            self.fs.invalidate_cache()  # listings of other jobs' scenes go stale
+            found = self.fs.find(self._path(prefix), detail=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # noqa: BLE001
+            raise self._fail(prefix, exc, "list") from None
+        out: dict[str, str | None] = {}
+        for path, info in found.items():
+            if path.startswith(self._base):
+                version = next((str(info[k]) for k in ("ETag", "etag", "LastModified",
+                                                       "last_modified", "mtime")
+                                if info.get(k) is not None), None)
+                out[path[len(self._base):]] = version
+        return out
 
     def keys(self, prefix: str) -> set[str]:
         """The keys (relative to the root) of every object under ``prefix`` (a folder,
-        ``<scene>/``); empty when there is none."""
-        try:
-            self.fs.invalidate_cache()  # listings of other jobs' scenes go stale
-            found = self.fs.find(self._path(prefix))
-        except FileNotFoundError:
-            return set()
-        except Exception as exc:  # noqa: BLE001
-            raise self._fail(prefix, exc, "list") from None
-        return {p[len(self._base):] for p in found if p.startswith(self._base)}
+        ``<scene>/``); empty when there is none.
+
+        Raises:
+            SceneError: the store cannot be listed.
+        """
+        return set(self.listing(prefix))
 
     def remove(self, rels: Iterable[str]) -> None:
         """Remove the objects ``rels`` (missing ones are no error).
