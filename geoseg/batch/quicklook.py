@@ -154,8 +154,10 @@ def mask_quicklook(mask_path: Path, size: int) -> np.ndarray:
 
 
 def write_png(path: Path, rgba: np.ndarray) -> Path:
-    """Write an ``(h, w, 4)`` uint8 array as a PNG."""
+    """Write an ``(h, w, 4)`` uint8 array as a PNG (zlib's default level: ``optimize=True``
+    took 0.43 s instead of 0.16 s for a 512² scene quick-look, on the client, for 1 % fewer
+    bytes)."""
     from PIL import Image
 
-    Image.fromarray(rgba, "RGBA").save(path, optimize=True)
+    Image.fromarray(rgba, "RGBA").save(path)
     return path
