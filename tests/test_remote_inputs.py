@@ -315,6 +315,39 @@ def test_glob_https_url_and_stac_hrefs_map_like_the_local_files(store, tmp_path)
     same_mask(out, "item-1", store.reference, PREFIX)
 
 
+def test_stac_documents_in_the_store_map_like_the_local_files(store, tmp_path) -> None:
+    """An ItemCollection and a static Catalog kept in the bucket (as published next to their
+    scenes: the catalog's child and item links and the assets' hrefs relative to the objects)
+    are read through fsspec, child links too, and map as the local band files do."""
+    import pystac
+
+    hrefs = {b: store.uri(f"scenes/{PREFIX}_{b}.tif") for b in BANDS}
+    items = save_item_collection([stac_item("in-store", hrefs, "earth-search", encoding=None)],
+                                 tmp_path / "items.json")
+    collection_uri = store.server.upload(items, f"{store.key_root}stac/items.json")
+    # a catalog written locally with relative links, then uploaded object by object
+    cat = pystac.Catalog("run", "scenes in the store")
+    rel = {b: f"../../../scenes/{PREFIX}_{b}.tif" for b in BANDS}  # from stac/cat/<item>/
+    cat.add_item(stac_item("in-catalog", rel, "planetary-computer", encoding=None))
+    local = tmp_path / "cat"
+    cat.normalize_hrefs(str(local))
+    cat.save(pystac.CatalogType.SELF_CONTAINED)
+    for f in sorted(local.rglob("*.json")):
+        store.server.upload(f, f"{store.key_root}stac/cat/{f.relative_to(local).as_posix()}")
+    catalog_uri = store.uri("stac/cat/catalog.json")
+    with pytest.MonkeyPatch.context() as mp:
+        store.server.env(mp)
+        found = {s.name: s for s in discover([collection_uri, catalog_uri])}
+        assert set(found) == {"in-store", "in-catalog"}
+        assert found["in-catalog"].files == tuple(hrefs.values())  # relative hrefs resolved
+        out = tmp_path / "out"
+        code, output = geoseg("run", collection_uri, catalog_uri, "-m", store.bundle, "-o", out,
+                              "--scheduler", "synchronous")
+    assert code == 0, output
+    same_mask(out, "in-store", store.reference, PREFIX)
+    same_mask(out, "in-catalog", store.reference, PREFIX)
+
+
 @pytest.mark.slow
 def test_the_secret_key_is_written_and_logged_nowhere(store, cluster_run, tmp_path,
                                                       caplog) -> None:

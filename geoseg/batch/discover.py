@@ -424,8 +424,8 @@ def discover(
     names are safe (:func:`safe_name`) and made unique in that order (:func:`unique_names`).
 
     A STAC Item, ItemCollection, Catalog or Collection (recognised by its JSON content; a local
-    file named directly or by a glob, never one found by walking a directory, or an http(s)
-    URL) gives one ``kind="stac"`` scene per item, named by the item id
+    file named directly or by a glob, never one found by walking a directory, an http(s) URL,
+    or a ``.json`` object in a store) gives one ``kind="stac"`` scene per item, named by the item id
     (:mod:`geoseg.batch.stacin`), in the document's order.
 
     Raises:
@@ -476,7 +476,7 @@ def discover(
         found.append((os.path.join(real, ""), prefix, prefix.lstrip("."),
                       SceneSource(prefix, folder, "bands", by_band,
                                   original=readable(prefix))))
-    found += stac_scenes(documents)
+    found += stac_scenes(documents, storage_options)
     found.sort(key=lambda t: (t[0], t[1]))
     names = unique_names([safe_name(base) for _, _, base, _ in found])
     return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]

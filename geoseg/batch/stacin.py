@@ -9,8 +9,9 @@ ItemCollection written by ``stac-client search … --save items.json`` has no se
 are kept as strings, so ``s3://…`` and ``https://…`` reach the scene opener as written.
 
 Local documents are read from disk; ``http(s)://`` documents through pystac's own
-:class:`~pystac.StacIO` (the standard library's urllib, no new dependency). Other URI schemes
-(``s3://``, ``gs://``, ``az://``) for the *document* are refused for now; their *assets* are not.
+:class:`~pystac.StacIO` (the standard library's urllib); documents in object storage
+(``s3://``, ``gs://``, ``az://``: a static catalog published next to its scenes) through fsspec
+(:func:`geoseg.remote.listing.filesystem`, with the run's storage options), child links too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,15 +131,32 @@ def _absolute(href: str) -> str:
     return href if is_remote(href) else os.path.abspath(href)
 
 
-def _read_json(href: str) -> dict[str, Any]:
-    import pystac
+def _stac_io(storage_options: Mapping[str, Any] | None) -> pystac.StacIO:
+    """pystac's reader, which also reads documents in object storage through fsspec."""
+    from pystac.stac_io import DefaultStacIO
 
-    if is_remote(href) and not href.lower().startswith(_HTTP):
-        raise ConfigError(
-            f"{href}: STAC documents are read from local files or http(s):// URLs; copy it "
-            "locally (its assets may stay in object storage)")
+    class StoreStacIO(DefaultStacIO):
+        def read_text_from_href(self, href: str) -> str:
+            if is_remote(href) and not href.lower().startswith(_HTTP):
+                from geoseg.remote.listing import filesystem
+                from geoseg.remote.uri import redact
+
+                try:
+                    data: bytes = filesystem(href, storage_options).cat_file(href)
+                except FileNotFoundError:
+                    raise OSError("no such object") from None
+                except Exception as exc:  # noqa: BLE001 - botocore's and others' own errors
+                    # one line, credentials redacted: _read_json names the document
+                    raise OSError(redact(f"{type(exc).__name__}: {exc}")[:200]) from None
+                return data.decode("utf-8")
+            return super().read_text_from_href(href)  # type: ignore[no-any-return]
+
+    return StoreStacIO()
+
+
+def _read_json(href: str, stac_io: pystac.StacIO) -> dict[str, Any]:
     try:
-        data = pystac.StacIO.default().read_json(href)
+        data = stac_io.read_json(href)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{href}: cannot read this STAC document ({exc})") from exc
     if not isinstance(data, dict) or data.get("type") not in STAC_TYPES:
@@ -147,7 +165,8 @@ def _read_json(href: str) -> dict[str, Any]:
     return data
 
 
-def _items(href: str, data: dict[str, Any]) -> list[tuple[pystac.Item, str]]:
+def _items(href: str, data: dict[str, Any],
+           stac_io: pystac.StacIO) -> list[tuple[pystac.Item, str]]:
     """The document's items, each with the href its relative asset hrefs resolve against."""
     import pystac
 
@@ -158,7 +177,7 @@ def _items(href: str, data: dict[str, Any]) -> list[tuple[pystac.Item, str]]:
     if kind == "FeatureCollection":
         collection = pystac.ItemCollection.from_dict(data, preserve_dict=False)
         return [(item, item.get_self_href() or href) for item in collection]
-    root = pystac.read_file(href)
+    root = pystac.read_file(href, stac_io=stac_io)
     if not isinstance(root, pystac.Catalog):
         raise ConfigError(f"{href}: a STAC {kind} that pystac did not read as one")
     items = [(item, item.get_self_href() or href) for item in _walk(root)]
@@ -215,9 +234,11 @@ def _stac_item(item: pystac.Item, base: str, document: str) -> StacItem:
     return StacItem(id=item.id, document=document, assets=tuple(assets), landsat=_landsat(item))
 
 
-def read_stac(location: str | os.PathLike[str]) -> list[StacItem]:
-    """The items of the STAC document at ``location`` (local path or http(s) URL), in document
-    order (a Catalog's in pystac's walk order).
+def read_stac(location: str | os.PathLike[str],
+              storage_options: Mapping[str, Any] | None = None) -> list[StacItem]:
+    """The items of the STAC document at ``location`` (local path, http(s) URL, or object in a
+    store read with ``storage_options``), in document order (a Catalog's in pystac's walk
+    order).
 
     Raises:
         ConfigError: the document cannot be read, is no STAC document, or a Catalog's child or
@@ -227,9 +248,10 @@ def read_stac(location: str | os.PathLike[str]) -> list[StacItem]:
 
     text = os.fspath(location)
     href = _absolute(text)
-    data = _read_json(href)
+    stac_io = _stac_io(storage_options)
+    data = _read_json(href, stac_io)
     try:
-        items = _items(href, data)
+        items = _items(href, data, stac_io)
     except ConfigError:
         raise
     except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
@@ -238,13 +260,16 @@ def read_stac(location: str | os.PathLike[str]) -> list[StacItem]:
     return [_stac_item(item, base, text) for item, base in items]
 
 
-def stac_scenes(documents: Sequence[str]) -> list[tuple[str, str, str, SceneSource]]:
-    """One scene per item of the STAC ``documents`` (local paths or http(s) URLs), as
-    ``(sort key, id, base name, source)``; an item reached twice (same id, same assets) once."""
+def stac_scenes(
+    documents: Sequence[str], storage_options: Mapping[str, Any] | None = None
+) -> list[tuple[str, str, str, SceneSource]]:
+    """One scene per item of the STAC ``documents`` (local paths or URLs; objects in a store
+    read with ``storage_options``), as ``(sort key, id, base name, source)``; an item reached
+    twice (same id, same assets) once."""
     found = []
     seen: set[tuple[str, tuple[str, ...]]] = set()
     for doc in dict.fromkeys(documents):
-        for i, item in enumerate(read_stac(doc)):
+        for i, item in enumerate(read_stac(doc, storage_options)):
             key = (item.id, tuple(sorted(a.href for a in item.assets)))
             if key in seen:
                 continue
