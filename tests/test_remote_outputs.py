@@ -377,3 +377,17 @@ def test_demo_model_over_an_item_collection_of_s3_assets_into_s3(
     record = OutputRoot(root).read_json("s2/scene.json")
     assert record is not None and record["stac"]["bands"]["B04"]["asset"] == "red"
     assert record["stac"]["bands"]["B04"]["href"] == hrefs["B04"]
+
+
+def test_file_systems_follow_the_store_environment(outs: Outs,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """One file system per store environment: a changed endpoint or key gets a new one (the
+    cause of a run with refused keys writing through an earlier test's server)."""
+    uri = f"s3://{BUCKET}/x"
+    first = filesystem(uri)
+    assert filesystem(uri) is first
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "another-secret-0000000000000000000000000")
+    other = filesystem(uri)
+    assert other is not first and filesystem(uri) is other
+    monkeypatch.undo()
+    assert filesystem(uri) is first

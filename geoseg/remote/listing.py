@@ -9,7 +9,9 @@ or ``storage_options``; they never reach the URIs returned.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +34,10 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured by botocore itself,
     and ``AWS_NO_SIGN_REQUEST=YES`` (which botocore ignores) becomes ``anon=True``.
 
+    One file system is kept per scheme, options and store environment (a digest of the
+    ``AWS_*``/``GOOGLE_*``/``AZURE_*`` variables: after a change of endpoint or keys a new one is
+    made); ``storage_options={"skip_instance_cache": True}`` makes a fresh one, kept nowhere.
+
     Raises:
         SceneError: the back-end package is not installed (names the pip extra).
     """
@@ -42,11 +48,40 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     if scheme == "s3" and "anon" not in options \
             and os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
         options["anon"] = True
+    if options.pop("skip_instance_cache", False):
+        key = None
+    else:
+        given = hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()
+        key = (_PROTOCOL[scheme], given, _environment_digest())
+        with _LOCK:
+            if key in _CACHE:
+                return _CACHE[key]
     try:
-        return fsspec.filesystem(_PROTOCOL[scheme], **options)
+        fs = fsspec.filesystem(_PROTOCOL[scheme], skip_instance_cache=True, **options)
     except ImportError as exc:
         raise SceneError(f"{redact(uri)}: listing {scheme}:// needs fsspec's back-end "
                          f"({exc.name or exc}); pip install 'geoseg[cloud]'") from None
+    if key is not None:
+        with _LOCK:
+            fs = _CACHE.setdefault(key, fs)
+    return fs
+
+
+#: File systems made by :func:`filesystem`, by protocol, options digest and environment digest.
+_CACHE: dict[tuple[str, str, str], Any] = {}
+_LOCK = threading.Lock()
+#: Environment variables a store client reads its endpoint and credentials from.
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_")
+
+
+def _environment_digest() -> str:
+    """SHA-256 of the store-related environment (``AWS_*``, ``GOOGLE_*``, ``AZURE_*``…): a
+    file system is reused only while the endpoint and credentials it was made with are the
+    environment's (fsspec's own instance cache ignores the environment, so a process whose
+    ``AWS_ENDPOINT_URL`` or keys changed kept talking to the old store). Only the digest is
+    kept, never the values."""
+    items = sorted((k, v) for k, v in os.environ.items() if k.startswith(_ENV_PREFIXES))
+    return hashlib.sha256(repr(items).encode()).hexdigest()
 
 
 def _uri(scheme: str, path: str) -> str:
