@@ -121,7 +121,8 @@ class _Batch:
         if policy is not None:  # earlier scenes first: they finish in order
             policy = replace(policy, priority=policy.priority - k)
         try:
-            fp = fingerprint(self.bundle.sha256, self.settings, source.files)
+            fp = fingerprint(self.bundle.sha256, self.settings, source.files,
+                             self.cfg.storage.options)
             if not self.overwrite and folder.is_done(fp):
                 entry = as_skipped(folder.record())
             else:
