@@ -22,6 +22,7 @@ from geoseg.models.bundle import Bundle, BundleInfo, check_align, check_unchange
 from geoseg.models.registry import NON_LOCAL_ARCHITECTURES, inference_tile_size
 from geoseg.normalize import band_conversions
 from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_model
+from geoseg.remote.uri import name as file_name  # a URI's name without its query string
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
 from geoseg.tasks import TaskPolicy
 from geoseg.tiling import SceneGrid, TileLattice
@@ -313,7 +314,7 @@ def run_prediction(
     counts = np.zeros(256, dtype=np.int64)
     tags = {
         "GEOSEG_MODEL_SHA256": bundle.sha256,
-        "GEOSEG_SCENE": Path(scene.files[0]).name if len(scene.files) == 1 else scene.name,
+        "GEOSEG_SCENE": file_name(str(scene.files[0])) if len(scene.files) == 1 else scene.name,
         CLASSES_TAG: classes_tag(meta.classes),
     }
     with ExitStack() as stack:

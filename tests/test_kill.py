@@ -82,7 +82,7 @@ def assert_only_complete_outputs(out: Path) -> list[str]:
         if entry.name.startswith("."):
             continue  # staging folders and failure records: never final names
         if entry.is_file():
-            assert entry.name in ("report.json", "report.html"), entry
+            assert entry.name in ("report.json", "report.html", "catalog.json"), entry
             if entry.suffix == ".json":
                 json.loads(entry.read_text())  # complete JSON
             continue

@@ -362,9 +362,6 @@ def test_the_secret_key_is_written_and_logged_nowhere(store, cluster_run, tmp_pa
     assert secret not in first + second + third + caplog.text
 
 
-@pytest.mark.xfail(strict=True, reason="geoseg/batch/stac.py scene_datetime opens an undated "
-                   "scene's first file with rasterio.open(URI) outside cloud_env: GDAL then "
-                   "asks AWS itself, not AWS_ENDPOINT_URL (not this module's file)")
 def test_an_undated_remote_raster_gets_its_stac_item(store, tmp_path) -> None:
     key = f"{store.key_root}undated/plain.tif"
     store.server.upload(store.local / f"{COG}.tif", key)
@@ -376,10 +373,6 @@ def test_an_undated_remote_raster_gets_its_stac_item(store, tmp_path) -> None:
     same_mask(tmp_path, "plain", store.reference, COG)
 
 
-@pytest.mark.xfail(strict=True, reason="the run's records write scene.files as given: "
-                   "geoseg/batch/runner.py (geoseg:inputs, inputs, bands: Path(b.path).name) and "
-                   "geoseg/batch/inflight.py (a failure's inputs) keep a signed URL's query "
-                   "string (not this module's files)")
 def test_a_signed_urls_signature_reaches_no_output(store, tmp_path) -> None:
     url = store.server.http_url(f"{store.key_root}scenes/{COG}.tif") + "?sig=SIGNATURE-XYZ"
     with pytest.MonkeyPatch.context() as mp:
