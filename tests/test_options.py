@@ -22,7 +22,7 @@ from .conftest import TINY_UNET
 #: The commands whose options all come from geoseg/cli/options.py (but ``--out``: what each
 #: command writes, a file for one and a folder for another).
 COMMANDS = ("predict", "run", "inspect", "vectorize", "config show")
-OWN = {"out", "out_dir", "help"}
+OWN = {"out", "out_dir", "help", "scratch"}  # run --scratch: where a store --out is staged
 
 #: Every option each command had before the options were shared: none may go away.
 BEFORE = {
