@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from geoseg.remote.listing import filesystem
 from geoseg.remote.store import OutputRoot
 
 from .conftest import write_raster
@@ -95,8 +96,9 @@ def test_missing_refused_and_unreachable_scenes_fail_alone_in_one_line(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """One run: two good scenes, a missing object, an object the (signature-checking) store
     refuses and one on a closed loopback port; outputs to ``s3://…/maps/``. Each bad scene is
-    ``failed`` with one line naming its URI and cause; nothing of it under its final keys;
-    the secret nowhere."""
+    ``failed`` with one line naming its URI and cause; nothing of it under its final keys (its
+    failure record only, under ``.geoseg/``); neither secret in the output nor in any object
+    written."""
     tmp, scenes, bundle, reference = local
     prefix = unique("bad")
     good = [s3_server.upload(scenes / f"{n}.tif", f"{prefix}scenes/{n}.tif") for n in SCENES]
@@ -125,11 +127,16 @@ def test_missing_refused_and_unreachable_scenes_fail_alone_in_one_line(
     keys = OutputRoot(root).keys("")
     for name in ("missing", "refused", "unreachable"):
         assert not any(k.startswith(f"{name}/") for k in keys), sorted(keys)
+        failure = OutputRoot(root).read_json(f".geoseg/{name}.failed.json")
+        assert failure is not None and failure["error"] == by_name[name]["error"], failure
     for name in SCENES:
         assert {f"{name}/{f.format(s=name)}" for f in SCENE_FILES} <= keys
         data, _, _ = remote_mask(root, name)
         assert np.array_equal(data, reference_mask(reference, name)), name
-    text = output + json.dumps(report)
+    fs = filesystem(root)
+    fs.invalidate_cache()
+    base = root.split("://", 1)[1]
+    text = output + "".join(fs.cat_file(base + k).decode("latin-1") for k in sorted(keys))
     for secret in (s3_server.secret, s3_auth_server.secret):
         assert secret not in text
 
