@@ -244,12 +244,6 @@ def test_a_run_over_a_remote_cog_reads_ranges_and_the_quicklook_from_an_overview
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "GDAL_HTTP_MULTIRANGE=YES (geoseg/remote/gdal_env.py base_options) makes GTiff fetch tile "
-    "runs through parallel multi-range reads that bypass /vsicurl's region cache: every block "
-    "refetches the tiles its halo shares with its neighbours (seen: the run fetched 16.3 MB for "
-    "7.7 MB needed, 2.1 x; the blocks' part 13.9 MB = their tiles counted per block, against "
-    "6.2 MB once each; with SERIAL the run fetched 8.6 MB, 1.11 x)"))
 def test_a_run_over_a_remote_cog_fetches_at_most_1_3_times_the_tiles_it_needs(
         cog_run) -> None:
     """Bytes the store sent for the scene ≤ 1.3 × the compressed bytes of the tiles needed: the
