@@ -214,6 +214,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             client.register_plugin(SimulatedDevice(rate, spec["classes"]))
 
     overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"}}
+    if rate is not None and spec.get("threads"):
+        # the GPU worker's layout: cluster.gpu_tasks task threads, one decoding a block while
+        # another waits on the device (a CPU worker has one thread: the model takes its cores)
+        overrides["cluster"] = {"threads_per_worker": spec["threads"]}
     if spec["in_flight"] is not None:
         overrides["run"] = {"scenes_in_flight": spec["in_flight"]}
     plan = plan_batch(spec["scenes"], spec["bundle"], spec["out"], None, overrides)
@@ -413,6 +417,9 @@ def main() -> None:
                         help="scenes in flight (default: geoseg's default if above 1, else 2)")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
                         help="simulated accelerator rate, Mpx/s (default 200)")
+    parser.add_argument("--sim-threads", type=int, default=None,
+                        help="task threads of the worker in the simulated rows (default: "
+                        "cluster.gpu_tasks, as geoseg starts a GPU worker)")
     parser.add_argument("--skip-cpu-model", action="store_true", help="no real-model rows")
     parser.add_argument("--skip-simulated", action="store_true", help="no simulated rows")
     parser.add_argument("--work", type=Path, default=None,
@@ -422,6 +429,10 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))), flush=True)  # noqa: T201
         return
+    if args.sim_threads is None:
+        from geoseg.config import ClusterConfig
+
+        args.sim_threads = ClusterConfig().gpu_tasks
     count = args.scenes or (3 if args.quick else 8)
     size = args.size or (1024 if args.quick else 2048)
     supported = in_flight_default()
@@ -438,7 +449,8 @@ def main() -> None:
             if not row["skip"]:
                 spec = {"label": f"{row['section']} {row['variant']}", "scenes": scenes,
                         "bundle": str(DEMO_BUNDLE), "out": str(work / f"out{k}"),
-                        "rate": row["rate"], "in_flight": row["in_flight"], "classes": classes}
+                        "rate": row["rate"], "in_flight": row["in_flight"], "classes": classes,
+                        "threads": args.sim_threads}
                 row.update(run_row(spec))
             rows.append(row)
             print(json.dumps(row), flush=True)  # noqa: T201
@@ -462,7 +474,8 @@ def main() -> None:
                   "the demo bundle, `plan_batch` + `run_planned` on a fresh local cluster with "
                   "geoseg's defaults (device cpu, vectorize on), one fresh client process per "
                   f"row; in flight = run.scenes_in_flight {n if n else '(not in this geoseg)'}; "
-                  f"simulated device R = {args.rate} Mpx/s (CPU-stage limit: no sleep)."),
+                  f"simulated device R = {args.rate} Mpx/s (CPU-stage limit: no sleep), its worker "
+                  f"with {args.sim_threads} task threads as a GPU worker has (cluster.gpu_tasks)."),
         "scenes": count,
         "size": size,
         "rows": rows,
