@@ -137,13 +137,18 @@ def test_gpu_layout_workers_run_under_jemalloc(monkeypatch: pytest.MonkeyPatch) 
     # one worker per visible GPU (pinned by CUDA_VISIBLE_DEVICES); starting one needs no GPU
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     with connect(ClusterConfig(), device="auto") as client:
-        workers = client.scheduler_info()["workers"].values()
-        assert [w["resources"] for w in workers] == [{"GPU": 1.0}]
-        assert [w["nthreads"] for w in workers] == [2]  # cluster.gpu_tasks: one reads ahead
+        workers = client.scheduler_info()["workers"]
+        # the GPU worker, and a CPU-only worker beside it for CPU tasks (cluster.cpu_workers)
+        assert sorted(str(w["resources"]) for w in workers.values()) == [
+            "{'CPU': 1.0}", "{'GPU': 1.0}"]
+        gpu = [a for a, w in workers.items() if "GPU" in w["resources"]]
+        assert [workers[a]["nthreads"] for a in gpu] == [2]  # cluster.gpu_tasks: one reads ahead
         cores = str(len(os.sched_getaffinity(0)))  # GDAL decodes a read with every core
-        assert set(client.run(lambda: os.environ["GDAL_NUM_THREADS"]).values()) == {cores}
-        assert _worker_allocators(client) == {JEMALLOC}
-        assert set(client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"]).values()) == {"0"}
+        assert set(client.run(lambda: os.environ.get("GDAL_NUM_THREADS"),
+                              workers=gpu).values()) == {cores}
+        assert _worker_allocators(client) == {JEMALLOC}  # every worker, the CPU one too
+        assert set(client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"),
+                              workers=gpu).values()) == {"0"}
     assert "GDAL_NUM_THREADS" not in os.environ
 
 
