@@ -24,13 +24,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .s3server import S3Server, exit_with_parent
+from .s3server import S3Server, exit_with_parent, start_child
 
 CONTROL = "/__proxy__"
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
@@ -66,17 +65,8 @@ class FaultProxy:
 
 
 def start_proxy(upstream: str) -> FaultProxy:
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faultproxy", upstream], cwd=root,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise RuntimeError(f"the fault proxy did not start: {line!r}")
-    return FaultProxy(f"http://127.0.0.1:{int(line)}", proc)
+    proc, port = start_child(["tests.faultproxy", upstream], "the fault proxy")
+    return FaultProxy(f"http://127.0.0.1:{port}", proc)
 
 
 @pytest.fixture(scope="session")

@@ -85,22 +85,30 @@ class S3Server:
         self.proc.wait(timeout=10)
 
 
+def start_child(args: list[str], what: str,
+                env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], int]:
+    """``python -m ARGS`` from the repository root, a loopback server that prints its port on
+    its first line (and ends when its stdin closes: :func:`exit_with_parent`); the process and
+    the port."""
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", *args], cwd=root, env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.strip().isdigit():
+        proc.kill()
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return proc, int(line)
+
+
 def start_server(auth: bool = False) -> S3Server:
     """Start a server process; with ``auth``, create a user whose keys it checks."""
     env = dict(os.environ)
     if auth:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen([sys.executable, "-m", "tests.s3server"], cwd=root, env=env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL,
-                            text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.strip().isdigit():
-        proc.kill()
-        raise RuntimeError(f"the S3 server did not start: {line!r}")
-    endpoint = f"http://127.0.0.1:{int(line)}"
+    proc, port = start_child(["tests.s3server"], "the S3 server", env)
+    endpoint = f"http://127.0.0.1:{port}"
     key, secret = "AKIAGEOSEGTEST0000001", "geoseg-test-secret-0000000000000000000001"
     if auth:
         import boto3
