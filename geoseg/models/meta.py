@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -40,6 +42,24 @@ BUNDLE_FORMAT: Final = "geoseg-bundle/1"
 InputDtype = Literal["uint8", "uint16", "int16", "float32"]
 
 
+def _finite(value: float, info: ValidationInfo) -> float:
+    if not math.isfinite(value):
+        raise ValueError(f"{info.field_name} must be a finite number, got {value}")
+    return value
+
+
+def _positive_finite(value: float, info: ValidationInfo) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{info.field_name} must be a finite number > 0, got {value}")
+    return value
+
+
+#: A finite float; a finite float > 0 (NaN or infinite statistics would silently turn every
+#: pixel into NaN).
+Finite = Annotated[float, AfterValidator(_finite)]
+PositiveFinite = Annotated[float, AfterValidator(_positive_finite)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -51,22 +71,8 @@ class InputEncoding(_Strict):
     0.0001, offset 0 before processing baseline 04.00 and −0.1 (−1000 DN) since.
     """
 
-    scale: float = Field(description="physical units per DN, finite and > 0")
-    offset: float = Field(0.0, description="physical value of DN 0, finite")
-
-    @field_validator("scale")
-    @classmethod
-    def _positive_scale(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"scale must be a finite number > 0, got {value}")
-        return value
-
-    @field_validator("offset")
-    @classmethod
-    def _finite_offset(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"offset must be a finite number, got {value}")
-        return value
+    scale: PositiveFinite = Field(description="physical units per DN, finite and > 0")
+    offset: Finite = Field(0.0, description="physical value of DN 0, finite")
 
     @property
     def is_identity(self) -> bool:
@@ -93,25 +99,11 @@ class BandSpec(_Strict):
     """
 
     name: str = Field(min_length=1, description="band name matched against the scene's bands")
-    mean: float = Field(description="mean of the band in the scene's units (e.g. DN)")
-    std: float = Field(description="standard deviation in the scene's units, > 0")
+    mean: Finite = Field(description="mean of the band in the scene's units (e.g. DN)")
+    std: PositiveFinite = Field(description="standard deviation in the scene's units, > 0")
     encoding: InputEncoding | None = Field(
         None, description="what the model's input values mean (physical = DN × scale + offset); "
                           "None: the values as stored in the file")
-
-    @field_validator("mean")
-    @classmethod
-    def _finite_mean(cls, value: float) -> float:
-        if not math.isfinite(value):
-            raise ValueError(f"mean must be a finite number, got {value}")
-        return value
-
-    @field_validator("std")
-    @classmethod
-    def _positive_std(cls, value: float) -> float:
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"std must be a finite number > 0, got {value}")
-        return value
 
     @model_serializer(mode="wrap")
     def _drop_no_encoding(self, handler: SerializerFunctionWrapHandler,
