@@ -26,7 +26,7 @@ from geoseg.remote.store import OutputRoot
 from .conftest import write_raster
 from .faultproxy import FaultProxy, fault_proxy  # noqa: F401  (fixture)
 from .s3server import BUCKET, S3Server, s3_auth_server, s3_server  # noqa: F401  (fixtures)
-from .test_remote_inputs import geoseg
+from .test_hostile_cli import geoseg
 from .test_remote_outputs import SCENE_FILES, remote_mask
 from .test_remote_read import closed_port
 from .test_run import pixels, tiny_bundle

@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from click.testing import CliRunner
 from rasterio.transform import from_origin
 
 from geoseg.batch.discover import discover
 from geoseg.batch.report import _same_inputs
 from geoseg.batch.sources import open_source
 from geoseg.batch.state import fingerprint, object_stamp
-from geoseg.cli import main
 from geoseg.errors import ConfigError, SceneError
 from geoseg.remote.gdal_env import cloud_options
 from geoseg.scene import is_uri, open_band_files, open_scene, read_window
@@ -37,6 +35,7 @@ from geoseg.tiling import Window
 
 from .conftest import BANDS, write_raster
 from .s3server import BUCKET, S3Server, s3_server  # noqa: F401  (fixture)
+from .test_hostile_cli import geoseg  # the CLI in this process: (exit status, output)
 from .test_run import pixels, tiny_bundle
 from .test_stac_inputs import save_item_collection, stac_item
 
@@ -47,13 +46,6 @@ PREFIX = "T18XYZ_20200101T101021"
 #: (geoseg/batch/stac.py scene_datetime) opens an undated scene's first file with rasterio
 #: outside the cloud GDAL options, see test_an_undated_remote_raster_gets_its_stac_item.
 COG = "S2B_20200101T101021_cog"
-
-
-def geoseg(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def write_scenes(folder: Path) -> Path:

@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-from click.testing import CliRunner
 
-from geoseg.cli import main
 from geoseg.errors import OutputError, SceneError
 from geoseg.remote.listing import filesystem
 from geoseg.remote.store import OutputRoot
@@ -37,6 +35,7 @@ from .s3server import (  # noqa: F401  (fixtures)
     s3_server,
 )
 from .stacvalid import validate_tree
+from .test_hostile_cli import geoseg  # the CLI in this process: (exit status, output)
 from .test_run import pixels, tiny_bundle
 
 H, W = 96, 128
@@ -47,13 +46,6 @@ GEOSEG = str(Path(sys.executable).parent / "geoseg")
 SCENE_FILES = ("{s}.tif", "{s}.tif.aux.xml", "{s}.gpkg", "{s}.qml", "quicklook.png", "mask.png",
                "stac.json", "scene.json")
 ROOT_FILES = ("report.json", "report.html", "catalog.json")
-
-
-def geoseg(*args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @dataclass
