@@ -32,21 +32,14 @@ import glob
 import logging
 import os
 import re
-import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
+from geoseg.batch.names import NAME_BYTES, band_key, readable, safe_name, unique_names
 from geoseg.batch.state import (
-    NAME_MAX_BYTES,
-    OLD_PREFIX,
-    RECORD,
-    RESERVED_NAMES,
-    STAGE_PREFIX,
-    STATE_DIR,
     is_output_folder,
-    is_scene_record,
     reported_scene_names,
 )
 from geoseg.errors import ConfigError
@@ -64,6 +57,8 @@ __all__ = [
     "SceneSource",
     "band_key",
     "discover",
+    "is_output_name",
+    "raster_stem",
     "readable",
     "safe_name",
     "unique_names",
@@ -82,101 +77,6 @@ _OUTPUT_SUFFIXES = RASTER_SIDECAR_SUFFIXES
 #: geoseg's temporary files (writers, GeoPackages, atomic JSON): ``.<name>.<token>.partial…``.
 _TEMPORARY = re.compile(r"^\..+\.(partial|stage)(\.[A-Za-z]+)?$")
 #: Longest scene name in UTF-8 bytes. The longest file name geoseg derives from a scene name is
-#: a writer's temporary ``.<name>.probabilities.tif.<pid>-<token>.stage.tif`` (name + 45 bytes),
-#: which GDAL may follow with ``.aux.xml`` (+8): 64 bytes are left for these.
-NAME_BYTES = NAME_MAX_BYTES - 64
-#: Names Windows (and SMB shares) refuse whatever the extension.
-_DEVICES = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
-                      *(f"lpt{i}" for i in range(10))})
-#: Invisible characters that reorder text (a file name shown as something it is not).
-_BIDI = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def band_key(name: str) -> str:
-    """A band name's comparison key: case-folded, leading zeros of ``Bnn`` dropped."""
-    m = re.fullmatch(r"b0*(\d+)(a?)", name.strip().lower())
-    return f"b{m.group(1)}{m.group(2)}" if m else name.strip().lower()
-
-
-def readable(text: str) -> str:
-    """``text`` as printable, valid UTF-8 text for reports and records.
-
-    Bytes of a file name that are not UTF-8 (``os.fsdecode``'s surrogate escapes) become
-    ``\\xNN``, control and text-reordering characters ``\\xNN``/``\\uNNNN``; anything else is
-    kept as it is.
-    """
-    try:
-        raw = text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # lone surrogates that are no escaped bytes
-        raw = text.encode("utf-8", "backslashreplace")
-    out = []
-    for ch in raw.decode("utf-8", "backslashreplace"):
-        if unicodedata.category(ch) == "Cc" or ch in _BIDI:
-            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _fit(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes, on a character boundary."""
-    return text.encode("utf-8")[:limit].decode("utf-8", "ignore")
-
-
-def safe_name(text: str) -> str:
-    """A scene name made from ``text`` (a file stem or band-file prefix) that is safe as a
-    folder and file stem on any filesystem and in a shell, URL, HTML or markup.
-
-    Letters, digits and marks of any script (NFC-normalized), ``-`` and ``_`` are kept; every
-    run of anything else (dots, spaces, ``;``, control characters, ``$<>&'"%:/\\[]`` …, bytes
-    that are not UTF-8) becomes one ``_``. Leading ``-`` (an option to many tools) is dropped;
-    a name with no letter or digit left becomes ``scene``; a reserved or Windows device name
-    gets a trailing ``_``; the name is cut to :data:`NAME_BYTES` UTF-8 bytes.
-    """
-    kept = "".join(ch if ch in "-_" or unicodedata.category(ch)[0] in "LNM" else "\0"
-                   for ch in unicodedata.normalize("NFC", text))
-    name = re.sub("\0+", "_", kept).lstrip("-")
-    name = _fit(name if name.strip("_-") else "scene", NAME_BYTES)
-    if _key(name) in _DEVICES or _key(name) in RESERVED_NAMES:
-        name = _fit(name, NAME_BYTES - 1) + "_"
-    return name
-
-
-def _key(name: str) -> str:
-    """The comparison key of a name: two names with one key may be one file on a
-    case-insensitive or normalization-insensitive filesystem (NTFS, APFS, SMB)."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
-
-
-def unique_names(bases: Sequence[str]) -> list[str]:
-    """Unique names for scenes whose safe names are ``bases``, in scene order.
-
-    The first scene with a base name keeps it; each later one gets ``<base>-2``, ``-3``…, the
-    first suffix whose name is no other scene's base name and not taken yet, compared
-    case-folded (:func:`_key`). So ``sub1/dup.tif``, ``sub2/dup.tif`` and ``dup-2.tif`` become
-    ``dup``, ``dup-3`` and ``dup-2``. The names depend only on the bases and their order, so
-    every job given the same inputs computes the same ones.
-    """
-    claimed = {_key(b) for b in bases}
-    taken: set[str] = set()
-    names: list[str | None] = []
-    for base in bases:
-        free = _key(base) not in taken
-        names.append(base if free else None)
-        taken.add(_key(base))
-    tried: dict[str, int] = {}  # base key → the last suffix number tried
-    for i, base in enumerate(bases):
-        n = tried.get(_key(base), 1)
-        while names[i] is None:
-            n += 1
-            suffix = f"-{n}"
-            candidate = _fit(base, NAME_BYTES - len(suffix)) + suffix
-            key = _key(candidate)
-            if key not in claimed and key not in taken:
-                names[i] = candidate
-                taken.add(key)
-        tried[_key(base)] = n
-    return [n for n in names if n is not None]
 
 
 @dataclass(frozen=True)
@@ -267,8 +167,14 @@ class _Outputs:
     def file(self, path: Path) -> bool:
         """True for a file geoseg wrote, or one under ``exclude``."""
         name = path.name
-        return (name.lower().endswith(_OUTPUT_SUFFIXES) or bool(_TEMPORARY.match(name))
-                or self.folder(path.parent) or _under(path, self.exclude))
+        return (is_output_name(name) or self.folder(path.parent)
+                or _under(path, self.exclude))
+
+
+def is_output_name(name: str) -> bool:
+    """True for the file name of an output geoseg writes beside a mask (confidence,
+    probabilities, sidecars) or of a temporary file of its writers."""
+    return name.lower().endswith(_OUTPUT_SUFFIXES) or bool(_TEMPORARY.match(name))
 
 
 def _under(path: Path, folders: Sequence[Path]) -> bool:
@@ -397,7 +303,7 @@ def _distinct(files: list[Path]) -> list[Path]:
     return list(best.values())
 
 
-def _raster_stem(path: PurePath) -> tuple[str, str]:
+def raster_stem(path: PurePath) -> tuple[str, str]:
     """(the name as found, the base of its safe name): ``scene.v2.tif`` → ``scene.v2``,
     ``scene``; a hidden file's leading dots are not part of its name."""
     stem = path.name[: -len(path.suffix)] if path.suffix else path.name
@@ -415,7 +321,8 @@ def discover(
     (``s3://b/scenes/a.tif``), a prefix listed like a directory, not recursively
     (``s3://b/scenes/``), or a glob (``s3://b/**/*.tif``, ``**`` spanning folders); their
     rasters and band files are grouped as local ones are, named by the object names, and kept
-    as URIs (:func:`_remote_scenes`). An http(s) URL that names no raster is a STAC document.
+    as URIs (:func:`~geoseg.batch.discover_remote.remote_scenes`). An http(s) URL that names
+    no raster is a STAC document.
     ``storage_options`` (fsspec's, e.g. a config's ``storage.options``) are used to list;
     credentials otherwise come from the environment.
 
@@ -433,6 +340,7 @@ def discover(
             matching nothing, a store that cannot be listed: the URI redacted), or a STAC
             document that cannot be read.
     """
+    from geoseg.batch.discover_remote import remote_scenes
     from geoseg.batch.stacin import is_stac_url, stac_scenes, stac_type
 
     outputs = _Outputs(exclude)
@@ -464,10 +372,10 @@ def discover(
                 documents.append(os.fspath(f))
             else:
                 log.warning("%s: not a GeoTIFF, band file or STAC document; skipped", f)
-    found: list[tuple[str, str, str, SceneSource]] = _remote_scenes(remote, outputs,
-                                                                    storage_options)
+    found: list[tuple[str, str, str, SceneSource]] = remote_scenes(remote, outputs.remote,
+                                                                   storage_options)
     for p in rasters:
-        original, base = _raster_stem(p)
+        original, base = raster_stem(p)
         found.append((os.path.realpath(p), original, base,
                       SceneSource(base, p, "raster", original=readable(original))))
     for (real, prefix), bands in groups.items():
@@ -480,79 +388,3 @@ def discover(
     found.sort(key=lambda t: (t[0], t[1]))
     names = unique_names([safe_name(base) for _, _, base, _ in found])
     return [replace(s, name=n) for n, (_, _, _, s) in zip(names, found, strict=True)]
-
-
-def _record_folder(folder: str, storage_options: Mapping[str, Any] | None) -> bool:
-    """True when remote ``folder`` holds a geoseg ``scene.json`` (a scene's outputs): one small
-    GET (a 404 for an input folder)."""
-    import json
-
-    from geoseg.remote.listing import filesystem
-    from geoseg.remote.uri import join
-
-    record = join(folder, RECORD)
-    try:
-        fs = filesystem(record, storage_options)
-        data = json.loads(fs.cat_file(record.split("://", 1)[1]))
-    except Exception:  # noqa: BLE001 - no record (404, denied, not JSON): not an output
-        return False
-    return is_scene_record(data)
-
-
-def _remote_scenes(uris: Sequence[str], outputs: _Outputs,
-                   storage_options: Mapping[str, Any] | None = None,
-                   ) -> list[tuple[str, str, str, SceneSource]]:
-    """The scenes of remote inputs, as ``(sort key, name as found, base name, source)``.
-
-    Each URI is expanded (:func:`geoseg.remote.listing.expand`: a prefix ending in ``/`` is
-    listed, a glob matched, any other URI taken as one object, unchecked until opened); the
-    objects are then told apart as local files are: band files (:data:`BAND_FILE`) grouped by
-    their prefix URI and name prefix, other ``.tif``/``.tiff`` objects scenes of their own,
-    geoseg's own outputs left out: confidence/probability rasters, temporary and staging
-    names, objects under an excluded URI (the run's output), and, for listed objects, folders
-    holding a geoseg ``scene.json``. One URI reached twice (as written) is one object.
-
-    Raises:
-        ConfigError: a prefix or glob that cannot be listed or names no raster.
-    """
-    from pathlib import PurePosixPath
-
-    from geoseg.errors import SceneError
-    from geoseg.remote.listing import expand
-    from geoseg.remote.uri import name, parent, redact
-
-    objects: list[str] = []
-    for uri in uris:
-        try:
-            objects += expand(uri, storage_options)
-        except SceneError as exc:
-            raise ConfigError(str(exc)) from None
-    groups: dict[tuple[str, str], dict[str, Path | str]] = {}
-    found: list[tuple[str, str, str, SceneSource]] = []
-    outputs_at: dict[str, bool] = {}
-    for uri in sorted(dict.fromkeys(objects)):
-        leaf = PurePosixPath(name(uri))
-        folders = uri.split("://", 1)[-1].split("/")[:-1]
-        if uri not in uris and parent(uri) not in outputs_at:
-            outputs_at[parent(uri)] = _record_folder(parent(uri), storage_options)
-        if leaf.name.lower().endswith(_OUTPUT_SUFFIXES) or _TEMPORARY.match(leaf.name) or any(
-                f == STATE_DIR or f.startswith((STAGE_PREFIX, OLD_PREFIX)) for f in folders) \
-                or any(uri.startswith(f"{ex}/") for ex in outputs.remote) \
-                or outputs_at.get(parent(uri), False):
-            log.debug("%s: an output of geoseg, not a scene; skipped", redact(uri))
-            continue
-        suffix = leaf.suffix.lower()
-        m = BAND_FILE.match(leaf.stem) if suffix in BAND_SUFFIXES else None
-        if m:
-            groups.setdefault((parent(uri), m["prefix"]), {}).setdefault(m["band"].upper(), uri)
-        elif suffix in RASTER_SUFFIXES or uri in uris:
-            original, base = _raster_stem(leaf)
-            found.append((uri, original, base,
-                          SceneSource(base, uri, "raster", original=readable(original))))
-        else:
-            log.warning("%s: not a GeoTIFF or band file; skipped", redact(uri))
-    for (folder, prefix), bands in groups.items():
-        found.append((folder + "/", prefix, prefix.lstrip("."),
-                      SceneSource(prefix, folder, "bands", dict(sorted(bands.items())),
-                                  original=readable(prefix))))
-    return found
