@@ -31,7 +31,7 @@ from geoseg.errors import ConfigError
 if TYPE_CHECKING:
     import pystac
 
-__all__ = ["STAC_TYPES", "StacItem", "is_remote", "is_stac_url", "read_stac", "stac_scenes",
+__all__ = ["STAC_TYPES", "StacItem", "has_scheme", "is_stac_url", "read_stac", "stac_scenes",
            "stac_type"]
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,11 @@ _HTTP = ("http://", "https://")
 _RASTERS = (".tif", ".tiff", ".jp2", ".vrt")
 
 
-def is_remote(href: str) -> bool:
-    """True for a URI (``scheme://…``: s3, gs, az, http(s)…); False for a local path."""
+def has_scheme(href: str) -> bool:
+    """True for an href written as a URI (``scheme://…``: s3, gs, az, http(s), but also
+    ``file://`` and schemes geoseg cannot read), which is never joined to a document's folder;
+    False for a path. Unlike :func:`geoseg.remote.uri.is_remote` (a scheme geoseg reads from a
+    store), this decides how an href is resolved, not where it is read from."""
     head, sep, _ = href.partition("://")
     return bool(sep) and head.isascii() and head.replace("+", "").isalnum() and len(head) > 1
 
@@ -90,14 +93,14 @@ class StacItem:
         from geoseg.remote.uri import is_remote as in_store
 
         return tuple(a.href if in_store(a.href) else Path(a.href) for a in self.assets
-                     if in_store(a.href) or (not is_remote(a.href) and os.path.isfile(a.href)))
+                     if in_store(a.href) or (not has_scheme(a.href) and os.path.isfile(a.href)))
 
 
 def is_stac_url(text: str) -> bool:
     """True for a URI read as a STAC document: an http(s) URL that names no raster (its path
     does not end in ``.tif``/``.tiff``/``.jp2``), or any URI ending in ``.json``; False for a
     local path or a URI naming rasters (an object, a prefix or a glob in object storage)."""
-    if not is_remote(text):
+    if not has_scheme(text):
         return False
     from geoseg.remote.uri import name
 
@@ -128,7 +131,7 @@ def stac_type(path: Path) -> str | None:
 
 def _absolute(href: str) -> str:
     """A local document's absolute POSIX path, or a URL as it is."""
-    return href if is_remote(href) else os.path.abspath(href)
+    return href if has_scheme(href) else os.path.abspath(href)
 
 
 def _stac_io(storage_options: Mapping[str, Any] | None) -> pystac.StacIO:
@@ -137,7 +140,7 @@ def _stac_io(storage_options: Mapping[str, Any] | None) -> pystac.StacIO:
 
     class StoreStacIO(DefaultStacIO):
         def read_text_from_href(self, href: str) -> str:
-            if is_remote(href) and not href.lower().startswith(_HTTP):
+            if has_scheme(href) and not href.lower().startswith(_HTTP):
                 from geoseg.remote.listing import filesystem
                 from geoseg.remote.uri import redact
 
@@ -229,7 +232,7 @@ def _stac_item(item: pystac.Item, base: str, document: str) -> StacItem:
         fields = asset.to_dict()
         if not is_data_asset(key, fields):
             continue
-        href = asset.href if is_remote(asset.href) else make_absolute_href(asset.href, base)
+        href = asset.href if has_scheme(asset.href) else make_absolute_href(asset.href, base)
         assets.append(parse_asset(key, fields, _file_path(href)))
     return StacItem(id=item.id, document=document, assets=tuple(assets), landsat=_landsat(item))
 
@@ -274,8 +277,8 @@ def stac_scenes(
             if key in seen:
                 continue
             seen.add(key)
-            where = doc if is_remote(doc) else os.path.realpath(doc)
-            path: Path | str = doc if is_remote(doc) else Path(doc)
+            where = doc if has_scheme(doc) else os.path.realpath(doc)
+            path: Path | str = doc if has_scheme(doc) else Path(doc)
             found.append((f"{where}\0{i:09d}", item.id, item.id,
                           SceneSource(item.id, path, "stac", original=readable(item.id),
                                       stac=item)))
