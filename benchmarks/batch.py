@@ -58,6 +58,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from benchmarks.cores import core_scaling
 from benchmarks.memory import DEMO_BUNDLE, REPO, RESULTS, machine, process_memory, write_scene
 
 #: Key prefix of geoseg's prediction (block) tasks (geoseg.graph.lazy_prediction).
@@ -338,7 +339,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
             "sim_in_flight_over_sequential": div(sf, ss, "mpx_s"),
             "sim_sequential_over_cpu_limit": div(ss, lim, "mpx_s"),
             "sim_in_flight_over_cpu_bound": round(sf["mpx_s"] / lim["cpu_bound_mpx_s"], 3)
-            if sf and lim else None}
+            if sf and lim else None,
+            # the most any overlap of sequential's stages could gain on this machine
+            "sim_cpu_limit_over_sequential": div(lim, ss, "mpx_s")}
 
 
 def write_results(out: dict[str, Any], name: str) -> None:
@@ -386,7 +389,15 @@ def write_results(out: dict[str, Any], name: str) -> None:
               f"CPU-bound Mpx/s (every core on CPU stages): "
               f"{fmt(rt['sim_in_flight_over_cpu_bound'])}.",
               f"* Simulated, in flight / sequential: {fmt(rt['sim_in_flight_over_sequential'])} "
-              "(target ≥ 1.5)."]
+              f"(target ≥ 1.5); the CPU-stage limit / sequential, the ceiling of that ratio on "
+              f"this machine: {fmt(rt.get('sim_cpu_limit_over_sequential'))}."]
+    if out.get("core_scaling"):
+        cs = out["core_scaling"]
+        lines += [f"* Core scaling (`benchmarks/cores.py`: DEFLATE + numpy work in one process, "
+                  f"then in {cs['before']['processes']} at once; {cs['before']['processes']}.0 "
+                  f"on independent cores): {cs['before']['scaling']} before the rows, "
+                  f"{cs['after']['scaling']} after. Overlapping stages gains at most that many "
+                  "cores' worth of work."]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -441,6 +452,7 @@ def main() -> None:
 
     classes = len(check_bundle(DEMO_BUNDLE).meta.classes)
     load_before = [round(x, 2) for x in os.getloadavg()]
+    scaling_before = core_scaling()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -455,6 +467,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)  # noqa: T201
     load_after = [round(x, 2) for x in os.getloadavg()]
+    scaling = {"before": scaling_before, "after": core_scaling()}
     busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
     import torch
 
@@ -483,6 +496,7 @@ def main() -> None:
                     **{f"{r['section']}/{r['variant']} steady": r.get("steady_busy")
                        for r in rows}},
         "ratios": ratios(rows),
+        "core_scaling": scaling,
     }
     write_results(out, "batch-quick" if args.quick else "batch")
 
