@@ -71,7 +71,7 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
 _CACHE: dict[tuple[str, str, str], Any] = {}
 _LOCK = threading.Lock()
 #: Environment variables a store client reads its endpoint and credentials from.
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_")
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_", "STORAGE_EMULATOR_HOST")
 
 
 def _environment_digest() -> str:
@@ -84,8 +84,15 @@ def _environment_digest() -> str:
     return hashlib.sha256(repr(items).encode()).hexdigest()
 
 
-def _uri(scheme: str, path: str) -> str:
-    return f"{scheme}://{path.lstrip('/')}"
+def _uri(scheme: str, path: str, netloc: str = "") -> str:
+    """The URI of fsspec's ``path`` (``bucket/key``) in ``scheme``; ``netloc`` (the listed URI's
+    ``container@account.dfs.core.windows.net`` of ``abfs://``) replaces the bucket it names,
+    so listed objects keep the account the user wrote."""
+    path = path.lstrip("/")
+    bucket, sep, rest = path.partition("/")
+    if netloc and netloc.split("@", 1)[0] == bucket:
+        path = netloc + sep + rest
+    return f"{scheme}://{path}"
 
 
 def list_prefix(uri: str, storage_options: Mapping[str, Any] | None = None,
@@ -108,7 +115,8 @@ def list_prefix(uri: str, storage_options: Mapping[str, Any] | None = None,
             from None
     except Exception as exc:
         raise SceneError(f"{redact(uri)}: cannot list ({redact(str(exc))[:200]})") from None
-    out = sorted(_uri(scheme, e["name"]) for e in entries
+    netloc = root.split("/", 1)[0]
+    out = sorted(_uri(scheme, e["name"], netloc) for e in entries
                  if e.get("type") == "file" and e["name"].lower().endswith(suffixes))
     if not out:
         raise SceneError(f"{redact(uri)}: no raster ({', '.join(suffixes)}) under this prefix")
@@ -137,7 +145,8 @@ def expand(uri: str, storage_options: Mapping[str, Any] | None = None) -> list[s
         found = fs.glob(uri[len(scheme) + 3:])
     except Exception as exc:
         raise SceneError(f"{redact(uri)}: cannot list ({redact(str(exc))[:200]})") from None
-    out = sorted(_uri(scheme, p) for p in found)
+    netloc = uri[len(scheme) + 3:].split("/", 1)[0]
+    out = sorted(_uri(scheme, p, netloc) for p in found)
     if not out:
         raise SceneError(f"{redact(uri)}: no object matches this pattern")
     return out

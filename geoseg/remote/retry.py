@@ -38,6 +38,7 @@ __all__ = [
     "RetryPolicy",
     "call_with_retries",
     "classify",
+    "hint_for",
     "read_remote_window",
 ]
 
@@ -75,6 +76,26 @@ PERMANENT: tuple[tuple[str, str, str], ...] = (
     (r"\b400\b|InvalidRequest|InvalidURI|AuthorizationHeaderMalformed",
      "request refused (HTTP 400)", "check the URI, the region (AWS_REGION) and the endpoint"),
 )
+
+#: The hint for refused credentials in stores other than S3 (PERMANENT's name AWS_*), by scheme.
+STORE_HINTS: dict[str, str] = {
+    "gs": "check GOOGLE_APPLICATION_CREDENTIALS (or the storage options) of the workers, or set "
+          "GS_NO_SIGN_REQUEST=YES for a public bucket",
+    "az": "check AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT with "
+          "AZURE_STORAGE_ACCESS_KEY or AZURE_STORAGE_SAS_TOKEN) of the workers, and the "
+          "container's access level",
+}
+_STORE = {"gs": "gs", "gcs": "gs", "az": "az", "abfs": "az", "abfss": "az"}
+
+
+def hint_for(failure: Failure, uri: str) -> str:
+    """``failure``'s hint, in the words of ``uri``'s store: a credentials hint naming S3's
+    variables becomes Google's or Azure's for ``gs://``, ``az://``, ``abfs://``."""
+    store = _STORE.get(uri.split("://", 1)[0].lower()) if "://" in uri else None
+    if store and "AWS_" in failure.hint and "HTTP 403" in failure.cause:
+        return STORE_HINTS[store]
+    return failure.hint
+
 
 #: (pattern, cause) of errors a later attempt may not meet.
 TRANSIENT: tuple[tuple[str, str], ...] = (
@@ -186,8 +207,8 @@ def call_with_retries(
             failure = classify(exc)
             if not failure.transient or attempt >= pol.attempts:
                 tries = f" after {attempt} attempts" if failure.transient else ""
-                raise SceneError(
-                    f"{safe}: {redact(failure.cause)}{tries}; {failure.hint}") from None
+                raise SceneError(f"{safe}: {redact(failure.cause)}{tries}; "
+                                 f"{hint_for(failure, uri)}") from None
             log.warning("%s: %s (attempt %d of %d), retrying", safe, failure.cause, attempt,
                         pol.attempts)
             if on_retry is not None:

@@ -34,9 +34,24 @@ def scratch_dir(scratch: str | os.PathLike[str], root: str) -> Path:
 
 
 def _cause(exc: BaseException) -> str:
-    """``exc`` as the cause in a one-line message: redacted, one line, at most 200 chars."""
-    text = " ".join((str(exc) or type(exc).__name__).split())
+    """``exc`` as the cause in a one-line message: redacted, its first line (Azure's errors go
+    on with request ids and the XML body), at most 200 chars."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), "")
+    text = " ".join((first or type(exc).__name__).split())
     return redact(text)[:200]
+
+
+#: Words of a missing bucket or container: S3 (s3fs raises FileNotFoundError), Azure
+#: (azure.core's ResourceNotFoundError, "ContainerNotFound"), GCS (gcsfs: HTTP 404 "The
+#: specified bucket does not exist").
+_NO_BUCKET = ("ContainerNotFound", "NoSuchBucket", "bucket does not exist",
+              "container does not exist")
+
+
+def _missing_bucket(exc: BaseException) -> bool:
+    """True when ``exc`` (a failed write at the root) says the bucket or container is missing."""
+    text = str(exc)
+    return isinstance(exc, FileNotFoundError) or any(w in text for w in _NO_BUCKET)
 
 
 class OutputRoot:
@@ -54,8 +69,9 @@ class OutputRoot:
             raise OutputError(f"{redact(root)}: outputs go to a local folder or an object "
                               "store (s3://, gs://, az://), not http(s)")
         self.root = root if root.endswith("/") else root + "/"
-        self.scheme, self.bucket, _ = split(self.root)
-        self._base = self.root.split("://", 1)[1]  # bucket/prefix/ as fsspec names it
+        self.scheme, self.bucket, key = split(self.root)
+        # bucket/prefix/ as fsspec names it (abfs://c@account.dfs…/p/ lists as c/p/…)
+        self._base = f"{self.bucket}/{key}"
         # a fresh file system: fsspec's cached instance keeps the credentials and endpoint of
         # the environment it was made in (a long-lived process, a test changing AWS_*)
         self.fs = filesystem(self.root, {**(storage_options or {}), "skip_instance_cache": True})
@@ -86,12 +102,13 @@ class OutputRoot:
         where = redact(self.root)
         try:
             self.fs.pipe_file(probe, b"geoseg")
-        except FileNotFoundError:
+        except Exception as exc:  # noqa: BLE001 - each fsspec back-end raises its own
+            if not _missing_bucket(exc):
+                raise OutputError(f"{where}: cannot write the output root ({_cause(exc)}); "
+                                  "check the bucket, the credentials and their write "
+                                  "permission") from None
             raise OutputError(f"{where}: no such bucket '{redact(self.bucket)}'; create it or "
                               "give another --out") from None
-        except Exception as exc:  # noqa: BLE001 - each fsspec back-end raises its own
-            raise OutputError(f"{where}: cannot write the output root ({_cause(exc)}); check "
-                              "the bucket, the credentials and their write permission") from None
         try:
             self.fs.rm_file(probe)
         except Exception as exc:  # noqa: BLE001

@@ -123,8 +123,10 @@ def name(uri: str) -> str:
 
 
 # Credentials that can appear in a URL or a message: user:password@ in a URL, signed-URL and
-# SAS tokens in a query string, and KEY=value pairs naming a secret.
-_USERINFO = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s?#]+@")
+# SAS tokens in a query string, and KEY=value pairs naming a secret. In abfs[s]:// (and
+# wasb[s]://) URIs the part before @ is the container, not a credential: kept.
+_USERINFO = re.compile(r"(?P<pre>(?<![A-Za-z0-9+.-])(?!(?i:abfss?|wasbs?)://)"
+                       r"[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s?#]+@")
 _QUERY_SECRET = re.compile(
     r"(?P<pre>[?&](?:X-Amz-(?:Credential|Signature|Security-Token)|X-Goog-(?:Credential|Signature)"
     r"|AWSAccessKeyId|Signature|x-amz-security-token|sig|sv|se|st|sp|skoid|sktid|skt|ske|sks|skv"
