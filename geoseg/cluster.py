@@ -11,6 +11,16 @@ does this itself; Slurm jobs get it from ``--gres=gpu:1`` per worker job (one wo
 each); elsewhere start one ``dask worker --resources GPU=1`` per GPU and set
 ``cluster.resources`` (``{GPU: 0.5}``: two blocks at once), which tasks then take as given.
 
+CPU-only work on CPU workers: the workers of a local cluster without GPUs (and without
+``cluster.resources``) run ``threads_per_worker`` prediction slots, offered as the resource
+``MODEL`` (:data:`MODEL_RESOURCE`) of which every prediction task takes 1, plus
+``cluster.cpu_task_threads`` threads (default 1) that only CPU-only tasks can use while the
+slots are busy; CPU-only tasks get a priority below every prediction (``cpu_priority`` of
+:class:`~geoseg.tasks.TaskPolicy`), so a free thread takes a waiting prediction first. With one
+thread per worker, scene k's vectorize blocks waited for scene k+1's prediction and then held
+the only thread, so scene k+2 started late and the model idled (``docs/cluster.md``, "Keeping
+the model busy on CPU workers"). After the last prediction every thread vectorizes.
+
 CPU-only work beside GPU workers: a local cluster of GPU workers also starts CPU-only workers
 (``cluster.cpu_workers``) offering ``CPU`` = their threads, and every CPU-only task (vectorize
 blocks) then asks for ``CPU=1`` (:attr:`~geoseg.tasks.TaskPolicy.cpu_resources`), so none takes
@@ -40,6 +50,8 @@ from geoseg.errors import ConfigError
 from geoseg.tasks import TaskPolicy
 
 __all__ = [
+    "CPU_PRIORITY",
+    "MODEL_RESOURCE",
     "SYNCHRONOUS",
     "ClusterSession",
     "available_cores",
@@ -48,6 +60,7 @@ __all__ = [
     "cuda_device_count",
     "jobqueue_kwargs",
     "local_worker_layout",
+    "model_slots",
     "parse_walltime",
     "quiet_config",
     "quiet_environ",
@@ -74,6 +87,16 @@ GPU_RESOURCE = {"GPU": 1.0}
 
 #: What the CPU-only workers beside GPU workers offer per thread, and each CPU-only task takes.
 CPU_RESOURCE = {"CPU": 1.0}
+
+#: What a worker of a local CPU cluster offers per prediction slot (``threads_per_worker``),
+#: and each prediction task takes: at most that many predictions at once, whatever its extra
+#: threads for CPU-only tasks (``cluster.cpu_task_threads``).
+MODEL_RESOURCE = {"MODEL": 1.0}
+
+#: Added to the Dask priority of CPU-only tasks on workers that also predict (a local CPU
+#: cluster): below any scene's prediction (batch runs lower a later scene's priority by 1 per
+#: scene), so a free thread takes a waiting prediction first; their order among themselves stays.
+CPU_PRIORITY = -(10**9)
 
 #: Set to the worker's cores on GPU workers: GDAL decodes the compressed tiles of one window
 #: read in that many threads (4-band uint16 DEFLATE, 2 cores: 48 → 105 Mpx/s), and reading is
@@ -185,8 +208,16 @@ def resource_arg(resources: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
 
 
+def model_slots(cfg: ClusterConfig, gpus: int = 0) -> bool:
+    """True when the workers geoseg starts for ``cfg`` offer :data:`MODEL_RESOURCE` per
+    prediction slot and extra threads for CPU-only tasks: a local cluster without GPUs, without
+    ``cluster.resources`` given, with ``cluster.cpu_task_threads`` > 0."""
+    return (not cfg.scheduler and cfg.kind == "local" and gpus == 0 and not cfg.resources
+            and cfg.cpu_task_threads > 0)
+
+
 def task_policy(cfg: ClusterConfig, gpu_workers: bool = False,
-                cpu_workers: bool = False) -> TaskPolicy:
+                cpu_workers: bool = False, model_workers: bool = False) -> TaskPolicy:
     """The resources, retries and stall timeout of prediction tasks under ``cfg``.
 
     ``gpu_workers``: the cluster geoseg starts has GPU workers offering ``GPU=1``; each task
@@ -195,18 +226,24 @@ def task_policy(cfg: ClusterConfig, gpu_workers: bool = False,
     ``cpu_workers``: CPU-only workers offering :data:`CPU_RESOURCE` run beside them (a local
     GPU cluster); CPU-only tasks then take ``CPU=1`` (``cpu_resources``). ``cfg.cpu_resources``
     given by the user are used as they are.
+    ``model_workers``: CPU workers offering :data:`MODEL_RESOURCE` per prediction slot, with
+    extra threads (:func:`model_slots`); each prediction task then takes ``MODEL=1`` and
+    CPU-only tasks get :data:`CPU_PRIORITY`.
     """
     if cfg.resources:
         resources = dict(cfg.resources)
     elif gpu_workers:  # a hair under 1/k, so that k of them always fit in float arithmetic
         resources = {k: v / cfg.gpu_tasks - 1e-9 for k, v in GPU_RESOURCE.items()}
+    elif model_workers:
+        resources = dict(MODEL_RESOURCE)
     else:
         resources = {}
     if cfg.cpu_resources:
         cpu = dict(cfg.cpu_resources)
     else:
         cpu = dict(CPU_RESOURCE) if cpu_workers else {}
-    return TaskPolicy(resources, cfg.retries, cfg.stall_timeout, cpu_resources=cpu)
+    return TaskPolicy(resources, cfg.retries, cfg.stall_timeout, cpu_resources=cpu,
+                      cpu_priority=CPU_PRIORITY if model_workers and not gpu_workers else 0)
 
 
 def cpu_worker_layout(cfg: ClusterConfig, gpus: int, cores: int | None = None) -> tuple[int, int]:
@@ -388,12 +425,16 @@ def _local_cluster(cfg: ClusterConfig, gpu_ids: list[str]) -> Any:
 
     workers, cores = local_worker_layout(cfg, gpus=len(gpu_ids))
     if not gpu_ids:
+        threads, resources = cfg.threads_per_worker, dict(cfg.resources)
+        if model_slots(cfg):  # prediction slots as MODEL, plus threads for CPU-only tasks
+            threads += cfg.cpu_task_threads
+            resources = {k: v * cfg.threads_per_worker for k, v in MODEL_RESOURCE.items()}
         return LocalCluster(
             n_workers=workers,
-            threads_per_worker=cfg.threads_per_worker,
+            threads_per_worker=threads,
             processes=True,
             memory_limit=cfg.memory_limit,
-            resources=dict(cfg.resources) or None,
+            resources=resources or None,
             dashboard_address=":0",
             **_allocator_options(cfg),
         )
@@ -549,4 +590,5 @@ def session(cfg: ClusterConfig, device: str = "auto") -> ClusterSession:
     gpus = gpu_workers(cfg, device)
     cpu_beside = gpus > 0 and cfg.kind == "local"  # _local_cluster starts CPU-only workers
     return ClusterSession(cfg, device, gpus, torch_threads(cfg, gpus),
-                          task_policy(cfg, gpu_workers=gpus > 0, cpu_workers=cpu_beside))
+                          task_policy(cfg, gpu_workers=gpus > 0, cpu_workers=cpu_beside,
+                                      model_workers=model_slots(cfg, gpus)))

@@ -534,6 +534,14 @@ class ClusterConfig(_Section):
         "cores, or one per GPU)"
     )
     threads_per_worker: Int = Field(1, gt=0, description="task threads per worker process")
+    cpu_task_threads: Int = Field(
+        1, ge=0, description="extra task threads of each worker of a local CPU cluster (no "
+        "GPU, no cluster.resources) for CPU-only tasks (vectorize blocks): its threads_per_worker "
+        "prediction slots are then a resource MODEL that every prediction task takes one of, "
+        "and a free thread takes a waiting prediction before any CPU-only task, so that "
+        "vectorizing scene k never holds up the prediction of scene k+1. 0: CPU-only tasks "
+        "share the prediction threads"
+    )
     memory_limit: str = Field("auto", description="memory limit per local worker, e.g. '4GiB'")
     allocator: Literal["auto", "jemalloc", "glibc", "system"] = Field(
         "auto", description="memory allocator of the processes that run the model: jemalloc "

@@ -33,6 +33,9 @@ class TaskPolicy:
             worker's slot; empty: any worker.
         priority: Dask priority of the tasks (higher first). A batch run with several scenes
             in flight gives an earlier scene a higher priority, so that scenes finish in order.
+        cpu_priority: added to ``priority`` for CPU-only tasks: negative
+            (:data:`geoseg.cluster.CPU_PRIORITY`) where they share workers with prediction
+            tasks (a local CPU cluster), so that a free thread takes a waiting prediction first.
     """
 
     resources: dict[str, float] = field(default_factory=dict)
@@ -40,6 +43,7 @@ class TaskPolicy:
     stall_timeout: float | None = None
     cpu_resources: dict[str, float] = field(default_factory=dict)
     priority: int = 0
+    cpu_priority: int = 0
 
 
 def map_as_finished(

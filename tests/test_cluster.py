@@ -504,3 +504,27 @@ def test_mixed_precision_agrees_with_fp32(make_scene, make_bundle, tmp_path, pre
     print(f"{precision}+channels_last vs fp32: {agreement:.5%} of {valid.sum()} pixels agree")
     assert np.array_equal(a == 255, b == 255)
     assert agreement >= 0.995
+
+
+def test_local_cpu_cluster_has_a_model_slot_and_a_thread_for_cpu_tasks() -> None:
+    """Without GPUs, a local cluster's prediction tasks take MODEL=1 (one slot per prediction
+    thread) and CPU-only tasks get a priority below every prediction; its workers have
+    ``threads_per_worker`` + ``cpu_task_threads`` threads and offer MODEL=threads_per_worker.
+    ``cpu_task_threads: 0``, given ``cluster.resources``, an existing scheduler or batch jobs
+    keep the shared threads and unconstrained tasks."""
+    from geoseg.cluster import CPU_PRIORITY, connect, model_slots, session
+
+    cpu = session(ClusterConfig(), "cpu").policy
+    assert (cpu.resources, cpu.cpu_resources, cpu.cpu_priority) == ({"MODEL": 1}, {},
+                                                                     CPU_PRIORITY)
+    assert CPU_PRIORITY < -10**6  # below any scene's prediction (one step per scene)
+    for cfg in (ClusterConfig(cpu_task_threads=0), ClusterConfig(resources={"GPU": 1}),
+                ClusterConfig(scheduler="tcp://h:8786"), ClusterConfig(kind="slurm"),
+                ClusterConfig(scheduler="synchronous")):
+        policy = session(cfg, "cpu").policy
+        assert not model_slots(cfg) and policy.cpu_priority == 0, cfg
+        assert "MODEL" not in policy.resources, cfg
+    with connect(ClusterConfig(workers=1, threads_per_worker=2, cpu_task_threads=1),
+                 "cpu") as client:
+        [worker] = client.scheduler_info()["workers"].values()
+        assert (worker["nthreads"], worker["resources"]) == (3, {"MODEL": 2})

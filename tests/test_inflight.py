@@ -345,3 +345,113 @@ def test_cpu_tasks_avoid_gpu_workers_and_scenes_overlap(gpu_and_cpu_workers, sce
     assert not misplaced, misplaced
     for name in "ab":  # the same masks as the sequential run in this process
         assert_same_mask(sequential[0] / name / f"{name}.tif", tmp_path / name / f"{name}.tif")
+
+
+# --- a local CPU cluster as geoseg starts it: one prediction slot (MODEL=1) + a vectorize thread --
+
+#: What the worker side of :class:`ModelSlotWatch` counted (in the worker process).
+_WATCH: dict[str, int] = {}
+_WATCH_COND = threading.Condition()
+#: Task prefixes of prediction (and its model check), as ``key_split`` writes them.
+PREDICT_SIDE = {"geoseg-predict", "built_align"}
+
+
+class ModelSlotWatch:
+    """A worker plugin (mixed with ``WorkerPlugin`` where used) counting, from the worker's own
+    task transitions: predictions executing at once (``most``), CPU-only tasks started while a
+    prediction executed (``beside``) and CPU-only tasks started while a prediction was
+    waiting for a thread with the model slot free (``took_the_slot``: must stay 0)."""
+
+    name = "model-slot-watch"
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+        with _WATCH_COND:
+            _WATCH.update(running=0, most=0, predicted=0, cpu=0, beside=0, took_the_slot=0)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        from dask.utils import key_split
+
+        prefix = key_split(key)
+        with _WATCH_COND:
+            if prefix == "geoseg-predict" and start == "executing":
+                _WATCH["running"] -= 1
+            if finish != "executing":
+                return
+            if prefix == "geoseg-predict":
+                _WATCH["running"] += 1
+                _WATCH["predicted"] += 1
+                _WATCH["most"] = max(_WATCH["most"], _WATCH["running"])
+            elif prefix not in PREDICT_SIDE:
+                _WATCH["cpu"] += 1
+                if _WATCH["running"]:
+                    _WATCH["beside"] += 1
+                elif any(key_split(ts.key) == "geoseg-predict"
+                         and ts.state in ("ready", "constrained")
+                         for ts in self.worker.state.tasks.values()):
+                    _WATCH["took_the_slot"] += 1
+            _WATCH_COND.notify_all()
+
+
+def _hold_predictions_of(scene: str) -> None:
+    """In a worker: scene ``scene``'s prediction blocks wait until a CPU-only task has started
+    on this worker (or :data:`PATIENCE` s), so that the run must vectorize the scene before it
+    beside a prediction, however fast or busy the machine is."""
+    inner = geoseg.graph.predict_block
+
+    def held(block: Any, job: Any) -> Any:
+        if Path(job.bands[0].path).stem == scene:
+            with _WATCH_COND:
+                _WATCH_COND.wait_for(lambda: _WATCH.get("cpu", 0) > 0, PATIENCE)
+        return inner(block, job)
+
+    geoseg.graph.predict_block = held
+
+
+def _watched() -> dict[str, int]:
+    with _WATCH_COND:
+        return dict(_WATCH)
+
+
+def test_cpu_cluster_vectorizes_beside_its_one_prediction_slot(scenes, bundle, sequential,
+                                                               tmp_path) -> None:
+    """On the local CPU cluster geoseg starts (one worker: one prediction slot, MODEL=1, and a
+    thread for CPU-only tasks), scene a's vectorize blocks run while scene b is predicting
+    (b's blocks wait on the worker until one has started: a worker whose only thread predicts
+    could never start one), never two predictions at once, and no CPU-only task ever started
+    while a prediction waited with the slot free. Counted from the worker's transitions;
+    masks and polygons are the sequential run's."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    workers: list[dict[str, Any]] = []
+    clients: list[Any] = []
+    watched: list[dict[str, int]] = []
+
+    def on_client(client: Any) -> None:
+        clients.append(client)
+        client.register_plugin(type("Watch", (ModelSlotWatch, WorkerPlugin), {})())
+        client.run(_hold_predictions_of, "b")
+        workers.extend(client.scheduler_info()["workers"].values())
+
+    class Reading(Recorder):
+        def scene_finished(self, entry: dict[str, Any]) -> None:
+            super().scene_finished(entry)
+            if len(self.finished) == 2:  # before the cluster goes
+                watched.extend(clients[0].run(_watched).values())
+
+    overrides = {"run": {"scenes_in_flight": 2}, "predict": {"confidence": True},
+                 "cluster": {"workers": 1}, "vectorize": {"block_size": 64}}
+    plan = plan_batch([scenes / "a.tif", scenes / "b.tif"], bundle, tmp_path,
+                      overrides=overrides)
+    result, _ = run_planned(plan, on_client=on_client, events=Reading())
+    assert [e["status"] for e in result.entries] == ["ok", "ok"]
+    [counts] = watched
+    assert counts["predicted"] >= 2 and counts["cpu"] > 0, counts
+    assert counts["beside"] > 0, counts  # a's polygons were made while b predicted
+    assert counts["most"] == 1, counts  # one prediction at a time: torch has the cores
+    assert counts["took_the_slot"] == 0, counts
+    assert [(w["nthreads"], w["resources"]) for w in workers] == [(2, {"MODEL": 1})]
+    for name in "ab":
+        assert_same_mask(sequential[0] / name / f"{name}.tif", tmp_path / name / f"{name}.tif")
+        assert gpkg_features(tmp_path / name / f"{name}.gpkg") == \
+            gpkg_features(sequential[0] / name / f"{name}.gpkg")

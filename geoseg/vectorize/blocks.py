@@ -210,9 +210,10 @@ def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
     (:func:`geoseg.tasks.map_as_finished`).
 
     On a cluster the tasks get ``policy``'s retries, stall timeout (a paused or missing
-    worker fails the run instead of hanging it) and priority, and its ``cpu_resources`` in
-    place of its resources: vectorizing needs no GPU, and on a cluster of GPU workers it goes
-    to the CPU-only workers beside them.
+    worker fails the run instead of hanging it) and priority plus its ``cpu_priority`` (below
+    every prediction where they share workers), and its ``cpu_resources`` in place of its
+    resources: vectorizing needs no GPU, and on a cluster of GPU workers it goes to the
+    CPU-only workers beside them.
 
     ``split``: ``result -> (sent, kept)``, run where ``fn`` ran; then ``(sent, kept)`` is
     yielded. On a cluster only ``sent`` comes here and ``kept`` is a future: it stays on the
@@ -220,6 +221,7 @@ def run_blocks(fn: Callable[[Any], Any], tasks: list[Any], client: Any,
     recomputed).
     """
     policy = policy or TaskPolicy()
-    policy = replace(policy, resources=dict(policy.cpu_resources))
+    policy = replace(policy, resources=dict(policy.cpu_resources),
+                     priority=policy.priority + policy.cpu_priority)
     for _, result in map_as_finished(fn, tasks, client, policy, what=what, keep=split):
         yield result
