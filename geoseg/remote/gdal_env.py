@@ -69,6 +69,14 @@ GDAL_INGESTED_BYTES_AT_OPEN            32768       a COG header and its tile ind
 S3-compatible stores: ``AWS_ENDPOINT_URL`` (or ``endpoint_url`` in ``storage_options``) such as
 ``http://127.0.0.1:9000`` becomes GDAL's ``AWS_S3_ENDPOINT=127.0.0.1:9000``, ``AWS_HTTPS=NO``
 and ``AWS_VIRTUAL_HOSTING=FALSE`` (path-style requests).
+
+GCS emulators: ``STORAGE_EMULATOR_HOST`` (the variable of Google's own client libraries and of
+gcsfs, ``http://127.0.0.1:9023`` or ``127.0.0.1:9023``) becomes GDAL's
+``CPL_GS_ENDPOINT=http://127.0.0.1:9023/`` and ``GS_NO_SIGN_REQUEST=YES`` (Google's libraries
+talk to an emulator unauthenticated; :func:`geoseg.remote.listing.filesystem` gives gcsfs
+``token="anon"`` likewise). Azure: GDAL and adlfs read ``AZURE_STORAGE_CONNECTION_STRING`` (its
+``BlobEndpoint`` names Azurite or Azure Stack) or ``AZURE_STORAGE_ACCOUNT`` with a key or SAS
+token from the environment themselves; nothing is mapped.
 """
 
 from __future__ import annotations
@@ -90,6 +98,7 @@ __all__ = [
     "clear_cache",
     "cloud_env",
     "cloud_options",
+    "emulator_options",
     "endpoint_options",
     "gdal_version",
 ]
@@ -186,6 +195,23 @@ def endpoint_options(endpoint_url: str) -> dict[str, str]:
     return opts
 
 
+def emulator_options(host: str) -> dict[str, str]:
+    """GDAL's options for a GCS emulator named as ``STORAGE_EMULATOR_HOST`` names it.
+
+    ``127.0.0.1:9023`` or ``http://127.0.0.1:9023`` → ``CPL_GS_ENDPOINT=http://127.0.0.1:9023/``
+    (GDAL appends ``bucket/key``: the trailing ``/`` is needed) and ``GS_NO_SIGN_REQUEST=YES``.
+
+    Raises:
+        ConfigError: not ``[http(s)://]host[:port]``.
+    """
+    url = host if "://" in host else f"http://{host}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"STORAGE_EMULATOR_HOST {redact(host)!r}: expected "
+                          "[http(s)://]host[:port], e.g. http://127.0.0.1:9023")
+    return {"CPL_GS_ENDPOINT": url.rstrip("/") + "/", "GS_NO_SIGN_REQUEST": "YES"}
+
+
 @dataclass(frozen=True)
 class CloudOptions:
     """GDAL options for cloud reads, and the credentials given explicitly (if any).
@@ -236,12 +262,14 @@ def cloud_options(
             ``anon``, ``region``, ``profile``, ``requester_pays``, ``account_name``…); they win
             over the environment. Unknown keys are refused.
         environ: the environment to read (default ``os.environ``); only non-secret variables
-            are mapped (``AWS_ENDPOINT_URL``, ``AWS_NO_SIGN_REQUEST``, ``AWS_REGION``): GDAL
-            reads credentials from the process environment itself.
+            are mapped (``AWS_ENDPOINT_URL``, ``AWS_NO_SIGN_REQUEST``, ``AWS_REGION``,
+            ``STORAGE_EMULATOR_HOST``): GDAL reads credentials from the process environment
+            itself.
         **base: passed to :func:`base_options` (retries, timeouts, extensions, cache).
 
     Raises:
-        ConfigError: an unknown ``storage_options`` key or a malformed endpoint URL.
+        ConfigError: an unknown ``storage_options`` key or a malformed endpoint URL or
+            ``STORAGE_EMULATOR_HOST``.
     """
     env = os.environ if environ is None else environ
     so = dict(storage_options or {})
@@ -254,6 +282,9 @@ def cloud_options(
         or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts.update(endpoint_options(str(endpoint)))
+    emulator = env.get("STORAGE_EMULATOR_HOST", "")
+    if emulator and emulator != "default":  # gcsfs's spelling of "none"
+        opts.update(emulator_options(emulator))
     region = so.get("region") or so.get("region_name") \
         or (so.get("client_kwargs") or {}).get("region_name")
     if region:

@@ -32,7 +32,13 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     """The fsspec file system for ``uri``'s scheme (``s3fs.S3FileSystem`` for ``s3://``…).
 
     For ``s3://`` an ``AWS_ENDPOINT_URL`` in the environment is honoured by botocore itself,
-    and ``AWS_NO_SIGN_REQUEST=YES`` (which botocore ignores) becomes ``anon=True``.
+    and ``AWS_NO_SIGN_REQUEST=YES`` (which botocore ignores) becomes ``anon=True``. For
+    ``gs://`` gcsfs honours ``STORAGE_EMULATOR_HOST`` itself; with it (an emulator) or with
+    ``GS_NO_SIGN_REQUEST=YES`` (a public bucket) requests go unauthenticated (``token="anon"``),
+    as GDAL's do (:func:`~geoseg.remote.gdal_env.emulator_options`), instead of gcsfs searching
+    for credentials (the metadata server of a cloud VM among them). ``az://`` and ``abfs://``:
+    adlfs reads ``AZURE_STORAGE_CONNECTION_STRING`` (or ``AZURE_STORAGE_ACCOUNT`` and a key or
+    SAS token) itself.
 
     One file system is kept per scheme, options and store environment (a digest of the
     ``AWS_*``/``GOOGLE_*``/``AZURE_*`` variables: after a change of endpoint or keys a new one is
@@ -48,6 +54,9 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     if scheme == "s3" and "anon" not in options \
             and os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
         options["anon"] = True
+    unsigned = os.environ.get("GS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1")
+    if _PROTOCOL[scheme] == "gcs" and "token" not in options and (_gcs_emulator() or unsigned):
+        options["token"] = "anon"  # an emulator, a public bucket: unauthenticated, as GDAL
     if options.pop("skip_instance_cache", False):
         key = None
     else:
@@ -57,7 +66,15 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
             if key in _CACHE:
                 return _CACHE[key]
     try:
-        fs = fsspec.filesystem(_PROTOCOL[scheme], skip_instance_cache=True, **options)
+        if _PROTOCOL[scheme] == "gcs" and _gcs_emulator():
+            # gcsfs ≥ 2025.10's default class first asks Google's gRPC Storage Control API for
+            # the bucket's type, which emulators lack: 60 s of timeouts per call (seen with
+            # gcp-storage-emulator). The JSON-API class is what an emulator serves.
+            from gcsfs.core import GCSFileSystem
+
+            fs = GCSFileSystem(skip_instance_cache=True, **options)
+        else:
+            fs = fsspec.filesystem(_PROTOCOL[scheme], skip_instance_cache=True, **options)
     except ImportError as exc:
         raise SceneError(f"{redact(uri)}: listing {scheme}:// needs fsspec's back-end "
                          f"({exc.name or exc}); pip install 'geoseg[cloud]'") from None
@@ -67,11 +84,16 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
     return fs
 
 
+def _gcs_emulator() -> bool:
+    """True when ``STORAGE_EMULATOR_HOST`` names a GCS emulator (gcsfs's ``default``: none)."""
+    return os.environ.get("STORAGE_EMULATOR_HOST", "default") not in ("", "default")
+
+
 #: File systems made by :func:`filesystem`, by protocol, options digest and environment digest.
 _CACHE: dict[tuple[str, str, str], Any] = {}
 _LOCK = threading.Lock()
 #: Environment variables a store client reads its endpoint and credentials from.
-_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "FSSPEC_", "STORAGE_EMULATOR_HOST")
+_ENV_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "GS_", "AZURE_", "FSSPEC_", "STORAGE_EMULATOR_HOST")
 
 
 def _environment_digest() -> str:
