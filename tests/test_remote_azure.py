@@ -30,7 +30,14 @@ from geoseg.remote.store import OutputRoot
 from geoseg.scene import open_scene
 from geoseg.tiling import Window
 
-from .azurite import ACCOUNT, ACCOUNT_KEY, CONTAINER, Azurite, azurite  # noqa: F401  (fixture)
+from .azurite import (  # noqa: F401  (fixture)
+    ACCOUNT,
+    ACCOUNT_KEY,
+    CONTAINER,
+    Azurite,
+    azurite,
+    azurite_binary,
+)
 from .conftest import BANDS
 from .test_hostile_cli import geoseg  # the CLI in this process: (exit status, output)
 from .test_remote_inputs import COG, EXIT_SOME_FAILED, PREFIX, same_mask, write_scenes, written_text
@@ -222,3 +229,17 @@ def test_an_abfs_output_root_publishes_and_lists_its_keys(blobs: Blobs, tmp_path
     assert root.keys("") == {"s/a.tif", "s/scene.json"}
     assert root.read_json("s/scene.json") is None  # not JSON: no record
     assert root.listing("s/")["s/scene.json"]
+
+
+def test_azurite_is_found_where_its_installer_puts_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ci/install-azurite.sh's folder ($GEOSEG_AZURITE_DIR), else PATH, else None (skip)."""
+    monkeypatch.setenv("GEOSEG_AZURITE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    assert azurite_binary() is None
+    binary = tmp_path / "node_modules" / ".bin" / "azurite-blob"
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    assert azurite_binary() is None  # not executable
+    binary.chmod(0o755)
+    assert azurite_binary() == str(binary)

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from geoseg.batch.discover import discover
-from geoseg.errors import ConfigError
-from geoseg.remote import cloud_options, expand
+from geoseg.errors import ConfigError, SceneError
+from geoseg.remote import call_with_retries, cloud_options, expand
 from geoseg.remote.listing import filesystem
 
 from .conftest import BANDS
@@ -82,6 +82,18 @@ def test_storage_emulator_host_maps_onto_gdal_options() -> None:
             environ={"STORAGE_EMULATOR_HOST": unset}).gdal
     with pytest.raises(ConfigError, match="STORAGE_EMULATOR_HOST 'ftp://x': expected"):
         cloud_options(environ={"STORAGE_EMULATOR_HOST": "ftp://x"})
+
+
+def test_a_refused_read_names_googles_credentials_not_aws() -> None:
+    def refused() -> None:
+        raise OSError("HTTP response code: 403")
+
+    for uri, names in (("gs://b/k.tif", "GOOGLE_APPLICATION_CREDENTIALS"),
+                       ("s3://b/k.tif", "AWS_NO_SIGN_REQUEST")):
+        with pytest.raises(SceneError) as err:
+            call_with_retries(refused, uri)
+        assert str(err.value).startswith(f"{uri}: access denied (HTTP 403); check ")
+        assert names in str(err.value)
 
 
 def test_a_bucket_prefix_and_a_glob_list_like_a_directory(bucket: Bucket) -> None:
