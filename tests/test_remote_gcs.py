@@ -148,3 +148,12 @@ def test_a_run_on_a_local_cluster_into_the_bucket_matches_the_local_run(bucket: 
     assert {k for k in uploads(bucket.server, root) if not k.startswith(".geoseg-probe-")} == {
         "report.json", "report.html", "catalog.json"}
     assert not [r for r in bucket.server.requests() if r["path"] in scene_paths and r["range"]]
+
+
+def test_a_missing_bucket_stops_the_run_before_any_scene(bucket: Bucket) -> None:
+    code, output = geoseg("run", bucket.local, "-m", bucket.bundle, "-o",
+                          "gs://no-such-bucket-geoseg/maps/", "--scratch", bucket.tmp / "scratch",
+                          "--scheduler", "synchronous")
+    assert code == 1, output
+    assert "error: gs://no-such-bucket-geoseg/maps/: no such bucket 'no-such-bucket-geoseg'; " \
+        "create it or give another --out" in output
