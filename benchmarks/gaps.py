@@ -1,6 +1,7 @@
 """Where the prediction thread idles: the task stream lined up with each scene thread's stages.
 
-    python -m benchmarks.gaps [--scenes 4] [--size 1024] [--in-flight 2] [--work DIR]
+    python -m benchmarks.gaps [--scenes 4] [--size 1024] [--in-flight 2]
+                              [--cpu-task-threads N] [--work DIR] [--json FILE]
 
 Runs ``--scenes`` copies of one synthetic 4-band uint16 scene through geoseg's batch path
 (:func:`geoseg.batch.plan_batch` + :func:`geoseg.batch.run_planned`, the demo bundle, device
@@ -97,7 +98,8 @@ def attribute(first: float, last: float, predict: list[tuple[float, float]],
     return {k: round(v, 4) for k, v in sorted(shares.items(), key=lambda kv: -kv[1])}
 
 
-def run(scenes: list[str], out: Path, in_flight: int) -> dict[str, Any]:
+def run(scenes: list[str], out: Path, in_flight: int,
+        cpu_task_threads: int | None = None) -> dict[str, Any]:
     """One batch through geoseg; the task stream, the stages and the attribution."""
     from geoseg.batch import plan_batch, run_planned
     from geoseg.batch.runner import QuietEvents
@@ -127,9 +129,14 @@ def run(scenes: list[str], out: Path, in_flight: int) -> dict[str, Any]:
         clients.append(client)
         client.get_task_stream(start=0, stop=0)  # the scheduler records from now on
 
-    overrides = {"predict": {"device": "cpu"}, "run": {"scenes_in_flight": in_flight}}
+    overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"},
+                                            "run": {"scenes_in_flight": in_flight}}
+    if cpu_task_threads is not None:
+        overrides["cluster"] = {"cpu_task_threads": cpu_task_threads}
     plan = plan_batch(scenes, str(DEMO_BUNDLE), out, None, overrides)
+    begin = time.time()
     run_planned(plan, overwrite=True, events=Events(), on_client=on_client)
+    wall = time.time() - begin
     first = min(started.values())
     last = max(started[e["scene"]] + e["timings_s"]["total"] for e in entries)
     by_prefix: dict[str, list[tuple[float, float]]] = defaultdict(list)
@@ -144,6 +151,7 @@ def run(scenes: list[str], out: Path, in_flight: int) -> dict[str, Any]:
         "in_flight": in_flight,
         "scenes": len(entries),
         "workers": sorted(workers.values(), key=str),
+        "wall_s": round(wall, 2),
         "span_s": round(last - first, 2),
         "predict_busy": round(busy_fraction(predict, first, last), 4),
         "to_last_predict": round(busy_fraction(predict, first, max(b for _, b in predict)), 4),
@@ -173,6 +181,9 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=4, help="scenes (default 4)")
     parser.add_argument("--size", type=int, default=1024, help="scene side, px (default 1024)")
     parser.add_argument("--in-flight", type=int, default=2, help="scenes in flight (default 2)")
+    parser.add_argument("--cpu-task-threads", type=int, default=None,
+                        help="cluster.cpu_task_threads (default: geoseg's; 0: the shared "
+                        "threads of before)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep scenes and outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
@@ -181,7 +192,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         scenes = make_scenes(work, args.scenes, args.size)
         load = os.getloadavg()[0]
-        result = run(scenes, work / "out", args.in_flight)
+        result = run(scenes, work / "out", args.in_flight, args.cpu_task_threads)
     result["load_before"] = round(load, 2)
     line = json.dumps(result)
     print(line, flush=True)  # noqa: T201
