@@ -1,7 +1,11 @@
 """The lazy prediction graph: one Dask task per block, each reading its own pixels.
 
-``lazy_prediction`` returns a ``(bands, H, W)`` uint8 dask array on the scene's grid whose
-chunks are the block cores. Nothing runs until a writer pulls the blocks (``iter_blocks``).
+``lazy_prediction`` returns a dask array laid out on the scene's grid whose chunks are the block
+cores; each chunk computes to a :class:`~geoseg.predict.BlockResult` (the block's uint8
+outputs, and its share of the scene's quick-look when the job asks for one), so the array is
+pulled block by block with ``iter_blocks``, never computed whole. Nothing runs until a writer
+pulls the blocks.
+
 Every task reads its block plus halo from the files itself, so no pixel passes through the
 client and no process ever holds more than one block per running task.
 """
@@ -14,14 +18,14 @@ from typing import Any
 import numpy as np
 
 from geoseg.errors import GeoSegError, detached
-from geoseg.predict import BlockJob, predict_block
+from geoseg.predict import BlockJob, BlockResult, predict_block
 from geoseg.tasks import TaskPolicy, map_as_finished
 from geoseg.tiling import SceneGrid
 
 __all__ = ["iter_blocks", "lazy_prediction"]
 
 
-def _block_task(grid: SceneGrid, job: BlockJob, block_id: tuple[int, int, int]) -> np.ndarray:
+def _block_task(grid: SceneGrid, job: BlockJob, block_id: tuple[int, int, int]) -> BlockResult:
     try:
         return predict_block(grid.block(block_id[1], block_id[2]), job)
     except GeoSegError as exc:  # e.g. a truncated file: reaches the client as itself
@@ -39,7 +43,9 @@ def lazy_prediction(
         resources: Dask worker resources each task needs (e.g. ``{"GPU": 1}``), or None.
 
     Returns:
-        ``dask.array.Array`` of shape ``(job.outputs.count, H, W)``, dtype uint8.
+        ``dask.array.Array`` of shape ``(job.outputs.count, H, W)`` whose chunks compute to
+        :class:`~geoseg.predict.BlockResult` objects (dtype object): pull them with
+        :func:`iter_blocks`; ``compute()`` of the whole array cannot concatenate them.
     """
     import dask
     import dask.array as da
@@ -52,16 +58,18 @@ def lazy_prediction(
             grid=grid,
             job=job,
             chunks=((job.outputs.count,), *grid.chunks),
-            dtype=np.uint8,
-            meta=np.empty((0, 0, 0), dtype=np.uint8),
+            dtype=object,
+            meta=np.empty((0, 0, 0), dtype=object),
             name="geoseg-predict-" + tokenize(grid, job),
         )
 
 
 def iter_blocks(
     array: Any, client: Any = None, policy: TaskPolicy | None = None
-) -> Iterator[tuple[tuple[int, int], np.ndarray]]:
-    """Compute the array's blocks, yielding ``((i, j), block)`` as each finishes.
+) -> Iterator[tuple[tuple[int, int], Any]]:
+    """Compute the array's blocks, yielding ``((i, j), block)`` as each finishes (``block``:
+    what the chunk's task returns, a :class:`~geoseg.predict.BlockResult` for
+    :func:`lazy_prediction`).
 
     With a ``distributed.Client`` all blocks are submitted at once (Dask queues them so memory
     stays bounded) and fetched one by one as they complete; without one, each block is

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from geoseg.predict import BlockJob, ModelRef, OutputSpec, cache_model, has_mode
 from geoseg.remote.uri import name as file_name  # a URI's name without its query string
 from geoseg.scene import BandRef, Scene, open_scene, select_bands
 from geoseg.tasks import TaskPolicy
+from geoseg.thumb import QuicklookCanvas, QuicklookSpec, quicklook_shape
 from geoseg.tiling import SceneGrid, TileLattice
 from geoseg.writers import RasterSpec, StreamingCOGWriter, check_writable
 
@@ -62,6 +63,10 @@ class PredictResult:
         class_pixels: class id → number of pixels in the mask (nodata excluded).
         nodata_pixels: number of nodata pixels in the mask.
         seconds: wall-clock time of the whole scene.
+        tiles: tiles run through the model.
+        quicklook: the scene's quick-look summed from the blocks' parts
+            (:class:`~geoseg.thumb.QuicklookCanvas`), when the plan asked for one
+            (:meth:`PredictionPlan.with_quicklook`); else None.
     """
 
     outputs: dict[str, Path]
@@ -70,6 +75,7 @@ class PredictResult:
     nodata_pixels: int
     seconds: float
     tiles: int = field(default=0)
+    quicklook: QuicklookCanvas | None = None
 
 
 def output_paths(mask: Path, cfg: PredictConfig) -> dict[str, Path]:
@@ -163,6 +169,24 @@ class PredictionPlan:
     job: BlockJob
     outputs: dict[str, Path]
     overwrite: bool
+
+    def with_quicklook(self, bands: Sequence[BandRef], size: int) -> PredictionPlan:
+        """This plan, its block tasks also returning their share of the scene's quick-look:
+        ``bands`` (red, green, blue: three of ``job.bands``) in a picture at most ``size`` px
+        a side (:func:`~geoseg.thumb.quicklook_shape`). :func:`run_prediction` then sums the
+        parts into :attr:`PredictResult.quicklook`.
+
+        Raises:
+            ValueError: a band that the job does not read.
+        """
+        missing = [b.name for b in bands if b not in self.job.bands]
+        if len(bands) != 3 or missing:
+            raise ValueError(f"quick-look bands {[b.name for b in bands]}: need three of the "
+                             f"bands the job reads ({[b.name for b in self.job.bands]})")
+        r, g, b = (self.job.bands.index(band) for band in bands)
+        spec = QuicklookSpec(quicklook_shape(self.scene.height, self.scene.width, size),
+                             (r, g, b))
+        return replace(self, job=replace(self.job, quicklook=spec))
 
 
 def plan_prediction(
@@ -312,6 +336,7 @@ def run_prediction(
         grid.lattice.tile_size, grid.lattice.halo, "blend" if job.blend else "trim",
     )
     counts = np.zeros(256, dtype=np.int64)
+    canvas = QuicklookCanvas.empty(job.quicklook.shape) if job.quicklook else None
     tags = {
         "GEOSEG_MODEL_SHA256": bundle.sha256,
         "GEOSEG_SCENE": file_name(str(scene.files[0])) if len(scene.files) == 1 else scene.name,
@@ -320,7 +345,8 @@ def run_prediction(
     with ExitStack() as stack:
         writers = _open_writers(stack, plan.outputs, scene, bundle, job.outputs, plan.overwrite,
                                 tags)
-        for done, ((i, j), block) in enumerate(iter_blocks(array, client, policy), start=1):
+        for done, ((i, j), result) in enumerate(iter_blocks(array, client, policy), start=1):
+            block = result.classes
             window = grid.block(i, j).core
             band = 0
             for writer in writers.values():
@@ -328,6 +354,8 @@ def run_prediction(
                 writer.write(window, block[band : band + n])
                 band += n
             counts += np.bincount(block[0].ravel(), minlength=256)
+            if canvas is not None and result.quicklook is not None:
+                canvas.add(result.quicklook)
             if progress is not None:
                 progress(done, len(grid))
         for writer in writers.values():
@@ -339,6 +367,7 @@ def run_prediction(
         nodata_pixels=int(counts[NODATA]),
         seconds=time.perf_counter() - start,
         tiles=sum(len(b.tiles) for b in grid.blocks()),
+        quicklook=canvas,
     )
 
 

@@ -21,6 +21,7 @@ from geoseg.maskfile import NODATA
 from geoseg.models.bundle import BandSpec
 from geoseg.normalize import Conversion, band_conversions
 from geoseg.scene import BandRef, read_window
+from geoseg.thumb import QuicklookPart, QuicklookSpec, quicklook_part
 from geoseg.tiling import Block, Tile, cosine_ramp
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NODATA",
     "BlockJob",
+    "BlockResult",
     "ModelRef",
     "OutputSpec",
     "cache_model",
@@ -99,6 +101,8 @@ class BlockJob:
         blend: weighted blending of probabilities instead of halo trimming.
         halo: the lattice halo, pixels (for the blending weights).
         crs_wkt, transform: the scene grid, for bands resampled onto it on read.
+        quicklook: what each block adds to the scene's quick-look from the raw pixels it
+            reads (:mod:`geoseg.thumb`); None (``geoseg predict``): no quick-look parts.
         conversions: per band, from the scene band's declared encoding to the bundle's
             (:func:`geoseg.normalize.band_conversions`), worked out when the job is made:
             a job whose bands cannot be brought to the bundle's encoding is never made (the
@@ -117,6 +121,7 @@ class BlockJob:
     halo: int = 0
     crs_wkt: str = ""
     transform: tuple[float, ...] = ()
+    quicklook: QuicklookSpec | None = None
     conversions: tuple[Conversion, ...] = field(init=False, default=())
 
     def __post_init__(self) -> None:
@@ -128,6 +133,22 @@ class BlockJob:
         """The bands whose values are converted: band name → :meth:`Conversion.to_json`
         (empty when the scene is in the bundle's encoding), for the scene's record."""
         return {c.band: c.to_json() for c in self.conversions if c.converts}
+
+
+@dataclass(frozen=True, eq=False)
+class BlockResult:
+    """What one block task returns.
+
+    Attributes:
+        classes: ``(job.outputs.count, h, w)`` uint8 over the block core: class ids, then the
+            optional confidence and per-class probabilities in percent; :data:`NODATA` where
+            the input is nodata.
+        quicklook: the block's share of the scene's quick-look, from the raw pixels it read;
+            None when the job asks for none, or when the block core holds no valid pixel.
+    """
+
+    classes: np.ndarray
+    quicklook: QuicklookPart | None = None
 
 
 @dataclass
@@ -279,14 +300,14 @@ def _batches(tiles: list[Tile], size: int) -> list[list[Tile]]:
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def predict_block(block: Block, job: BlockJob) -> np.ndarray:
-    """Predict one block.
+def predict_block(block: Block, job: BlockJob) -> BlockResult:
+    """Predict one block (and, if the job asks, its share of the quick-look).
 
     Returns:
-        ``(job.outputs.count, h, w)`` uint8 for the block's core: class ids, then the optional
-        confidence and per-class probabilities in percent; :data:`NODATA` where the input is
-        nodata or outside the scene. Tiles whose core holds no valid pixel are not run; a block
-        with no valid pixel never touches the model.
+        the block core's classes (:class:`BlockResult`): ``(job.outputs.count, h, w)`` uint8,
+        class ids, then the optional confidence and per-class probabilities in percent;
+        :data:`NODATA` where the input is nodata or outside the scene. Tiles whose core holds
+        no valid pixel are not run; a block with no valid pixel never touches the model.
     """
     spec = job.outputs
     out = np.full((spec.count, *block.core.shape), NODATA, dtype=np.uint8)
@@ -294,7 +315,8 @@ def predict_block(block: Block, job: BlockJob) -> np.ndarray:
                              job.transform)
     core_in_read = block.core.relative_to(block.read).slices()
     if not valid[core_in_read].any():
-        return out
+        return BlockResult(out)
+    part = _quicklook_part(block, job, raw, valid[core_in_read])
     if job.blend:
         import torch
 
@@ -303,7 +325,20 @@ def predict_block(block: Block, job: BlockJob) -> np.ndarray:
     else:
         _predict_trimmed(block, job, raw, valid, out)
     out[:, ~valid[core_in_read]] = NODATA
-    return out
+    return BlockResult(out, part)
+
+
+def _quicklook_part(block: Block, job: BlockJob, raw: np.ndarray, valid_core: np.ndarray
+                    ) -> QuicklookPart | None:
+    """The block core's quick-look part from ``raw`` (``(C, H, W)`` over the block's read
+    window, as read) and ``valid_core`` (``(h, w)`` bool over its core); None without a spec."""
+    ql = job.quicklook
+    if ql is None:
+        return None
+    rows, cols = block.core.relative_to(block.read).slices()
+    pixels = raw[list(ql.bands), rows, cols]
+    return quicklook_part(pixels, valid_core, (block.core.row, block.core.col),
+                          (job.height, job.width), ql.shape)
 
 
 def _live_tiles(block: Block, valid: np.ndarray, region: str) -> list[Tile]:

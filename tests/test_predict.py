@@ -203,9 +203,9 @@ def test_blocks_predicted_in_parallel_threads_are_the_same(make_scene, make_bund
                            PredictConfig(device=device, block_size=128, tile_size=208,
                                          batch_size=2, stitch=stitch))
     blocks = list(plan.grid.blocks())
-    alone = [predict_block(b, plan.job) for b in blocks]
+    alone = [predict_block(b, plan.job).classes for b in blocks]
     with ThreadPoolExecutor(3) as pool:
-        together = list(pool.map(lambda b: predict_block(b, plan.job), blocks * 2))
+        together = list(pool.map(lambda b: predict_block(b, plan.job).classes, blocks * 2))
     assert len(blocks) >= 6 and len(np.unique(np.concatenate([a.ravel() for a in alone]))) >= 3
     for n, out in enumerate(together):
         assert np.array_equal(out, alone[n % len(blocks)]), f"block {n % len(blocks)} differs"

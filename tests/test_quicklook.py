@@ -1,4 +1,5 @@
-"""Quick-looks: read strip by strip through a bounded block cache, same picture as one read."""
+"""Quick-looks: read strip by strip through a bounded block cache, same picture as one read;
+summed from the blocks' parts, the same picture whatever the blocks."""
 
 from __future__ import annotations
 
@@ -9,10 +10,17 @@ import pytest
 import rasterio
 from rasterio.enums import Resampling
 
-from geoseg.batch.quicklook import _strips, mask_quicklook, scene_quicklook
+from geoseg.batch.quicklook import (
+    _strips,
+    canvas_quicklook,
+    mask_quicklook,
+    pick_rgb,
+    scene_quicklook,
+    write_png,
+)
 from geoseg.scene import open_scene
 
-from .conftest import coherent_field, write_raster
+from .conftest import TINY_UNET, coherent_field, write_raster
 
 
 def _one_read(path: Path, shape: tuple[int, int]) -> list[np.ndarray]:
@@ -85,3 +93,86 @@ def test_mask_quicklook_paints_the_classes_and_leaves_nodata_clear(tmp_path: Pat
     rgba = mask_quicklook(mask, 64)
     assert rgba.tolist() == [[[10, 20, 30, 255], [200, 100, 0, 255]],
                              [[0, 0, 0, 0], [200, 100, 0, 255]]]
+
+
+# --- the scene's picture summed from the blocks' parts (geoseg.thumb) -----------------------------
+
+
+def _run_with_quicklook(scene: Path, bundle: Path, out: Path, block_size: int, size: int = 64):
+    from geoseg.config import PredictConfig
+    from geoseg.pipeline import plan_prediction, run_prediction
+
+    plan = plan_prediction(scene, bundle, out, PredictConfig(device="cpu", block_size=block_size,
+                                                             tile_size=208))
+    plan = plan.with_quicklook(pick_rgb(plan.job.bands), size)
+    return plan, run_prediction(plan)
+
+
+def test_block_parts_give_one_picture_whatever_the_blocks(make_scene, make_bundle,
+                                                          tmp_path: Path) -> None:
+    """An integer scene predicted in blocks of 100 and of 1000 px: the same canvas and the same
+    PNG bytes; the masks are the files a run without quick-look parts writes, byte for byte;
+    and the picture is close to the GDAL re-read's (a different decimation rule)."""
+    from geoseg.config import PredictConfig
+    from geoseg.pipeline import predict_scene
+
+    scene = make_scene(height=250, width=310, nodata_box=(0, 0, 60, 90))
+    bundle = make_bundle(TINY_UNET)
+    pngs, canvases = [], []
+    for bs in (100, 1000):
+        plan, result = _run_with_quicklook(scene, bundle, tmp_path / f"m{bs}.tif", bs)
+        assert (len(plan.grid) > 4) == (bs == 100)  # 6 blocks of 128 px, or one
+        assert result.quicklook is not None and plan.job.quicklook is not None
+        assert plan.job.quicklook.bands == (2, 1, 0)  # B04, B03, B02 of the model's bands
+        canvases.append(result.quicklook)
+        pngs.append(write_png(tmp_path / f"q{bs}.png", canvas_quicklook(result.quicklook))
+                    .read_bytes())
+    assert np.array_equal(canvases[0].sums, canvases[1].sums)
+    assert np.array_equal(canvases[0].counts, canvases[1].counts)
+    assert pngs[0] == pngs[1]
+    # geoseg predict asks for no parts, and writes the same mask
+    plain = predict_scene(scene, bundle, tmp_path / "plain.tif",
+                          PredictConfig(device="cpu", block_size=100, tile_size=208))
+    assert plain.quicklook is None
+    assert (tmp_path / "plain.tif").read_bytes() == (tmp_path / "m100.tif").read_bytes()
+    # against the GDAL re-read: same shape, transparency and colours but at the nodata box's
+    # edges, where the two rules cut the source pixels differently
+    opened = open_scene(scene)
+    old = scene_quicklook(opened, opened.bands, 64).astype(int)
+    new = canvas_quicklook(canvases[0]).astype(int)
+    assert old.shape == new.shape == (52, 64, 4)
+    alpha_differs = (old[..., 3] != new[..., 3]).mean()
+    both = (old[..., 3] == 255) & (new[..., 3] == 255)
+    diff = np.abs(old[..., :3] - new[..., :3])[both]
+    assert alpha_differs < 0.01 and diff.mean() < 2.0, (alpha_differs, diff.mean())
+
+
+def test_a_run_draws_the_picture_from_the_parts_without_reading_the_scene_again(
+        make_scene, make_bundle, tmp_path: Path, monkeypatch) -> None:
+    """`geoseg run` (in process): no GDAL re-read of the scene for its quick-look, and the
+    picture is the one its blocks summed (block sizes 100 and 1000: the same PNG)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from geoseg.batch import quicklook
+    from geoseg.cli import main
+
+    def no_reread(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the scene was read again for its quick-look")
+
+    monkeypatch.setattr(quicklook, "_read_small", no_reread)
+    scene = make_scene(height=250, width=310)
+    bundle = make_bundle(TINY_UNET)
+    pngs = []
+    for bs in (100, 1000):
+        out = tmp_path / f"out{bs}"
+        result = CliRunner().invoke(main, ["run", str(scene), "-m", str(bundle), "-o", str(out),
+                                           "--scheduler", "synchronous", "--no-vectorize",
+                                           "--block-size", str(bs)])
+        assert result.exit_code == 0, result.output
+        pngs.append((out / "scene" / "quicklook.png").read_bytes())
+    assert pngs[0] == pngs[1]
+    _, expected = _run_with_quicklook(scene, bundle, tmp_path / "m.tif", 1000, size=512)
+    assert expected.quicklook is not None
+    with Image.open(tmp_path / "out100" / "scene" / "quicklook.png") as png:
+        assert np.array_equal(np.asarray(png), canvas_quicklook(expected.quicklook))

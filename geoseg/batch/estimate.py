@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from geoseg.blockcache import BLOCK_CACHE_MIB
 from geoseg.errors import BundleError
 from geoseg.models.bundle import BundleInfo
+from geoseg.thumb import QuicklookCanvas
 from geoseg.tiling import SceneGrid
 
 __all__ = ["BASE_BYTES", "CLIENT_BASE_BYTES", "ModelSize", "activation_bytes_per_pixel",
@@ -35,7 +36,8 @@ BASE_BYTES = 400 * 2**20
 #: client and the local scheduler) besides its scenes, bytes. Measured peaks, 4 scenes of
 #: 1024² with the demo model, vectorizing: 290 MiB with 1 scene in flight, 312-320 MiB with
 #: 2 and 321-323 MiB with 3; the bound (this + in flight × :func:`scene_client_bytes`, 81 MiB
-#: each there) errs high: 381, 462 and 543 MiB.
+#: each there before the quick-look canvas of :mod:`geoseg.thumb`) errs high: 381, 462 and
+#: 543 MiB.
 CLIENT_BASE_BYTES = 300 * 2**20
 
 
@@ -144,15 +146,34 @@ def worker_peak_bytes(bundle: BundleInfo, grid: SceneGrid, batch_size: int, n_ba
     return int(BASE_BYTES + 2 * weights + tasks * buffers + activations)
 
 
-def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int, n_bands: int) -> int:
-    """Client memory one scene in flight holds at most, bytes: the GDAL block cache of its COG
-    writers (:data:`~geoseg.blockcache.BLOCK_CACHE_MIB`; GDAL's cache is one per process, so
-    several scenes share it and this errs high), two blocks of its ``outputs`` uint8 bands
-    (one being written, one fetched), and its quick-looks (``quicklook_size``² px, float64 per
-    band plus RGBA). A scene never holds more: blocks stream through and the files are the
-    checkpoint (``docs/architecture.md``)."""
-    blocks = 2 * outputs * block_size**2
-    quicklooks = quicklook_size**2 * (8 * n_bands + 4)
+#: Client bytes per quick-look pixel besides the canvas the blocks' parts are summed into
+#: (:meth:`~geoseg.thumb.QuicklookCanvas.bytes_per_pixel`): the mean planes drawn from it
+#: (3 float64) and the RGBA picture (4 uint8). The mask's picture (uint8 plus RGBA) is drawn
+#: after the scene's, from memory that is free again.
+_QUICKLOOK_DRAW_BYTES = 3 * 8 + 4
+
+
+def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int,
+                       n_bands: int = 3) -> int:
+    """Client memory one scene in flight holds at most, bytes.
+
+    The GDAL block cache of its COG writers (:data:`~geoseg.blockcache.BLOCK_CACHE_MIB`;
+    GDAL's cache is one per process, so several scenes share it and this errs high); two
+    blocks of its ``outputs`` uint8 bands (one being written, one fetched), each with its
+    quick-look part (float64 sums of 3 bands and uint32 counts over the picture pixels its core
+    touches: at most ``min(block_size, quicklook_size) + 1`` a side); and its quick-look: the
+    canvas the parts are summed into (``quicklook_size``² px × 3 float64 sums and an int64
+    count, 8 MiB at 512 px), then the picture drawn from it. A scene never holds more: blocks
+    stream through and the files are the checkpoint (``docs/architecture.md``).
+
+    ``n_bands`` no longer counts (the picture has three bands whatever the scene has); it is
+    accepted for the callers that pass it.
+    """
+    del n_bands
+    side = min(block_size, quicklook_size) + 1
+    part = (3 * 8 + 4) * side**2
+    blocks = 2 * (outputs * block_size**2 + part)
+    quicklooks = quicklook_size**2 * (QuicklookCanvas.bytes_per_pixel() + _QUICKLOOK_DRAW_BYTES)
     return int(BLOCK_CACHE_MIB * 2**20 + blocks + quicklooks)
 
 

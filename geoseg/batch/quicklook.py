@@ -1,14 +1,17 @@
 """Small pictures for the run report: a scene in natural colours beside its class mask.
 
-Reads are decimated by GDAL (overviews or resolution levels where the files have them), so a
-quick-look of a huge scene costs a few MB, never the full scene. A file without them is decoded
-in columns of strips, each block about once, through a block cache of two rows of a column's
-blocks (:mod:`geoseg.blockcache`): memory does not grow with the scene.
+A run's scene picture is summed from the blocks the prediction tasks read anyway
+(:mod:`geoseg.thumb`: each block task returns its share, the client adds them up) and drawn
+with :func:`planes_rgba`; nothing is read twice. :func:`scene_quicklook` reads the scene again,
+for callers that have no such parts. Its reads are decimated by GDAL (overviews or resolution
+levels where the files have them), so a quick-look of a huge scene costs a few MB, never the
+full scene. A file without them is decoded in columns of strips, each block about once, through
+a block cache of two rows of a column's blocks (:mod:`geoseg.blockcache`): memory does not grow
+with the scene.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -18,18 +21,12 @@ from geoseg.batch.discover import band_key
 from geoseg.blockcache import bounded_block_cache
 from geoseg.maskfile import NODATA
 from geoseg.scene import BandRef, Scene, open_on_grid
+from geoseg.thumb import QuicklookCanvas, quicklook_shape
 
-__all__ = ["mask_quicklook", "pick_rgb", "quicklook_shape", "scene_quicklook", "write_png"]
+__all__ = ["canvas_quicklook", "mask_quicklook", "pick_rgb", "planes_rgba", "quicklook_shape",
+           "scene_quicklook", "write_png"]
 
 _RGB_NAMES = (("b4", "red", "r"), ("b3", "green", "g"), ("b2", "blue", "b"))
-
-
-def quicklook_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """``(h, w)`` of a picture whose longest side is at most ``size`` px, aspect kept."""
-    scale = max(height, width) / size
-    if scale <= 1:
-        return height, width
-    return max(1, math.ceil(height / scale)), max(1, math.ceil(width / scale))
 
 
 def pick_rgb(bands: Sequence[BandRef]) -> tuple[BandRef, ...]:
@@ -119,10 +116,10 @@ def _read_small(scene: Scene, bands: Sequence[BandRef], shape: tuple[int, int]) 
     return [planes[pos] for pos in range(len(bands))]
 
 
-def scene_quicklook(scene: Scene, bands: Sequence[BandRef], size: int) -> np.ndarray:
-    """``(h, w, 4)`` uint8 RGBA: a 2–98 % stretch per band, transparent where no data."""
-    shape = quicklook_shape(scene.height, scene.width, size)
-    planes = _read_small(scene, pick_rgb(bands), shape)
+def planes_rgba(planes: Sequence[np.ndarray]) -> np.ndarray:
+    """``(h, w, 4)`` uint8 RGBA from three ``(h, w)`` float planes (red, green, blue; NaN where
+    there is no data): a 2–98 % stretch per band, transparent where any band has no data."""
+    shape = planes[0].shape
     rgba = np.zeros((*shape, 4), np.uint8)
     valid = np.ones(shape, bool)
     for k, plane in enumerate(planes):
@@ -134,6 +131,21 @@ def scene_quicklook(scene: Scene, bands: Sequence[BandRef], size: int) -> np.nda
             rgba[..., k] = np.clip(np.nan_to_num(scaled), 0, 255).astype(np.uint8)
     rgba[..., 3] = np.where(valid, 255, 0)
     return rgba
+
+
+def canvas_quicklook(canvas: QuicklookCanvas) -> np.ndarray:
+    """``(qh, qw, 4)`` uint8 RGBA of a scene's quick-look summed from its blocks' parts: each
+    picture pixel the mean of the valid source pixels that fall in it (:mod:`geoseg.thumb`),
+    stretched as :func:`planes_rgba`."""
+    return planes_rgba(list(canvas.planes()))
+
+
+def scene_quicklook(scene: Scene, bands: Sequence[BandRef], size: int) -> np.ndarray:
+    """``(h, w, 4)`` uint8 RGBA of the scene read again, decimated by GDAL (average), at most
+    ``size`` px a side; stretched as :func:`planes_rgba`. For callers without the parts of
+    :func:`canvas_quicklook` (which costs no read)."""
+    shape = quicklook_shape(scene.height, scene.width, size)
+    return planes_rgba(_read_small(scene, pick_rgb(bands), shape))
 
 
 def mask_quicklook(mask_path: Path, size: int) -> np.ndarray:

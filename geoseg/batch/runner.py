@@ -164,7 +164,8 @@ def process_scene(
                                             cfg, client, progress, policy)
             timings["vectorize"] = time.perf_counter() - t
         t = time.perf_counter()
-        outputs.update(_quicklooks(scene, plan, outputs["mask"], stage, cfg.run.quicklook_size))
+        outputs.update(_quicklooks(scene, plan, result, outputs["mask"], stage,
+                                   cfg.run.quicklook_size))
         classes = _class_counts(outputs["mask"], result.class_pixels, bundle)
         if cfg.run.stac:
             outputs["stac"] = _write_stac(scene, outputs, stage, bundle, cfg, result.class_pixels,
@@ -192,8 +193,9 @@ def _open_scene(
     source: SceneSource, bundle: BundleInfo, cfg: Config, folder: SceneFolder, threads: int | None
 ) -> tuple[Scene, Path, PredictionPlan]:
     """Stage ``open``: open the scene's files, create its staging folder and plan the
-    prediction into it (every check, nothing computed). Returns the scene, the staging folder
-    and the plan."""
+    prediction into it (every check, nothing computed), its block tasks also returning their
+    share of the quick-look. Returns the scene, the staging folder and the plan."""
+    from geoseg.batch.quicklook import pick_rgb
     from geoseg.pipeline import plan_scene_prediction
     from geoseg.remote.uri import is_remote
 
@@ -203,6 +205,7 @@ def _open_scene(
     stage = folder.open()
     plan = plan_scene_prediction(scene, bundle, stage / f"{source.name}.tif", cfg.predict,
                                  overwrite=True, threads=threads, source=shown(source.path))
+    plan = plan.with_quicklook(pick_rgb(plan.job.bands), cfg.run.quicklook_size)
     return scene, stage, plan
 
 
@@ -250,15 +253,24 @@ def _vectorize(
 
 
 def _quicklooks(
-    scene: Scene, plan: PredictionPlan, mask: Path, stage: Path, size: int
+    scene: Scene, plan: PredictionPlan, result: PredictResult, mask: Path, stage: Path, size: int
 ) -> dict[str, Path]:
     """Stage ``report``, pictures: ``quicklook.png`` (the scene, true colour where it can) and
-    ``mask.png`` (the mask in its colours), at most ``size`` px a side. Role → path."""
-    from geoseg.batch.quicklook import mask_quicklook, scene_quicklook, write_png
+    ``mask.png`` (the mask in its colours), at most ``size`` px a side. Role → path.
 
+    The scene's picture is the one its blocks summed while they were predicted
+    (``result.quicklook``); only a result without it has the scene read again."""
+    from geoseg.batch.quicklook import (
+        canvas_quicklook,
+        mask_quicklook,
+        scene_quicklook,
+        write_png,
+    )
+
+    picture = (canvas_quicklook(result.quicklook) if result.quicklook is not None
+               else scene_quicklook(scene, plan.job.bands, size))
     return {
-        "thumbnail": write_png(stage / "quicklook.png",
-                               scene_quicklook(scene, plan.job.bands, size)),
+        "thumbnail": write_png(stage / "quicklook.png", picture),
         "mask-thumbnail": write_png(stage / "mask.png", mask_quicklook(mask, size)),
     }
 
