@@ -110,3 +110,23 @@ def test_parts_refuse_mismatched_shapes_and_specs_bad_bands() -> None:
         quicklook_part(np.zeros((4, 2, 2)), np.ones((2, 2), bool), (0, 0), (2, 2), (1, 1))
     with pytest.raises(ValueError, match="three band positions"):
         QuicklookSpec((4, 4), (0, 1))  # type: ignore[arg-type]
+
+
+def test_all_valid_blocks_and_undecimated_pictures_take_the_short_paths_to_the_same_sums() -> None:
+    """A block without nodata (counts from the bin sizes) and a picture as large as the scene
+    (nothing to add up: the means are the samples)."""
+    pixels, _ = _scene(97, 131, seed=5, dtype="uint16")
+    every = np.ones((97, 131), bool)
+    for picture in ((97, 131), (20, 27), (97, 5), (3, 131)):
+        part = quicklook_part(pixels, every, (0, 0), (97, 131), picture)
+        rb, cb = picture_bins(0, 97, 97, picture[0]), picture_bins(0, 131, 131, picture[1])
+        flat = (rb[:, None] * picture[1] + cb[None, :]).ravel()
+        counts = np.bincount(flat, minlength=picture[0] * picture[1]).reshape(picture)
+        assert part.counts.dtype == np.uint32 and np.array_equal(part.counts, counts), picture
+        for k in range(3):
+            sums = np.bincount(flat, weights=pixels[k].ravel().astype(np.float64),
+                               minlength=counts.size).reshape(picture)
+            assert np.array_equal(part.sums[k], sums), picture
+    canvas = QuicklookCanvas.empty((97, 131))
+    canvas.add(quicklook_part(pixels, every, (0, 0), (97, 131), (97, 131)))
+    assert np.array_equal(canvas.planes(), pixels.astype(np.float64))
