@@ -528,3 +528,35 @@ def test_local_cpu_cluster_has_a_model_slot_and_a_thread_for_cpu_tasks() -> None
                  "cpu") as client:
         [worker] = client.scheduler_info()["workers"].values()
         assert (worker["nthreads"], worker["resources"]) == (3, {"MODEL": 2})
+
+
+WARM_SCRIPT = """
+import sys, threading
+from distributed import Client, LocalCluster
+from geoseg.config import PredictConfig
+from geoseg.models.bundle import check_bundle
+from geoseg.pipeline import model_ref
+from geoseg.workers import register_model
+
+if __name__ == "__main__":
+    bundle = check_bundle(sys.argv[1])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        before = "dask.array" in sys.modules
+        register_model(client, model_ref(bundle, PredictConfig(device="cpu")))
+        for thread in threading.enumerate():
+            if thread.name == "geoseg-warm-imports":
+                thread.join()
+        print(before, "dask.array" in sys.modules)
+"""
+
+
+def test_the_client_imports_its_graph_modules_while_the_workers_load_the_model(
+        make_bundle, tmp_path) -> None:
+    """A fresh client without dask.array has it once the model is registered on the workers:
+    imported meanwhile, not at the first scene's start."""
+    bundle = make_bundle(TINY_UNET)
+    done = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(bundle)], capture_output=True,
+                          text=True, env=cli_env(), timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["False", "True"], done.stdout
