@@ -153,8 +153,7 @@ def worker_peak_bytes(bundle: BundleInfo, grid: SceneGrid, batch_size: int, n_ba
 _QUICKLOOK_DRAW_BYTES = 3 * 8 + 4
 
 
-def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int,
-                       n_bands: int = 3) -> int:
+def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int) -> int:
     """Client memory one scene in flight holds at most, bytes.
 
     The GDAL block cache of its COG writers (:data:`~geoseg.blockcache.BLOCK_CACHE_MIB`;
@@ -165,11 +164,7 @@ def scene_client_bytes(block_size: int, outputs: int, quicklook_size: int,
     canvas the parts are summed into (``quicklook_size``² px × 3 float64 sums and an int64
     count, 8 MiB at 512 px), then the picture drawn from it. A scene never holds more: blocks
     stream through and the files are the checkpoint (``docs/architecture.md``).
-
-    ``n_bands`` no longer counts (the picture has three bands whatever the scene has); it is
-    accepted for the callers that pass it.
     """
-    del n_bands
     side = min(block_size, quicklook_size) + 1
     part = (3 * 8 + 4) * side**2
     blocks = 2 * (outputs * block_size**2 + part)

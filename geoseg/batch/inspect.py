@@ -100,8 +100,7 @@ def _inspect(source: SceneSource, plan: BatchPlan, tasks: int) -> SceneInspectio
         peak = worker_peak_bytes(bundle, grid, batch_size(p, grid.lattice), len(bands),
                                  np.dtype(scene.dtype).itemsize, p.stitch == "blend",
                                  outputs, tasks)
-        client = scene_client_bytes(grid.block_size, outputs, cfg.run.quicklook_size,
-                                    len(bands))
+        client = scene_client_bytes(grid.block_size, outputs, cfg.run.quicklook_size)
     except Exception as exc:  # noqa: BLE001 - report it, as the run would
         return SceneInspection(name, kind, path, error=str(exc))
     index = kind == "raster"
