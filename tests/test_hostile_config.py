@@ -40,7 +40,8 @@ INT_FIELDS = ["predict.tile_size", "predict.halo", "predict.block_size", "predic
               "cluster.slurm.gpus", "cluster.slurm.array_tasks", "cluster.slurm.array_parallel",
               "cluster.slurm.jobs", "cluster.slurm.processes", "cluster.pbs.cpus",
               "cluster.kubernetes.workers", "cluster.kubernetes.gpus",
-              "cluster.kubernetes.array_tasks", "cluster.kubernetes.array_parallel"]
+              "cluster.kubernetes.array_tasks", "cluster.kubernetes.array_parallel",
+              "cluster.cpu_task_threads", "cluster.cpu_workers", "run.scenes_in_flight"]
 
 
 @pytest.mark.parametrize("field", INT_FIELDS)
