@@ -468,7 +468,10 @@ def main() -> None:
             print(json.dumps(row), flush=True)  # noqa: T201
     load_after = [round(x, 2) for x in os.getloadavg()]
     scaling = {"before": scaling_before, "after": core_scaling()}
-    busy = max(load_before[0], load_after[0]) > 0.5 * (os.cpu_count() or 1)
+    # the load after counts this benchmark's own processes; the load before (1-minute average)
+    # and the core scaling measured before the rows tell whether anything else ran
+    cores = os.cpu_count() or 1
+    busy = load_before[0] > 0.5 * cores or scaling_before["scaling"] < 0.8 * cores
     import torch
 
     argv = " ".join(["python -m benchmarks.batch", *sys.argv[1:]])
@@ -481,8 +484,9 @@ def main() -> None:
         "command": argv,
         "load_before": load_before,
         "load_after": load_after,
-        "busy_note": (f": **machine busy (load {max(load_before[0], load_after[0])} on "
-                      f"{os.cpu_count()} CPUs), compare ratios, not seconds**" if busy else ""),
+        "busy_note": (f": **machine busy (load {load_before[0]} on {cores} CPUs before, core "
+                      f"scaling {scaling_before['scaling']}), compare ratios, not seconds**"
+                      if busy else ""),
         "setup": (f"{count} copies of one synthetic {size}² 4-band uint16 DEFLATE tiled scene, "
                   "the demo bundle, `plan_batch` + `run_planned` on a fresh local cluster with "
                   "geoseg's defaults (device cpu, vectorize on), one fresh client process per "
