@@ -324,11 +324,29 @@ def plan_rows(args: argparse.Namespace, n: int | None) -> list[dict[str, Any]]:
     return out
 
 
+#: Row figures a repeated row reports as the median of its repetitions.
+MEDIAN_KEYS = ("wall_s", "span_s", "mpx_s", "cpu_bound_mpx_s", "predict_busy", "steady_busy",
+               "cores_busy")
+
+
+def median_row(rows: list[dict[str, Any]], section: str, variant: str) -> dict[str, Any] | None:
+    """The row ``section``/``variant`` with :data:`MEDIAN_KEYS` replaced by their medians over
+    its repetitions (``--repeat``); None when no repetition ran."""
+    import statistics
+
+    runs = [r for r in rows if r["section"] == section and r["variant"] == variant
+            and "span_s" in r]
+    if not runs:
+        return None
+    return {**runs[0], **{k: round(statistics.median(r[k] for r in runs), 4)
+                          for k in MEDIAN_KEYS}, "repeats": len(runs)}
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """The issue's figures from the rows (None where a row is missing)."""
+    """The issue's figures from the rows, each row the median of its repetitions (None where
+    a row is missing)."""
     def get(section: str, variant: str) -> dict[str, Any] | None:
-        return next((r for r in rows if r["section"] == section and r["variant"] == variant
-                     and "span_s" in r), None)
+        return median_row(rows, section, variant)
 
     cs, cf = get("cpu model", "sequential"), get("cpu model", "in flight")
     ss, sf, lim = (get("simulated", v) for v in ("sequential", "in flight", "CPU-stage limit"))
@@ -342,6 +360,16 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, float | None]:
             if sf and lim else None,
             # the most any overlap of sequential's stages could gain on this machine
             "sim_cpu_limit_over_sequential": div(lim, ss, "mpx_s")}
+
+
+def rows_by(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """``section/variant`` (and ``… steady``) → the median predict-busy fractions."""
+    out: dict[str, float | None] = {}
+    for r in rows:
+        m = median_row(rows, r["section"], r["variant"])
+        out[f"{r['section']}/{r['variant']}"] = m["predict_busy"] if m else None
+        out[f"{r['section']}/{r['variant']} steady"] = m["steady_busy"] if m else None
+    return out
 
 
 def write_results(out: dict[str, Any], name: str) -> None:
@@ -359,7 +387,8 @@ def write_results(out: dict[str, Any], name: str) -> None:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in out["rows"]:
         flight = r["in_flight"] or ("n/a" if r.get("skip") else "1 (no key)")
-        head = (f"| {r['section']} | {r['variant']} | {flight} | "
+        run = f" (run {r['repeat']})" if out.get("repeat", 1) > 1 else ""
+        head = (f"| {r['section']} | {r['variant']}{run} | {flight} | "
                 f"{r['rate'] or ''} |")
         if r.get("skip"):
             lines.append(f"{head} skipped: {r['skip']} |||||||||||")
@@ -376,7 +405,9 @@ def write_results(out: dict[str, Any], name: str) -> None:
     rt = out["ratios"]
     fmt = lambda v: "n/a" if v is None else v  # noqa: E731
     by = out["rows_by"]
-    lines += ["", "Figures (computed; targets from issue 19):", "",
+    medians = (f", each the median of {out['repeat']} interleaved runs"
+               if out.get("repeat", 1) > 1 else "")
+    lines += ["", f"Figures (computed{medians}; targets from issue 19):", "",
               f"* CPU model, predict busy in flight: {pct(by.get('cpu model/in flight'))} "
               f"(target ≥ 95 %), {pct(by.get('cpu model/in flight steady'))} up to the last "
               f"prediction; sequential {pct(by.get('cpu model/sequential'))}, "
@@ -431,6 +462,8 @@ def main() -> None:
     parser.add_argument("--sim-threads", type=int, default=None,
                         help="task threads of the worker in the simulated rows (default: "
                         "cluster.gpu_tasks, as geoseg starts a GPU worker)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every row this many times, interleaved; figures are medians")
     parser.add_argument("--skip-cpu-model", action="store_true", help="no real-model rows")
     parser.add_argument("--skip-simulated", action="store_true", help="no simulated rows")
     parser.add_argument("--work", type=Path, default=None,
@@ -457,7 +490,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         scenes = make_scenes(work, count, size)
-        for k, row in enumerate(plan_rows(args, n)):
+        # repetitions interleave (sequential, in flight, limit, sequential…) so that a slow
+        # spell of a shared host falls on every variant alike
+        planned = [(rep, row) for rep in range(args.repeat) for row in plan_rows(args, n)]
+        for k, (rep, row) in enumerate(planned):
+            row["repeat"] = rep + 1
             if not row["skip"]:
                 spec = {"label": f"{row['section']} {row['variant']}", "scenes": scenes,
                         "bundle": str(DEMO_BUNDLE), "out": str(work / f"out{k}"),
@@ -496,10 +533,9 @@ def main() -> None:
         "scenes": count,
         "size": size,
         "rows": rows,
-        "rows_by": {**{f"{r['section']}/{r['variant']}": r.get("predict_busy") for r in rows},
-                    **{f"{r['section']}/{r['variant']} steady": r.get("steady_busy")
-                       for r in rows}},
+        "rows_by": rows_by(rows),
         "ratios": ratios(rows),
+        "repeat": args.repeat,
         "core_scaling": scaling,
     }
     write_results(out, "batch-quick" if args.quick else "batch")
