@@ -524,6 +524,9 @@ def test_local_cpu_cluster_has_a_model_slot_and_a_thread_for_cpu_tasks() -> None
         policy = session(cfg, "cpu").policy
         assert not model_slots(cfg) and policy.cpu_priority == 0, cfg
         assert "MODEL" not in policy.resources, cfg
+    # a command without CPU-only tasks (predict, run --no-vectorize) starts no thread for them
+    bare = session(ClusterConfig(), "cpu", cpu_tasks=False)
+    assert bare.cfg.cpu_task_threads == 0 and "MODEL" not in bare.policy.resources
     with connect(ClusterConfig(workers=1, threads_per_worker=2, cpu_task_threads=1),
                  "cpu") as client:
         [worker] = client.scheduler_info()["workers"].values()

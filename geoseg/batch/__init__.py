@@ -275,7 +275,7 @@ def run_planned(
     if out is None:
         raise ConfigError("this batch was planned without an output directory")
     cfg = plan.cfg
-    cluster = session(cfg.cluster, cfg.predict.device)
+    cluster = session(cfg.cluster, cfg.predict.device, cpu_tasks=cfg.vectorize.enabled)
     made = not out.exists()
     check_output_dir(out, "--out" if plan.out_uri is None else "--scratch")
     store = None

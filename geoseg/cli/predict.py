@@ -50,7 +50,7 @@ def predict(scene: Path, bundle_path: Path, out: Path, config_path: Path | None,
 
     cfg = load_config(config_path, config_overrides())
     rerun_under_allocator(cfg.cluster)
-    cluster = session(cfg.cluster, cfg.predict.device)
+    cluster = session(cfg.cluster, cfg.predict.device, cpu_tasks=False)
     plan = plan_prediction(scene, bundle_path, out, cfg.predict, overwrite,
                            cluster.threads)  # fail before a cluster starts
     with cluster.connect() as client, \
