@@ -21,7 +21,6 @@ import io
 import json
 import subprocess
 import threading
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import server
@@ -30,14 +29,13 @@ from typing import Any
 
 import pytest
 
-from .s3server import exit_with_parent, start_child
+from .s3server import LOG_PATH, LoggedServer, exit_with_parent, start_child
 
 BUCKET = "geoseg-test"
-LOG_PATH = "/__log__"
 
 
 @dataclass
-class GCSServer:
+class GCSServer(LoggedServer):
     """A running emulator: its endpoint and its request log."""
 
     endpoint: str  # http://127.0.0.1:PORT
@@ -61,15 +59,6 @@ class GCSServer:
         """Upload a file as ``key``; its ``gs://`` URI."""
         self.fs().put_file(str(path), f"{bucket}/{key}")
         return f"gs://{bucket}/{key}"
-
-    def requests(self) -> list[dict[str, Any]]:
-        """Every request served since the last :meth:`clear`."""
-        with urllib.request.urlopen(self.endpoint + LOG_PATH, timeout=10) as r:
-            return json.loads(r.read())
-
-    def clear(self) -> None:
-        req = urllib.request.Request(self.endpoint + LOG_PATH, method="DELETE")
-        urllib.request.urlopen(req, timeout=10).close()
 
     def stop(self) -> None:
         self.proc.kill()

@@ -32,8 +32,24 @@ REGION = "us-east-1"
 LOG_PATH = "/__log__"
 
 
+class LoggedServer:
+    """The request log of a loopback server that serves it at :data:`LOG_PATH` (``GET``: every
+    request since the last ``DELETE``); a base of the server handles, which set ``endpoint``."""
+
+    endpoint: str
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request served since the last :meth:`clear`."""
+        with urllib.request.urlopen(self.endpoint + LOG_PATH, timeout=10) as r:
+            return json.loads(r.read())
+
+    def clear(self) -> None:
+        req = urllib.request.Request(self.endpoint + LOG_PATH, method="DELETE")
+        urllib.request.urlopen(req, timeout=10).close()
+
+
 @dataclass
-class S3Server:
+class S3Server(LoggedServer):
     """A running loopback server: its endpoint, the keys it accepts and its request log."""
 
     endpoint: str
@@ -50,15 +66,6 @@ class S3Server:
 
         return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key,
                             aws_secret_access_key=secret or self.secret, region_name=REGION)
-
-    def requests(self) -> list[dict[str, Any]]:
-        """Every request served since the last :meth:`clear`."""
-        with urllib.request.urlopen(self.endpoint + LOG_PATH, timeout=10) as r:
-            return json.loads(r.read())
-
-    def clear(self) -> None:
-        req = urllib.request.Request(self.endpoint + LOG_PATH, method="DELETE")
-        urllib.request.urlopen(req, timeout=10).close()
 
     def upload(self, path: Path, key: str, public: bool = True, bucket: str = BUCKET) -> str:
         """Upload a file; return its ``s3://`` URI."""

@@ -40,9 +40,15 @@ from .azurite import (  # noqa: F401  (fixture)
 )
 from .conftest import BANDS
 from .test_hostile_cli import geoseg  # the CLI in this process: (exit status, output)
-from .test_remote_inputs import COG, EXIT_SOME_FAILED, PREFIX, same_mask, write_scenes, written_text
+from .test_remote_inputs import (
+    COG,
+    EXIT_SOME_FAILED,
+    PREFIX,
+    same_mask,
+    stage_scenes,
+    written_text,
+)
 from .test_remote_outputs import expected_keys, store_keys
-from .test_run import tiny_bundle
 
 WRONG_KEY = "V1JPTkdrZXlXUk9OR2tleVdST05Ha2V5V1JPTkdrZXlXUk9OR2tleVdST05Ha2V5MDAwMDAwMDA="
 
@@ -79,15 +85,7 @@ class Blobs:
 @pytest.fixture(scope="module")
 def blobs(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("azure")
-    local = write_scenes(tmp / "scenes")
-    prefix = f"azure-{uuid.uuid4().hex[:8]}/"
-    for f in sorted(local.iterdir()):
-        azurite.upload(f, f"{prefix}scenes/{f.name}")
-    bundle = tiny_bundle(tmp / "tiny.safetensors")
-    reference = tmp / "reference"
-    code, output = geoseg("run", local, "-m", bundle, "-o", reference, "--scheduler",
-                          "synchronous")
-    assert code == 0, output
+    prefix, local, bundle, reference = stage_scenes(azurite.upload, tmp, "azure")
     with pytest.MonkeyPatch.context() as mp:
         azurite.env(mp)
         yield Blobs(azurite, prefix, local, bundle, reference, tmp)

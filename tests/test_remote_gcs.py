@@ -12,7 +12,6 @@ a run must give the masks of the local run over the same files.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +25,8 @@ from geoseg.remote.listing import filesystem
 from .conftest import BANDS
 from .gcsserver import BUCKET, GCSServer, gcs_server  # noqa: F401  (fixture)
 from .test_hostile_cli import geoseg  # the CLI in this process: (exit status, output)
-from .test_remote_inputs import COG, EXIT_SOME_FAILED, PREFIX, same_mask, write_scenes
+from .test_remote_inputs import COG, EXIT_SOME_FAILED, PREFIX, same_mask, stage_scenes
 from .test_remote_outputs import SCENE_FILES, expected_keys, store_keys
-from .test_run import tiny_bundle
 
 
 @dataclass
@@ -49,15 +47,7 @@ class Bucket:
 @pytest.fixture(scope="module")
 def bucket(gcs_server: GCSServer, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("gcs")
-    local = write_scenes(tmp / "scenes")
-    prefix = f"gcs-{uuid.uuid4().hex[:8]}/"
-    for f in sorted(local.iterdir()):
-        gcs_server.upload(f, f"{prefix}scenes/{f.name}")
-    bundle = tiny_bundle(tmp / "tiny.safetensors")
-    reference = tmp / "reference"
-    code, output = geoseg("run", local, "-m", bundle, "-o", reference, "--scheduler",
-                          "synchronous")
-    assert code == 0, output
+    prefix, local, bundle, reference = stage_scenes(gcs_server.upload, tmp, "gcs")
     with pytest.MonkeyPatch.context() as mp:
         gcs_server.env(mp)
         yield Bucket(gcs_server, prefix, local, bundle, reference, tmp)

@@ -16,6 +16,7 @@ import logging
 import pickle
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,22 +90,32 @@ class Store:
         return f"{self.root}{rel}"
 
 
+def stage_scenes(upload: Callable[[Path, str], object], tmp: Path, tag: str
+                 ) -> tuple[str, Path, Path, Path]:
+    """The remote tests' case: :func:`write_scenes` under ``tmp``, each file uploaded with
+    ``upload(path, key)`` under a fresh ``<tag>-<hex>/scenes/`` prefix, the tiny bundle, and
+    the local run they are compared with. Returns ``(prefix, local folder, bundle, the local
+    run's output folder)``."""
+    local = write_scenes(tmp / "scenes")
+    prefix = f"{tag}-{uuid.uuid4().hex[:8]}/"
+    for f in sorted(local.iterdir()):
+        upload(f, f"{prefix}scenes/{f.name}")
+    bundle = tiny_bundle(tmp / "tiny.safetensors")
+    reference = tmp / "reference"
+    code, output = geoseg("run", local, "-m", bundle, "-o", reference,
+                          "--scheduler", "synchronous")
+    assert code == 0, output
+    return prefix, local, bundle, reference
+
+
 @pytest.fixture(scope="module")
 def store(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory):
     """Scenes uploaded under a fresh prefix; the environment pointed at the server (only
     ``AWS_*`` variables, as a user would: geoseg maps ``AWS_ENDPOINT_URL`` for GDAL)."""
-    tmp = tmp_path_factory.mktemp("remote")
-    local = write_scenes(tmp / "scenes")
-    unique = f"remote-inputs-{uuid.uuid4().hex[:8]}/"
-    for f in sorted(local.iterdir()):
-        s3_server.upload(f, f"{unique}scenes/{f.name}")
-    bundle = tiny_bundle(tmp / "tiny.safetensors")
+    unique, local, bundle, reference = stage_scenes(
+        s3_server.upload, tmp_path_factory.mktemp("remote"), "remote-inputs")
     with pytest.MonkeyPatch.context() as mp:
         s3_server.env(mp)
-        reference = tmp / "reference"
-        code, output = geoseg("run", local, "-m", bundle, "-o", reference,
-                              "--scheduler", "synchronous")
-        assert code == 0, output
         yield Store(s3_server, f"s3://{BUCKET}/{unique}", unique, bundle, local, reference)
 
 
