@@ -25,9 +25,10 @@ from geoseg.allocator import (
     release_free_memory,
     resolve_allocator,
 )
-from geoseg.cluster import connect, jobqueue_kwargs
+from geoseg.cluster import connect
 from geoseg.config import ClusterConfig, load_config
 from geoseg.errors import ConfigError
+from geoseg.jobqueue import jobqueue_kwargs
 
 from .conftest import REPO, TINY_UNET, cli_env, geoseg_cli
 

@@ -23,16 +23,11 @@ import numpy as np
 import pytest
 import rasterio
 
-from geoseg.cluster import (
-    connect,
-    jobqueue_kwargs,
-    parse_walltime,
-    task_policy,
-    worker_lifetime,
-)
+from geoseg.cluster import connect, task_policy
 from geoseg.config import ClusterConfig, PredictConfig, load_config
 from geoseg.errors import ClusterError, ConfigError
 from geoseg.graph import iter_blocks, lazy_prediction
+from geoseg.jobqueue import jobqueue_kwargs, parse_walltime, worker_lifetime
 from geoseg.pipeline import plan_prediction, predict_scene, run_prediction
 from geoseg.tasks import TaskPolicy
 
