@@ -56,9 +56,10 @@ bench-memory: install
 	$(PY) -m benchmarks.memory
 
 # a batch of 8 scenes sequential against scenes in flight (real model and a simulated accelerator),
-# then the process tree at 16 Mpx against a plain TorchGeo loop (about 15 min on 2 cores)
+# each row 3 times, interleaved (medians), then the process tree at 16 Mpx against a plain TorchGeo
+# loop (about 15 min on 2 cores)
 bench-batch: install
-	$(PY) -m benchmarks.batch
+	$(PY) -m benchmarks.batch --repeat 3
 	$(PY) -m benchmarks.tree
 
 # one GPU and its node's cores: U-Net and DeepLabV3+ ResNet-34, bf16/fp16 (never run on a GPU yet)
