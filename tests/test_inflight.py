@@ -393,19 +393,39 @@ class ModelSlotWatch:
             _WATCH_COND.notify_all()
 
 
-def _hold_predictions_of(scene: str) -> None:
-    """In a worker: scene ``scene``'s prediction blocks wait until a CPU-only task has started
-    on this worker (or :data:`PATIENCE` s), so that the run must vectorize the scene before it
-    beside a prediction, however fast or busy the machine is."""
-    inner = geoseg.graph.predict_block
+def _make_scenes_overlap() -> None:
+    """In a worker: make one scene's polygons and the other scene's prediction overlap, in
+    whichever order the two scene threads submit them, however fast or busy the machine is
+    (each wait ends after :data:`PATIENCE` s at most).
 
-    def held(block: Any, job: Any) -> Any:
-        if Path(job.bands[0].path).stem == scene:
-            with _WATCH_COND:
-                _WATCH_COND.wait_for(lambda: _WATCH.get("cpu", 0) > 0, PATIENCE)
-        return inner(block, job)
+    The prediction of the second scene to predict, once executing, waits until a CPU-only task
+    has started beside it; polygon blocks wait until that second prediction has started, so
+    that the first scene's cannot all finish before it is submitted (a slow scene thread on a
+    busy machine). On a worker whose only thread predicts, neither can happen: the waits time
+    out and ``beside`` stays 0."""
+    import geoseg.vectorize.blocks as blocks
 
-    geoseg.graph.predict_block = held
+    predict, polygonize = geoseg.graph.predict_block, blocks.polygonize_task
+    scenes: list[str] = []  # scenes in the order their first block predicted
+
+    def held_prediction(block: Any, job: Any) -> Any:
+        with _WATCH_COND:
+            name = Path(job.bands[0].path).stem
+            if name not in scenes:
+                scenes.append(name)
+            _WATCH_COND.notify_all()
+            if scenes.index(name) == 1:
+                _WATCH_COND.wait_for(lambda: _WATCH.get("beside", 0) > 0, PATIENCE)
+        return predict(block, job)
+
+    def held_polygons(task: Any) -> Any:
+        with _WATCH_COND:
+            _WATCH["polygon_blocks"] = _WATCH.get("polygon_blocks", 0) + 1  # the hold is in place
+            _WATCH_COND.wait_for(lambda: len(scenes) >= 2, PATIENCE)
+        return polygonize(task)
+
+    geoseg.graph.predict_block = held_prediction
+    blocks.polygonize_task = held_polygons
 
 
 def _watched() -> dict[str, int]:
@@ -416,9 +436,9 @@ def _watched() -> dict[str, int]:
 def test_cpu_cluster_vectorizes_beside_its_one_prediction_slot(scenes, bundle, sequential,
                                                                tmp_path) -> None:
     """On the local CPU cluster geoseg starts (one worker: one prediction slot, MODEL=1, and a
-    thread for CPU-only tasks), scene a's vectorize blocks run while scene b is predicting
-    (b's blocks wait on the worker until one has started: a worker whose only thread predicts
-    could never start one), never two predictions at once, and no CPU-only task ever started
+    thread for CPU-only tasks), one scene's vectorize blocks run while the other is predicting
+    (held so on the worker, :func:`_make_scenes_overlap`: a worker whose only thread predicts
+    could never do it), never two predictions at once, and no CPU-only task ever started
     while a prediction waited with the slot free. Counted from the worker's transitions;
     masks and polygons are the sequential run's."""
     from distributed.diagnostics.plugin import WorkerPlugin
@@ -430,7 +450,7 @@ def test_cpu_cluster_vectorizes_beside_its_one_prediction_slot(scenes, bundle, s
     def on_client(client: Any) -> None:
         clients.append(client)
         client.register_plugin(type("Watch", (ModelSlotWatch, WorkerPlugin), {})())
-        client.run(_hold_predictions_of, "b")
+        client.run(_make_scenes_overlap)
         workers.extend(client.scheduler_info()["workers"].values())
 
     class Reading(Recorder):
@@ -447,6 +467,7 @@ def test_cpu_cluster_vectorizes_beside_its_one_prediction_slot(scenes, bundle, s
     assert [e["status"] for e in result.entries] == ["ok", "ok"]
     [counts] = watched
     assert counts["predicted"] >= 2 and counts["cpu"] > 0, counts
+    assert counts.get("polygon_blocks", 0) > 0, counts  # the polygon blocks went through the hold
     assert counts["beside"] > 0, counts  # a's polygons were made while b predicted
     assert counts["most"] == 1, counts  # one prediction at a time: torch has the cores
     assert counts["took_the_slot"] == 0, counts
