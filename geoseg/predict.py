@@ -316,7 +316,8 @@ def predict_block(block: Block, job: BlockJob) -> BlockResult:
     core_in_read = block.core.relative_to(block.read).slices()
     if not valid[core_in_read].any():
         return BlockResult(out)
-    part = _quicklook_part(block, job, raw, valid[core_in_read])
+    part = _quicklook_part(block, job, raw[(slice(None), *core_in_read)],
+                           valid[core_in_read])
     if job.blend:
         import torch
 
@@ -328,16 +329,14 @@ def predict_block(block: Block, job: BlockJob) -> BlockResult:
     return BlockResult(out, part)
 
 
-def _quicklook_part(block: Block, job: BlockJob, raw: np.ndarray, valid_core: np.ndarray
+def _quicklook_part(block: Block, job: BlockJob, raw_core: np.ndarray, valid_core: np.ndarray
                     ) -> QuicklookPart | None:
-    """The block core's quick-look part from ``raw`` (``(C, H, W)`` over the block's read
-    window, as read) and ``valid_core`` (``(h, w)`` bool over its core); None without a spec."""
+    """The block core's quick-look part from ``raw_core`` (``(C, h, w)`` over its core, as
+    read: a view) and ``valid_core`` (``(h, w)`` bool); None without a spec."""
     ql = job.quicklook
     if ql is None:
         return None
-    rows, cols = block.core.relative_to(block.read).slices()
-    pixels = raw[list(ql.bands), rows, cols]
-    return quicklook_part(pixels, valid_core, (block.core.row, block.core.col),
+    return quicklook_part(raw_core[list(ql.bands)], valid_core, (block.core.row, block.core.col),
                           (job.height, job.width), ql.shape)
 
 

@@ -100,6 +100,7 @@ __all__ = [
     "cloud_options",
     "emulator_options",
     "endpoint_options",
+    "gcs_emulator_host",
     "gdal_version",
 ]
 
@@ -195,6 +196,14 @@ def endpoint_options(endpoint_url: str) -> dict[str, str]:
     return opts
 
 
+def gcs_emulator_host(environ: Mapping[str, str] | None = None) -> str:
+    """The GCS emulator ``STORAGE_EMULATOR_HOST`` names in ``environ`` (default
+    ``os.environ``), as written; ``""`` when it names none (unset, empty, or gcsfs's
+    ``default``)."""
+    host = (os.environ if environ is None else environ).get("STORAGE_EMULATOR_HOST", "")
+    return "" if host == "default" else host
+
+
 def emulator_options(host: str) -> dict[str, str]:
     """GDAL's options for a GCS emulator named as ``STORAGE_EMULATOR_HOST`` names it.
 
@@ -282,8 +291,8 @@ def cloud_options(
         or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         opts.update(endpoint_options(str(endpoint)))
-    emulator = env.get("STORAGE_EMULATOR_HOST", "")
-    if emulator and emulator != "default":  # gcsfs's spelling of "none"
+    emulator = gcs_emulator_host(env)
+    if emulator:
         opts.update(emulator_options(emulator))
     region = so.get("region") or so.get("region_name") \
         or (so.get("client_kwargs") or {}).get("region_name")

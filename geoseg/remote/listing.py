@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from geoseg.errors import SceneError
+from geoseg.remote.gdal_env import gcs_emulator_host
 from geoseg.remote.uri import is_remote, redact, split
 
 __all__ = ["RASTER_SUFFIXES", "expand", "filesystem", "list_prefix"]
@@ -55,7 +56,7 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
             and os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
         options["anon"] = True
     unsigned = os.environ.get("GS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1")
-    if _PROTOCOL[scheme] == "gcs" and "token" not in options and (_gcs_emulator() or unsigned):
+    if _PROTOCOL[scheme] == "gcs" and "token" not in options and (gcs_emulator_host() or unsigned):
         options["token"] = "anon"  # an emulator, a public bucket: unauthenticated, as GDAL
     if options.pop("skip_instance_cache", False):
         key = None
@@ -66,7 +67,7 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
             if key in _CACHE:
                 return _CACHE[key]
     try:
-        if _PROTOCOL[scheme] == "gcs" and _gcs_emulator():
+        if _PROTOCOL[scheme] == "gcs" and gcs_emulator_host():
             # gcsfs ≥ 2025.10's default class first asks Google's gRPC Storage Control API for
             # the bucket's type, which emulators lack: 60 s of timeouts per call (seen with
             # gcp-storage-emulator). The JSON-API class is what an emulator serves.
@@ -82,11 +83,6 @@ def filesystem(uri: str, storage_options: Mapping[str, Any] | None = None) -> An
         with _LOCK:
             fs = _CACHE.setdefault(key, fs)
     return fs
-
-
-def _gcs_emulator() -> bool:
-    """True when ``STORAGE_EMULATOR_HOST`` names a GCS emulator (gcsfs's ``default``: none)."""
-    return os.environ.get("STORAGE_EMULATOR_HOST", "default") not in ("", "default")
 
 
 #: File systems made by :func:`filesystem`, by protocol, options digest and environment digest.
