@@ -27,7 +27,8 @@ from geoseg.tasks import TaskPolicy, map_as_finished
 if TYPE_CHECKING:
     from geoseg.models.bundle import BundleInfo
 
-__all__ = ["CLIENT_IMPORTS", "ModelPlugin", "load_on_workers", "register_model", "warm_imports"]
+__all__ = ["CLIENT_IMPORTS", "ModelPlugin", "WORKER_IMPORTS", "WarmImports", "load_on_workers",
+           "register_model", "warm_imports", "warm_stages"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,15 @@ log = logging.getLogger(__name__)
 #: workers load the model (:func:`register_model`): ``dask.array`` took 0.7 s (scipy included)
 #: at the first scene's start, where the model then waited (``benchmarks/gaps.py``).
 CLIENT_IMPORTS = ("dask.array",)
+#: Modules a worker's first block task imports: unpickling its graph pulls in ``dask.array``
+#: (0.7 s of CPU) and reading pixels ``rasterio`` (0.35 s); imported while the model loads.
+WORKER_IMPORTS = ("dask.array", "rasterio", "geoseg.scene")
+#: Those of vectorizing, where a run has that stage: the workers' block tasks (labels, rings,
+#: WKB) and the client's GeoPackage writer (``pyogrio``: 0.4 s at the first scene's merge).
+VECTORIZE_IMPORTS: dict[str, tuple[str, ...]] = {
+    "worker": ("geoseg.vectorize.blocks", "scipy.ndimage", "scipy.sparse.csgraph", "shapely"),
+    "client": ("geoseg.vectorize", "pyogrio"),
+}
 
 
 class ModelPlugin(WorkerPlugin):
@@ -50,7 +60,8 @@ class ModelPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Load the model here (a :class:`BundleError` reaches the client, as itself, from
-        ``register_plugin``)."""
+        ``register_plugin``), importing :data:`WORKER_IMPORTS` meanwhile."""
+        warm_imports(WORKER_IMPORTS)
         offered = worker.state.total_resources
         if any(offered.get(k, 0) < v for k, v in self.resources.items()):
             log.info("%s offers no %s: no model loaded", worker.name, self.resources)
@@ -111,6 +122,33 @@ def warm_imports(names: tuple[str, ...] = CLIENT_IMPORTS) -> threading.Thread:
     thread = threading.Thread(target=run, name="geoseg-warm-imports", daemon=True)
     thread.start()
     return thread
+
+
+class WarmImports(WorkerPlugin):
+    """Imports modules in a background thread of every worker (present and future) as it
+    starts, so that no task's first call waits for them: see :func:`warm_stages`."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = tuple(names)
+        self.name = "geoseg-warm-imports-" + hashlib.sha256(
+            " ".join(self.names).encode()).hexdigest()[:12]
+
+    def setup(self, worker: Any) -> None:
+        warm_imports(self.names)
+
+
+def warm_stages(client: Any, vectorize: bool) -> None:
+    """Before a run's first scene: import the modules of its later stages ahead of their
+    first use, on the workers (:class:`WarmImports`) and in this process (a thread each).
+
+    Prediction's own are imported as the model loads (:data:`WORKER_IMPORTS`,
+    :data:`CLIENT_IMPORTS`); this adds vectorizing's (:data:`VECTORIZE_IMPORTS`) when the run
+    vectorizes, and nothing otherwise (a run without polygons keeps its memory).
+    """
+    if not vectorize:
+        return
+    warm_imports(VECTORIZE_IMPORTS["client"])
+    client.register_plugin(WarmImports(VECTORIZE_IMPORTS["worker"]))
 
 
 #: ``(client id, model, resources)`` already registered from this process.

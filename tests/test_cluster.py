@@ -534,27 +534,40 @@ from distributed import Client, LocalCluster
 from geoseg.config import PredictConfig
 from geoseg.models.bundle import check_bundle
 from geoseg.pipeline import model_ref
-from geoseg.workers import register_model
+from geoseg.workers import VECTORIZE_IMPORTS, WORKER_IMPORTS, register_model, warm_stages
+
+def imported(names):
+    for thread in threading.enumerate():
+        if thread.name == "geoseg-warm-imports":
+            thread.join()
+    return all(name in sys.modules for name in names)
 
 if __name__ == "__main__":
     bundle = check_bundle(sys.argv[1])
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
                       dashboard_address=":0") as cluster, Client(cluster) as client:
-        before = "dask.array" in sys.modules
+        workers = WORKER_IMPORTS + VECTORIZE_IMPORTS["worker"]
+        print(imported(("dask.array",) + VECTORIZE_IMPORTS["client"]),
+              *client.run(imported, workers).values())
         register_model(client, model_ref(bundle, PredictConfig(device="cpu")))
-        for thread in threading.enumerate():
-            if thread.name == "geoseg-warm-imports":
-                thread.join()
-        print(before, "dask.array" in sys.modules)
+        print(imported(("dask.array",)), *client.run(imported, WORKER_IMPORTS).values(),
+              *client.run(imported, workers).values())
+        warm_stages(client, vectorize=True)
+        print(imported(VECTORIZE_IMPORTS["client"]), *client.run(imported, workers).values())
+        cluster.scale(2)  # a worker that joins later imports them as it starts
+        client.wait_for_workers(2)
+        print(*client.run(imported, workers).values())
 """
 
 
-def test_the_client_imports_its_graph_modules_while_the_workers_load_the_model(
+def test_processes_import_their_stages_modules_before_the_first_scene(
         make_bundle, tmp_path) -> None:
-    """A fresh client without dask.array has it once the model is registered on the workers:
-    imported meanwhile, not at the first scene's start."""
+    """Fresh processes lack the modules of the run's stages: the client gets its graph's while
+    the workers load the model, which get their block tasks' meanwhile (not at the first
+    block); :func:`warm_stages` adds vectorizing's on both sides, and on later workers."""
     bundle = make_bundle(TINY_UNET)
     done = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(bundle)], capture_output=True,
                           text=True, env=cli_env(), timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-2:] == ["False", "True"], done.stdout
+    assert done.stdout.splitlines()[-4:] == [
+        "False False", "True True False", "True True", "True True"], done.stdout

@@ -290,6 +290,10 @@ def run_planned(
     with cluster.connect() as client:
         if client is not None and on_client is not None:
             on_client(client)
+        if client is not None:
+            from geoseg.workers import warm_stages
+
+            warm_stages(client, vectorize=cfg.vectorize.enabled)
         try:
             load_model(plan.bundle, model_ref(plan.bundle, cfg.predict, cluster.threads),
                        client, cluster.policy)
