@@ -42,7 +42,7 @@ WORKER_IMPORTS = ("dask.array", "rasterio", "geoseg.scene")
 #: Those of vectorizing, where a run has that stage: the workers' block tasks (labels, rings,
 #: WKB) and the client's GeoPackage writer (``pyogrio``: 0.4 s at the first scene's merge).
 VECTORIZE_IMPORTS: dict[str, tuple[str, ...]] = {
-    "worker": ("geoseg.vectorize.blocks", "scipy.ndimage", "scipy.sparse.csgraph", "shapely"),
+    "worker": ("geoseg.vectorize.blocks", "scipy.sparse.csgraph", "shapely"),
     "client": ("geoseg.vectorize", "pyogrio"),
 }
 

@@ -312,6 +312,39 @@ def corner_mask_path(tmp_path_factory) -> Path:
                       coherent_mask(shape=(777, 1001))[:, :401])
 
 
+def _label_each_class(data: np.ndarray, nodata: int, conn: int) -> tuple[np.ndarray, list[int]]:
+    """The reference: ``scipy.ndimage.label`` once per class, numbered class after class."""
+    labels, classes, n = np.zeros(data.shape, np.int32), [nodata], 0
+    for c in sorted(set(np.unique(data).tolist()) - {nodata}):
+        lab, k = ndimage.label(data == c, STRUCT[conn])
+        labels[lab > 0] = lab[lab > 0] + n
+        classes += [c] * k
+        n += k
+    return labels, classes
+
+
+@pytest.mark.parametrize("conn", [4, 8])
+def test_regions_labelled_in_one_pass_match_scipy_per_class(conn) -> None:
+    """:func:`label_regions` numbers the regions as ``ndimage.label`` run on each class in
+    turn would: on a coherent mask, salt-and-pepper noise (a region per pixel, diagonal
+    touches everywhere), nodata other than 255, one row, one column, one pixel, all nodata."""
+    from geoseg.vectorize.blocks import label_regions
+
+    rng = np.random.default_rng(3)
+    noisy = rng.integers(0, 4, (97, 131)).astype(np.uint8)
+    noisy[rng.random(noisy.shape) < 0.1] = 255
+    cases = [(coherent_mask(seed=5), 255), (noisy, 255), (noisy, 2),
+             (rng.integers(0, 3, (1, 50)).astype(np.uint8), 255),
+             (rng.integers(0, 3, (50, 1)).astype(np.uint8), 0),
+             (np.full((1, 1), 4, np.uint8), 255), (np.full((8, 9), 255, np.uint8), 255)]
+    for data, nodata in cases:
+        labels, classes = label_regions(data, nodata, conn)
+        want, want_classes = _label_each_class(data, nodata, conn)
+        assert labels.dtype == np.int32 and classes.dtype == np.uint8
+        np.testing.assert_array_equal(labels, want)
+        assert classes.tolist() == want_classes
+
+
 @pytest.mark.parametrize("conn", [4, 8])
 def test_blocks_finishing_in_any_order_give_the_same_regions(corner_mask_path, conn,
                                                              monkeypatch):

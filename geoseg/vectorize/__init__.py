@@ -1,8 +1,9 @@
 """Mask COG → GeoPackage polygons, block by block, seamless across block borders.
 
 Every block (a window of the mask, ``block_size`` pixels square) is one task: it reads its own
-window, labels the connected regions of each class (``scipy.ndimage.label``, 4- or 8-connected,
-nodata never labelled), traces the rings of the *label* raster (:mod:`geoseg.vectorize.trace`)
+window, labels the connected regions of each class in one pass
+(:func:`~geoseg.vectorize.blocks.label_regions`, 4- or 8-connected, nodata never labelled),
+traces the rings of the *label* raster (:mod:`geoseg.vectorize.trace`)
 and computes per-region statistics (pixels, area, confidence sum) from the same pixels. Regions
 that do not touch an inner block border are finished features and stream to the writer; pieces that
 touch one go back to the client (:mod:`geoseg.vectorize.join`), except, on a cluster, pieces over
