@@ -1,11 +1,13 @@
 """Where the prediction thread idles: the task stream lined up with each scene thread's stages.
 
     python -m benchmarks.gaps [--scenes 4] [--size 1024] [--in-flight 2]
-                              [--cpu-task-threads N] [--work DIR] [--json FILE]
+                              [--cpu-task-threads N] [--rate R] [--work DIR] [--json FILE]
 
 Runs ``--scenes`` copies of one synthetic 4-band uint16 scene through geoseg's batch path
 (:func:`geoseg.batch.plan_batch` + :func:`geoseg.batch.run_planned`, the demo bundle, device
-cpu, vectorize on) on the local cluster geoseg starts, recording
+cpu, vectorize on) on the local cluster geoseg starts, or with ``--rate`` through
+:mod:`benchmarks.batch`'s simulated accelerator (R Mpx/s, ``inf``: no sleep) on a worker with
+2 task threads as its simulated rows have, recording
 
 - the scheduler's task stream (``client.get_task_stream``): every task's compute interval, by
   key prefix (``geoseg-predict`` are the prediction blocks);
@@ -99,8 +101,9 @@ def attribute(first: float, last: float, predict: list[tuple[float, float]],
 
 
 def run(scenes: list[str], out: Path, in_flight: int,
-        cpu_task_threads: int | None = None) -> dict[str, Any]:
+        cpu_task_threads: int | None = None, rate: float | None = None) -> dict[str, Any]:
     """One batch through geoseg; the task stream, the stages and the attribution."""
+    from benchmarks.batch import SimulatedDevice
     from geoseg.batch import plan_batch, run_planned
     from geoseg.batch.runner import QuietEvents
 
@@ -128,11 +131,16 @@ def run(scenes: list[str], out: Path, in_flight: int,
     def on_client(client: Any) -> None:
         clients.append(client)
         client.get_task_stream(start=0, stop=0)  # the scheduler records from now on
+        if rate is not None:
+            client.register_plugin(SimulatedDevice(rate, 7))
 
     overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"},
-                                            "run": {"scenes_in_flight": in_flight}}
+                                            "run": {"scenes_in_flight": in_flight},
+                                            "cluster": {}}
     if cpu_task_threads is not None:
-        overrides["cluster"] = {"cpu_task_threads": cpu_task_threads}
+        overrides["cluster"]["cpu_task_threads"] = cpu_task_threads
+    if rate is not None:
+        overrides["cluster"]["threads_per_worker"] = 2
     plan = plan_batch(scenes, str(DEMO_BUNDLE), out, None, overrides)
     begin = time.time()
     run_planned(plan, overwrite=True, events=Events(), on_client=on_client)
@@ -184,6 +192,9 @@ def main() -> None:
     parser.add_argument("--cpu-task-threads", type=int, default=None,
                         help="cluster.cpu_task_threads (default: geoseg's; 0: the shared "
                         "threads of before)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="the simulated accelerator's Mpx/s (inf: no sleep; default: the "
+                        "real model)")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep scenes and outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
@@ -192,7 +203,7 @@ def main() -> None:
         work = args.work or Path(tmp)
         scenes = make_scenes(work, args.scenes, args.size)
         load = os.getloadavg()[0]
-        result = run(scenes, work / "out", args.in_flight, args.cpu_task_threads)
+        result = run(scenes, work / "out", args.in_flight, args.cpu_task_threads, args.rate)
     result["load_before"] = round(load, 2)
     line = json.dumps(result)
     print(line, flush=True)  # noqa: T201

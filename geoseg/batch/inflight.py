@@ -254,8 +254,9 @@ def _in_flight(batch: _Batch, sources: list[SceneSource], limit: int) -> BatchRe
                 _raise_stopping(futures)
                 if emitted == started and (halted or started == len(sources)):
                     return result
-                running = [f for f in futures.values() if not f.done()]
-                if running:
+                if running:  # as listed before the scenes were started: one that finished
+                    # since (while scenes started or entries were emitted) ends the wait at
+                    # once, so that its slot is filled now, not at the next scene's end
                     wait(running, return_when=FIRST_COMPLETED)
         except BaseException:
             batch.stop.set()  # every scene in flight stops at its next block
