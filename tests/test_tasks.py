@@ -83,6 +83,21 @@ def _scheduler_forgets_everything(client: Any, tries: int = 1000) -> bool:
     return False
 
 
+def _workers_queue_nothing(client: Any, tries: int = 1000) -> bool:
+    """Whether the workers end up holding no task that is yet to run: the scheduler tells
+    them of cancellations on its own stream, after it forgot the tasks itself."""
+    waiting = {"ready", "constrained", "waiting", "fetch", "flight"}
+
+    def queued(dask_worker: Any) -> int:
+        return sum(ts.state in waiting for ts in dask_worker.state.tasks.values())
+
+    for _ in range(tries):
+        if not any(client.run(queued).values()):
+            return True
+        time.sleep(0.01)
+    return False
+
+
 # --- here, in this process -------------------------------------------------------------------
 
 
@@ -171,7 +186,7 @@ def test_stopping_early_cancels_the_rest(client, gate) -> None:
     results = map_as_finished(gated, items, client)
     assert next(results) == (0, 0)
     results.close()
-    assert _scheduler_forgets_everything(client)
+    assert _scheduler_forgets_everything(client) and _workers_queue_nothing(client)
     Event(gate, client=client).set()  # the tasks already running finish, nothing else starts
     assert list(map_as_finished(gated, [("", 9)], client)) == [(0, 9)]
     assert CALLS[f"ran-{gate}"] <= 2  # of 7: at most one per worker thread had started
