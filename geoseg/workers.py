@@ -110,13 +110,14 @@ def _built_align(ref: ModelRef) -> int:
 
 def warm_imports(names: tuple[str, ...] = CLIENT_IMPORTS) -> threading.Thread:
     """Import ``names`` in a background (daemon) thread of this process; returns it, started.
-    A module that cannot be imported is left to whoever imports it next (that reports it)."""
+    A module that cannot be imported (any error, e.g. a library GDAL cannot load) is left to
+    whoever imports it next, which reports it."""
 
     def run() -> None:
         for name in names:
             try:
                 importlib.import_module(name)
-            except ImportError:
+            except Exception:  # noqa: BLE001 - whoever imports it next reports it
                 log.debug("could not import %s ahead of time", name, exc_info=True)
 
     thread = threading.Thread(target=run, name="geoseg-warm-imports", daemon=True)
