@@ -27,8 +27,8 @@ from geoseg.tasks import TaskPolicy, map_as_finished
 if TYPE_CHECKING:
     from geoseg.models.bundle import BundleInfo
 
-__all__ = ["CLIENT_IMPORTS", "ModelPlugin", "WORKER_IMPORTS", "WarmImports", "load_on_workers",
-           "register_model", "warm_imports", "warm_stages"]
+__all__ = ["CLIENT_IMPORTS", "VECTORIZE_IMPORTS", "WORKER_IMPORTS", "ModelPlugin", "WarmImports",
+           "load_on_workers", "register_model", "warm_imports", "warm_stages"]
 
 log = logging.getLogger(__name__)
 
