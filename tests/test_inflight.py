@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import geoseg.batch.inflight
 import geoseg.graph
 import geoseg.writers
 from geoseg.batch import plan_batch, run_planned
@@ -218,15 +218,28 @@ def test_stopping_keeps_finished_scenes_and_leaves_nothing_partial(
 
 class FreedSlot(Recorder):
     """Scene b ends while the run's thread is reporting a, after d took a's slot: b's blocks
-    wait until a is reported, and a's report until b is committed. Then d's blocks wait until
-    e starts in b's slot, which a run noticing b's end only at d's would never do (d gives
-    up after ``patience``: the test fails)."""
+    wait until a is reported, and a's report until b's thread has returned its entry
+    (:meth:`watch` marks that). Then d's blocks wait until e starts in b's slot, which a run
+    noticing b's end only at d's would never do (d gives up after ``patience``: the test
+    fails)."""
 
-    def __init__(self, out: Path, patience: float) -> None:
+    def __init__(self, patience: float) -> None:
         super().__init__()
-        self.out, self.patience = out, patience
-        self.a_reported, self.e_started = threading.Event(), threading.Event()
+        self.patience = patience
+        self.a_reported, self.b_ended, self.e_started = (threading.Event() for _ in range(3))
         self.d_waited_alone = False
+
+    def watch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Set ``b_ended`` as scene b's thread returns its entry (``_Batch.scene`` wrapped)."""
+        inner = geoseg.batch.inflight._Batch.scene
+
+        def scene(batch: Any, k: int, source: Any) -> dict[str, Any]:
+            entry = inner(batch, k, source)
+            if source.name == "b":
+                self.b_ended.set()
+            return entry
+
+        monkeypatch.setattr(geoseg.batch.inflight._Batch, "scene", scene)
 
     def scene_started(self, index: int, total: int, name: str) -> None:
         super().scene_started(index, total, name)
@@ -244,21 +257,19 @@ class FreedSlot(Recorder):
         super().scene_finished(entry)
         if entry["scene"] == "a":
             self.a_reported.set()
-            deadline = time.monotonic() + PATIENCE
-            while not (self.out / "b" / "scene.json").exists() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(0.2)  # b's thread returns its entry: only makes a slow run's bug likelier
+            self.b_ended.wait(PATIENCE)
 
 
 def test_a_scene_ending_while_another_is_reported_frees_its_slot_at_once(
-        scenes, bundle, tmp_path) -> None:
+        scenes, bundle, tmp_path, monkeypatch) -> None:
     """A scene that ends while the run's thread is busy (starting a scene, reporting one) hands
     its slot to the next scene right away: with 2 in flight, e starts while d runs."""
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in "abde":
         (inputs / f"{name}.tif").symlink_to(scenes / f"{name}.tif")
-    events = FreedSlot(tmp_path / "out", patience=60.0)
+    events = FreedSlot(patience=60.0)
+    events.watch(monkeypatch)
     result, _ = batch(inputs, bundle, tmp_path / "out", 2, events)
     assert result.count("ok") == 4 and events.finished == list("abde")
     assert not events.d_waited_alone, "e started only after d ended: b's slot stayed empty"
