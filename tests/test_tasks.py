@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
@@ -73,17 +73,24 @@ def gate(client) -> Iterator[str]:
     event.set()
 
 
-def _scheduler_forgets_everything(client: Any, tries: int = 1000) -> bool:
-    """Whether the scheduler ends up holding no task: releases and cancellations reach it on
-    the client's stream, after the call that sent them returned, so look again a while."""
+def _eventually(holds: Callable[[], bool], tries: int = 1000) -> bool:
+    """Whether ``holds()`` becomes true within ``tries`` looks (10 ms apart): messages between
+    client, scheduler and workers arrive after the call that sent them returned."""
     for _ in range(tries):
-        if not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+        if holds():
             return True
         time.sleep(0.01)
     return False
 
 
-def _workers_queue_nothing(client: Any, tries: int = 1000) -> bool:
+def _scheduler_forgets_everything(client: Any) -> bool:
+    """Whether the scheduler ends up holding no task (releases and cancellations reach it on
+    the client's stream)."""
+    return _eventually(
+        lambda: not client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)))
+
+
+def _workers_queue_nothing(client: Any) -> bool:
     """Whether the workers end up holding no task that is yet to run: the scheduler tells
     them of cancellations on its own stream, after it forgot the tasks itself."""
     waiting = {"ready", "constrained", "waiting", "fetch", "flight"}
@@ -91,11 +98,7 @@ def _workers_queue_nothing(client: Any, tries: int = 1000) -> bool:
     def queued(dask_worker: Any) -> int:
         return sum(ts.state in waiting for ts in dask_worker.state.tasks.values())
 
-    for _ in range(tries):
-        if not any(client.run(queued).values()):
-            return True
-        time.sleep(0.01)
-    return False
+    return _eventually(lambda: not any(client.run(queued).values()))
 
 
 # --- here, in this process -------------------------------------------------------------------
