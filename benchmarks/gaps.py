@@ -106,6 +106,7 @@ def run(scenes: list[str], out: Path, in_flight: int,
     from benchmarks.batch import SimulatedDevice
     from geoseg.batch import plan_batch, run_planned
     from geoseg.batch.runner import QuietEvents
+    from geoseg.models.bundle import check_bundle
 
     clients: list[Any] = []
     started: dict[str, float] = {}
@@ -132,7 +133,8 @@ def run(scenes: list[str], out: Path, in_flight: int,
         clients.append(client)
         client.get_task_stream(start=0, stop=0)  # the scheduler records from now on
         if rate is not None:
-            client.register_plugin(SimulatedDevice(rate, 7))
+            classes = len(check_bundle(DEMO_BUNDLE).meta.classes)
+            client.register_plugin(SimulatedDevice(rate, classes))
 
     overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"},
                                             "run": {"scenes_in_flight": in_flight},
