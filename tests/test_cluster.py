@@ -482,11 +482,32 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny U-Net trained (48 steps, on the GPU) on :mod:`tests.easytask`'s three classes,
+    and a larger scene of the same task: ``(bundle, scene)``. A random-init model's logits are
+    near-tied almost everywhere, so rounding flips many of its pixels (on an H200, bf16 agreed
+    with fp32 on 99.06 % of a random tiny U-Net's pixels, on 97.4 % of a random ResNet-34
+    U-Net's); a trained model's are decisive, as a user's are."""
+    from geoseg.train import train_model
+
+    from .easytask import class_map, quick_config, write_labels, write_scene
+
+    d = tmp_path_factory.mktemp("trained")
+    truth = class_map(256, 256, seed=3)
+    bundle = d / "easy.safetensors"
+    train_model([write_scene(d / "train.tif", truth)], [write_labels(d / "labels.tif", truth)],
+                bundle, quick_config(epochs=8, steps_per_epoch=6, patience=8, device="cuda"))
+    return bundle, write_scene(d / "scene.tif", class_map(1024, 1536, seed=7), seed=1)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_agrees_with_fp32(make_scene, make_bundle, tmp_path, precision) -> None:
-    scene, bundle = make_scene(height=1024, width=1536), make_bundle(TINY_UNET)
+def test_mixed_precision_agrees_with_fp32(trained_bundle, tmp_path, precision) -> None:
+    """bf16/fp16 autocast with channels-last gives fp32's class on >= 99.5 % of the pixels of a
+    trained model (CPU bf16 autocast of the same model: 99.99 %), and the same nodata."""
+    bundle, scene = trained_bundle
     fp32 = predict_scene(scene, bundle, tmp_path / "fp32.tif",
                          PredictConfig(device="cuda", block_size=512))
     mixed = predict_scene(scene, bundle, tmp_path / f"{precision}.tif",
