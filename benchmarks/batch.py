@@ -2,6 +2,8 @@
 
     python -m benchmarks.batch [--quick] [--scenes 8] [--size 2048] [--in-flight N]
                                [--rate 200] [--skip-cpu-model] [--skip-simulated] [--work DIR]
+                               [--device cuda --skip-simulated] [--gpu-tasks N]
+                               [--no-vectorize] [--name NAME]
 
 Every row runs ``--scenes`` synthetic 4-band uint16 DEFLATE tiled GeoTIFFs of ``--size``² (as
 :mod:`benchmarks.memory` writes them; the same pixels in every file) through geoseg's own path,
@@ -14,6 +16,7 @@ that key runs only the sequential rows (the others are recorded as skipped).
 Rows:
 
 1. **CPU model**: the real model on CPU, sequential (``scenes_in_flight`` 1) and in flight (N).
+   With ``--device cuda`` these rows run the model on the GPU (the rows keep their name).
 2. **Simulated accelerator**: the same, with a benchmark-only "device" on every worker (a
    :class:`distributed.WorkerPlugin` that replaces the model geoseg's worker cache hands to block
    tasks; production code untouched). Its forward pass sleeps ``pixels / R`` seconds (no CPU, as
@@ -214,11 +217,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         if rate is not None:
             client.register_plugin(SimulatedDevice(rate, spec["classes"]))
 
-    overrides: dict[str, dict[str, Any]] = {"predict": {"device": "cpu"}}
+    overrides: dict[str, dict[str, Any]] = {"predict": {"device": spec["device"]}}
+    if not spec["vectorize"]:
+        overrides["vectorize"] = {"enabled": False}
+    if spec.get("gpu_tasks"):
+        overrides["cluster"] = {"gpu_tasks": spec["gpu_tasks"]}
     if rate is not None and spec.get("threads"):
         # the GPU worker's layout: cluster.gpu_tasks task threads, one decoding a block while
         # another waits on the device (a CPU worker has one thread: the model takes its cores)
-        overrides["cluster"] = {"threads_per_worker": spec["threads"]}
+        overrides.setdefault("cluster", {})["threads_per_worker"] = spec["threads"]
     if spec["in_flight"] is not None:
         overrides["run"] = {"scenes_in_flight": spec["in_flight"]}
     plan = plan_batch(spec["scenes"], spec["bundle"], spec["out"], None, overrides)
@@ -468,8 +475,20 @@ def main() -> None:
     parser.add_argument("--skip-simulated", action="store_true", help="no simulated rows")
     parser.add_argument("--work", type=Path, default=None,
                         help="keep scenes and outputs here (default: a temporary folder)")
+    parser.add_argument("--device", default="cpu",
+                        help="the model rows' device (default cpu; cuda on a GPU machine, where "
+                        "the CPU model rows run the demo model on the GPU: use --skip-simulated)")
+    parser.add_argument("--gpu-tasks", type=int, default=None,
+                        help="cluster.gpu_tasks with --device cuda (default: geoseg's, 2)")
+    parser.add_argument("--no-vectorize", action="store_true",
+                        help="masks only (run --no-vectorize), e.g. where pyogrio is missing")
+    parser.add_argument("--name", default=None,
+                        help="results file stem (default batch, or batch-quick with --quick)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.device != "cpu" and not args.skip_simulated:
+        parser.error("the simulated rows stand in for a device on CPU workers: with --device "
+                     f"{args.device}, add --skip-simulated")
     if args.child:
         print(json.dumps(child(json.loads(args.child))), flush=True)  # noqa: T201
         return
@@ -499,7 +518,8 @@ def main() -> None:
                 spec = {"label": f"{row['section']} {row['variant']}", "scenes": scenes,
                         "bundle": str(DEMO_BUNDLE), "out": str(work / f"out{k}"),
                         "rate": row["rate"], "in_flight": row["in_flight"], "classes": classes,
-                        "threads": args.sim_threads}
+                        "threads": args.sim_threads, "device": args.device,
+                        "vectorize": not args.no_vectorize, "gpu_tasks": args.gpu_tasks}
                 row.update(run_row(spec))
             rows.append(row)
             print(json.dumps(row), flush=True)  # noqa: T201
@@ -526,7 +546,10 @@ def main() -> None:
                       if busy else ""),
         "setup": (f"{count} copies of one synthetic {size}² 4-band uint16 DEFLATE tiled scene, "
                   "the demo bundle, `plan_batch` + `run_planned` on a fresh local cluster with "
-                  "geoseg's defaults (device cpu, vectorize on), one fresh client process per "
+                  f"geoseg's defaults (device {args.device}, vectorize "
+                  f"{'off' if args.no_vectorize else 'on'}"
+                  + (f", cluster.gpu_tasks {args.gpu_tasks}" if args.gpu_tasks else "")
+                  + "), one fresh client process per "
                   f"row; in flight = run.scenes_in_flight {n if n else '(not in this geoseg)'}; "
                   f"simulated device R = {args.rate} Mpx/s (CPU-stage limit: no sleep), its worker "
                   f"with {args.sim_threads} task threads as a GPU worker has (cluster.gpu_tasks)."),
@@ -538,7 +561,7 @@ def main() -> None:
         "repeat": args.repeat,
         "core_scaling": scaling,
     }
-    write_results(out, "batch-quick" if args.quick else "batch")
+    write_results(out, args.name or ("batch-quick" if args.quick else "batch"))
 
 
 def geoseg_commit() -> str:

@@ -2,6 +2,9 @@
 # The GPU proof on a lent GPU machine, as one prepared command (issue 20):
 #   bash ../shared/tools/gpu-wheels.sh cloudpickle toolz msgpack psutil sortedcontainers attrs \
 #       certifi pyparsing urllib3 pytest pluggy iniconfig typing_extensions packaging  # fills .whl/
+#   python3 -m pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl pyproj pystac
+#       # with their dependencies (11 MB): the batch step writes STAC Items and reprojects
 #   (on the GPU machine, .whl carried)  bash benchmarks/gpu_proof.sh tests unet deeplabv3plus
 # Steps run in the order given, each under its own time limit, and write under $OUT:
 #   tests          the gpu tests (mixed precision vs fp32, the CUDA prediction and normalization)
@@ -9,6 +12,9 @@
 #                  python -m benchmarks.gpu for that architecture (bf16 and fp16), results as
 #                  benchmarks/results/gpu-<arch>.{json,md}; join them here afterwards with
 #                  python -m benchmarks.gpu --merge gpu-unet gpu-deeplabv3plus
+#   batch          python -m benchmarks.batch on the GPU: 8 scenes of 4096², the demo model, one
+#                  scene at a time against scenes in flight, masks only ($BATCH_ARGS adds, e.g.
+#                  "--gpu-tasks 4"), as benchmarks/results/${BATCH_NAME:-batch-gpu}.{json,md}
 #   bench          python -m benchmarks.gpu $BENCH_ARGS --name $BENCH_NAME (default gpu), under
 #                  $SECONDS_BENCH; e.g. BENCH_ARGS="--tiles 512 --naive-precisions bf16
 #                  --trained models/s2-demo-landcover.safetensors .gpu-data/s2.tif" with the
@@ -55,6 +61,13 @@ for step in "$@"; do
                 --skip-vectorize --name "gpu-$step" > "$OUT/bench-$step.log" 2>&1
             log "benchmark $step: exit $?"
             cp benchmarks/results/gpu-"$step".* "$OUT/" 2>/dev/null ;;
+        batch)
+            # shellcheck disable=SC2086  # BATCH_ARGS: several arguments
+            timeout "${SECONDS_BATCH:-240}" python3 -m benchmarks.batch --device cuda \
+                --skip-simulated --no-vectorize --scenes 8 --size 4096 ${BATCH_ARGS:-} \
+                --name "${BATCH_NAME:-batch-gpu}" > "$OUT/batch.log" 2>&1
+            log "batch: exit $?"
+            cp benchmarks/results/"${BATCH_NAME:-batch-gpu}".* "$OUT/" 2>/dev/null ;;
         bench)
             # shellcheck disable=SC2086  # BENCH_ARGS: several arguments
             timeout "${SECONDS_BENCH:-300}" python3 -m benchmarks.gpu ${BENCH_ARGS:-} \
