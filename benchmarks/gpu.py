@@ -327,17 +327,11 @@ def main() -> None:
 
 
 def agreement(mask: Path, reference: Path) -> float:
-    """Share of ``reference``'s valid pixels that ``mask`` gives the same class (0-1)."""
-    import rasterio
+    """Share of the pixels labelled in both that ``mask`` gives ``reference``'s class (0-1):
+    the overall accuracy of :func:`geoseg.evaluate.evaluate_mask`."""
+    from geoseg.evaluate import evaluate_mask
 
-    with rasterio.open(mask) as a, rasterio.open(reference) as b:
-        same = total = 0
-        for _, window in b.block_windows(1):
-            x, y = a.read(1, window=window), b.read(1, window=window)
-            valid = y != b.nodata
-            same += int((x[valid] == y[valid]).sum())
-            total += int(valid.sum())
-    return round(same / total, 5) if total else 1.0
+    return round(evaluate_mask(mask, reference).scores.overall_accuracy, 5)
 
 
 def _missing(module: str) -> bool:
